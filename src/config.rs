@@ -1,0 +1,709 @@
+//! Configuration: the raw settings validated once into typed values, with errors that name
+//! the variable and never echo a secret.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::cli::Settings;
+use crate::target::{Role, Target};
+
+/// The URL probed when no Redis variable is set.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+/// The port served when neither `SIDECAR_LISTEN_ADDR` nor `PORT` is set.
+pub const DEFAULT_PORT: u16 = 9811;
+
+/// A setting's two names, for error messages: `SIDECAR_PROBE_INTERVAL (--probe-interval)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Var {
+    pub env: &'static str,
+    pub flag: &'static str,
+}
+
+impl fmt::Display for Var {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (--{})", self.env, self.flag)
+    }
+}
+
+macro_rules! var {
+    ($name:ident, $env:literal, $flag:literal) => {
+        pub const $name: Var = Var {
+            env: $env,
+            flag: $flag,
+        };
+    };
+}
+
+/// The names of every setting.
+pub mod vars {
+    use super::Var;
+    var!(REDIS_URL, "REDIS_URL", "redis-url");
+    var!(REDISHOST, "REDISHOST", "redis-host");
+    var!(REDISPORT, "REDISPORT", "redis-port");
+    var!(REDISUSER, "REDISUSER", "redis-user");
+    var!(REDISPASSWORD, "REDISPASSWORD", "redis-password");
+    var!(CELERY_BROKER_URL, "CELERY_BROKER_URL", "celery-broker-url");
+    var!(
+        CELERY_RESULT_BACKEND,
+        "CELERY_RESULT_BACKEND",
+        "celery-result-backend"
+    );
+    var!(LISTEN_ADDR, "SIDECAR_LISTEN_ADDR", "listen-addr");
+    var!(PORT, "PORT", "port");
+    var!(PROBE_INTERVAL, "SIDECAR_PROBE_INTERVAL", "probe-interval");
+    var!(PROBE_TIMEOUT, "SIDECAR_PROBE_TIMEOUT", "probe-timeout");
+    var!(LATENCY_SLO, "SIDECAR_LATENCY_SLO", "latency-slo");
+    var!(READY_CHECKS, "SIDECAR_READY_CHECKS", "ready-checks");
+    var!(AUTH_TOKEN, "SIDECAR_AUTH_TOKEN", "auth-token");
+    var!(LOG_FORMAT, "SIDECAR_LOG_FORMAT", "log-format");
+    var!(RUST_LOG, "RUST_LOG", "log-level");
+}
+
+/// A configuration error: exit code 2 and this one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Set, but to nothing (often a Railway reference to a service that does not exist).
+    Empty { var: Var },
+    /// A value that is not what the variable takes; `value` is shown only for non-secrets.
+    Invalid {
+        var: Var,
+        value: Option<String>,
+        problem: String,
+    },
+    /// Two settings that contradict each other.
+    Conflict { var: Var, problem: String },
+    /// The `.env` file exists but cannot be used.
+    EnvFile { problem: String },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Empty { var } => write!(f, "{var} is set but empty"),
+            ConfigError::Invalid {
+                var,
+                value: Some(value),
+                problem,
+            } => write!(f, "{var}: \"{value}\" {problem}"),
+            ConfigError::Invalid {
+                var,
+                value: None,
+                problem,
+            } => write!(f, "{var}: {problem}"),
+            ConfigError::Conflict { var, problem } => write!(f, "{var}: {problem}"),
+            ConfigError::EnvFile { problem } => write!(f, ".env: {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A secret setting: usable, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration. Nothing reads the environment after this is built.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Distinct Redis servers and databases, each probed once whatever roles it plays.
+    pub targets: Vec<Target>,
+    /// True when no Redis variable was set and the local default is probed.
+    pub default_target: bool,
+    /// Variables that were read but do not lead to a probe, with why (for `config` and logs).
+    pub ignored: Vec<String>,
+    pub listen: SocketAddr,
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub latency_slo: Duration,
+    /// Check names that gate `/readyz`.
+    pub ready_checks: Vec<String>,
+    pub auth_token: Option<Secret>,
+    pub log_format: LogFormat,
+    /// `RUST_LOG`, already checked to parse.
+    pub log_filter: String,
+}
+
+impl Config {
+    /// Validates every setting; the first error wins.
+    pub fn from_settings(s: &Settings) -> Result<Config, ConfigError> {
+        let (targets, default_target, ignored) = targets(s)?;
+        let listen = listen_addr(s)?;
+        let probe_interval = duration_or(vars::PROBE_INTERVAL, &s.probe_interval, "5s")?;
+        let probe_timeout = duration_or(vars::PROBE_TIMEOUT, &s.probe_timeout, "1s")?;
+        let latency_slo = duration_or(vars::LATENCY_SLO, &s.latency_slo, "100ms")?;
+        if probe_interval < Duration::from_millis(50) || probe_interval > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                vars::PROBE_INTERVAL,
+                s.probe_interval.as_deref(),
+                "must be between 50ms and 1h",
+            ));
+        }
+        if probe_timeout < Duration::from_millis(10) {
+            return Err(invalid(
+                vars::PROBE_TIMEOUT,
+                s.probe_timeout.as_deref(),
+                "must be at least 10ms",
+            ));
+        }
+        if probe_timeout >= probe_interval {
+            return Err(ConfigError::Conflict {
+                var: vars::PROBE_TIMEOUT,
+                problem: format!(
+                    "{} must be shorter than the probe interval {} ({})",
+                    show(probe_timeout),
+                    show(probe_interval),
+                    vars::PROBE_INTERVAL.env
+                ),
+            });
+        }
+        if latency_slo.is_zero() || latency_slo >= probe_timeout {
+            return Err(ConfigError::Conflict {
+                var: vars::LATENCY_SLO,
+                problem: format!(
+                    "{} must be above 0 and shorter than the probe timeout {} ({}): a slower reply is already a failure",
+                    show(latency_slo),
+                    show(probe_timeout),
+                    vars::PROBE_TIMEOUT.env
+                ),
+            });
+        }
+        let ready_checks = ready_checks(s, &targets)?;
+        let auth_token = match non_empty(vars::AUTH_TOKEN, &s.auth_token)? {
+            None => None,
+            Some(t) if t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                return Err(invalid(
+                    vars::AUTH_TOKEN,
+                    None,
+                    "must not contain spaces or control characters",
+                ));
+            }
+            Some(t) => Some(Secret(t.to_string())),
+        };
+        let log_format = match non_empty(vars::LOG_FORMAT, &s.log_format)? {
+            None => LogFormat::Text,
+            Some(f) if f.eq_ignore_ascii_case("text") => LogFormat::Text,
+            Some(f) if f.eq_ignore_ascii_case("json") => LogFormat::Json,
+            Some(f) => {
+                return Err(invalid(
+                    vars::LOG_FORMAT,
+                    Some(f),
+                    "is not a log format; use text or json",
+                ));
+            }
+        };
+        let log_filter = match s.log_level.as_deref().map(str::trim) {
+            None | Some("") => "info".to_string(),
+            Some(f) => {
+                tracing_subscriber::EnvFilter::builder()
+                    .parse(f)
+                    .map_err(|e| invalid(vars::RUST_LOG, Some(f), &format!("is not valid: {e}")))?;
+                f.to_string()
+            }
+        };
+        Ok(Config {
+            targets,
+            default_target,
+            ignored,
+            listen,
+            probe_interval,
+            probe_timeout,
+            latency_slo,
+            ready_checks,
+            auth_token,
+            log_format,
+            log_filter,
+        })
+    }
+
+    /// The effective configuration as `config` prints it: secrets redacted.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let mut line = |k: &str, v: &str| out.push_str(&format!("{k:<18} {v}\n"));
+        for t in &self.targets {
+            line(
+                "target",
+                &format!("{:<28} {}", t.check_name(), t.redacted()),
+            );
+        }
+        if self.default_target {
+            line("", "(no Redis variable set: probing the local default)");
+        }
+        for note in &self.ignored {
+            line("ignored", note);
+        }
+        line("listen", &self.listen.to_string());
+        line("probe interval", &show(self.probe_interval));
+        line("probe timeout", &show(self.probe_timeout));
+        line("latency SLO", &show(self.latency_slo));
+        line("ready checks", &self.ready_checks.join(","));
+        line(
+            "auth token",
+            if self.auth_token.is_some() {
+                "set (***)"
+            } else {
+                "not set: /metrics and /healthz are open"
+            },
+        );
+        line(
+            "log format",
+            match self.log_format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            },
+        );
+        line("log filter", &self.log_filter);
+        out
+    }
+}
+
+fn invalid(var: Var, value: Option<&str>, problem: &str) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        value: value.map(|v| v.chars().take(80).collect()),
+        problem: problem.to_string(),
+    }
+}
+
+/// `None` when unset; an error when set to blanks.
+fn non_empty(var: Var, value: &Option<String>) -> Result<Option<&str>, ConfigError> {
+    match value.as_deref().map(str::trim) {
+        None => Ok(None),
+        Some("") => Err(ConfigError::Empty { var }),
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+fn targets(s: &Settings) -> Result<(Vec<Target>, bool, Vec<String>), ConfigError> {
+    let url = |var: Var, role: Role, text: &str| {
+        Target::parse(role, text).map_err(|e| invalid(var, None, &e.0))
+    };
+    let mut ignored = Vec::new();
+    let mut wanted = Vec::new();
+
+    let redis_url = non_empty(vars::REDIS_URL, &s.redis_url)?;
+    let host = non_empty(vars::REDISHOST, &s.redis_host)?;
+    let port = non_empty(vars::REDISPORT, &s.redis_port)?;
+    let password = s.redis_password.as_deref();
+    let user = s.redis_user.as_deref();
+    match (redis_url, host) {
+        (Some(text), _) => {
+            wanted.push(url(vars::REDIS_URL, Role::Cache, text)?);
+            if host.is_some() {
+                ignored.push(
+                    "REDISHOST/REDISPORT/REDISUSER/REDISPASSWORD: REDIS_URL is set and wins".into(),
+                );
+            }
+        }
+        (None, Some(host)) => {
+            let port = match port {
+                None => 6379,
+                Some(p) => match p.parse::<u16>() {
+                    Ok(p) if p > 0 => p,
+                    _ => return Err(invalid(vars::REDISPORT, Some(p), "is not a port (1-65535)")),
+                },
+            };
+            if host.contains(['/', '@', ' ']) {
+                return Err(invalid(
+                    vars::REDISHOST,
+                    None,
+                    "must be a host name or address, not a URL (put URLs in REDIS_URL)",
+                ));
+            }
+            wanted.push(Target::from_parts(host, port, user, password));
+        }
+        (None, None) => {
+            if password.is_some_and(|p| !p.is_empty()) || port.is_some() {
+                return Err(ConfigError::Conflict {
+                    var: vars::REDISHOST,
+                    problem: "is not set, but REDISPORT or REDISPASSWORD is: set REDISHOST, or give the whole URL in REDIS_URL".into(),
+                });
+            }
+        }
+    }
+
+    if let Some(text) = non_empty(vars::CELERY_BROKER_URL, &s.celery_broker_url)? {
+        wanted.push(url(vars::CELERY_BROKER_URL, Role::Broker, text)?);
+    }
+    if let Some(text) = non_empty(vars::CELERY_RESULT_BACKEND, &s.celery_result_backend)? {
+        let scheme = text.split(':').next().unwrap_or("").to_ascii_lowercase();
+        if matches!(scheme.as_str(), "redis" | "rediss" | "redis+unix" | "unix") {
+            wanted.push(url(vars::CELERY_RESULT_BACKEND, Role::ResultBackend, text)?);
+        } else {
+            ignored.push(format!(
+                "CELERY_RESULT_BACKEND: a {scheme}: backend is not Redis, so it is not probed"
+            ));
+        }
+    }
+
+    let default_target = wanted.is_empty();
+    if default_target {
+        wanted
+            .push(Target::parse(Role::Cache, DEFAULT_REDIS_URL).expect("the default URL is valid"));
+    }
+    let mut merged: Vec<Target> = Vec::new();
+    for t in wanted {
+        match merged.iter_mut().find(|m| m.same_connection(&t)) {
+            Some(m) => m.absorb(&t),
+            None => merged.push(t),
+        }
+    }
+    Ok((merged, default_target, ignored))
+}
+
+fn listen_addr(s: &Settings) -> Result<SocketAddr, ConfigError> {
+    if let Some(text) = non_empty(vars::LISTEN_ADDR, &s.listen_addr)? {
+        return text.parse().map_err(|_| {
+            invalid(
+                vars::LISTEN_ADDR,
+                Some(text),
+                "is not an address:port such as [::]:9811 or 0.0.0.0:9811",
+            )
+        });
+    }
+    let port = match non_empty(vars::PORT, &s.port)? {
+        None => DEFAULT_PORT,
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| invalid(vars::PORT, Some(p), "is not a port (0-65535)"))?,
+    };
+    Ok(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)))
+}
+
+fn ready_checks(s: &Settings, targets: &[Target]) -> Result<Vec<String>, ConfigError> {
+    let all: Vec<String> = targets.iter().map(Target::check_name).collect();
+    let Some(text) = non_empty(vars::READY_CHECKS, &s.ready_checks)? else {
+        return Ok(all);
+    };
+    let mut chosen = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let found = resolve_check(name, targets).ok_or_else(|| {
+            invalid(
+                vars::READY_CHECKS,
+                Some(name),
+                &format!("is not a check; known checks: {}", all.join(", ")),
+            )
+        })?;
+        if !chosen.contains(&found) {
+            chosen.push(found);
+        }
+    }
+    if chosen.is_empty() {
+        return Err(ConfigError::Empty {
+            var: vars::READY_CHECKS,
+        });
+    }
+    Ok(chosen)
+}
+
+/// Finds a check by its name, or by `redis:<role>` for a target that plays that role among
+/// others (so `redis:broker` finds `redis:cache+broker`).
+pub fn resolve_check(name: &str, targets: &[Target]) -> Option<String> {
+    targets
+        .iter()
+        .find(|t| {
+            t.check_name() == name
+                || t.roles()
+                    .iter()
+                    .any(|r| name == format!("redis:{}", r.as_str()))
+        })
+        .map(Target::check_name)
+}
+
+fn duration_or(var: Var, value: &Option<String>, default: &str) -> Result<Duration, ConfigError> {
+    let text = non_empty(var, value)?.unwrap_or(default);
+    parse_duration(text).ok_or_else(|| {
+        invalid(
+            var,
+            Some(text),
+            "is not a duration; write a number and a unit, such as 500ms, 5s or 1m",
+        )
+    })
+}
+
+/// Parses `250us`, `500ms`, `1.5s`, `2m`, `1h`. A bare number has no unit and is refused.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "us" | "µs" => number / 1e6,
+        "ms" => number / 1e3,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return None,
+    };
+    if !seconds.is_finite() || seconds > 1e9 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(seconds))
+}
+
+/// A duration the way a person writes it: `500ms`, `5s`, `1.5s`.
+pub fn show(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        let mut s = Settings::default();
+        for (k, v) in pairs {
+            let v = Some(v.to_string());
+            match *k {
+                "REDIS_URL" => s.redis_url = v,
+                "REDISHOST" => s.redis_host = v,
+                "REDISPORT" => s.redis_port = v,
+                "REDISUSER" => s.redis_user = v,
+                "REDISPASSWORD" => s.redis_password = v,
+                "CELERY_BROKER_URL" => s.celery_broker_url = v,
+                "CELERY_RESULT_BACKEND" => s.celery_result_backend = v,
+                "SIDECAR_LISTEN_ADDR" => s.listen_addr = v,
+                "PORT" => s.port = v,
+                "SIDECAR_PROBE_INTERVAL" => s.probe_interval = v,
+                "SIDECAR_PROBE_TIMEOUT" => s.probe_timeout = v,
+                "SIDECAR_LATENCY_SLO" => s.latency_slo = v,
+                "SIDECAR_READY_CHECKS" => s.ready_checks = v,
+                "SIDECAR_AUTH_TOKEN" => s.auth_token = v,
+                "SIDECAR_LOG_FORMAT" => s.log_format = v,
+                "RUST_LOG" => s.log_level = v,
+                other => panic!("unknown variable {other}"),
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_settings(&Settings::default()).unwrap();
+        assert!(c.default_target);
+        assert_eq!(c.targets.len(), 1);
+        assert_eq!(c.targets[0].redacted(), "redis://127.0.0.1:6379/0");
+        assert_eq!(c.targets[0].check_name(), "redis:cache");
+        assert_eq!(c.listen.to_string(), "[::]:9811");
+        assert_eq!(c.probe_interval, Duration::from_secs(5));
+        assert_eq!(c.probe_timeout, Duration::from_secs(1));
+        assert_eq!(c.latency_slo, Duration::from_millis(100));
+        assert_eq!(c.ready_checks, vec!["redis:cache"]);
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.log_filter, "info");
+        assert!(c.auth_token.is_none());
+    }
+
+    #[test]
+    fn railway_variables() {
+        let c = Config::from_settings(&settings(&[
+            ("REDISHOST", "redis.railway.internal"),
+            ("REDISPORT", "6379"),
+            ("REDISUSER", "default"),
+            ("REDISPASSWORD", "pw"),
+            ("PORT", "8080"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.targets[0].redacted(),
+            "redis://default:***@redis.railway.internal:6379/0"
+        );
+        assert_eq!(c.listen.to_string(), "[::]:8080");
+        assert!(!c.default_target);
+    }
+
+    #[test]
+    fn roles_sharing_a_server_are_one_target() {
+        let c = Config::from_settings(&settings(&[
+            ("REDIS_URL", "redis://:pw@h:6379"),
+            ("CELERY_BROKER_URL", "redis://:pw@h:6379/0"),
+            ("CELERY_RESULT_BACKEND", "redis://:pw@h:6379/1"),
+        ]))
+        .unwrap();
+        let names: Vec<String> = c.targets.iter().map(Target::check_name).collect();
+        assert_eq!(names, ["redis:cache+broker", "redis:result_backend"]);
+        assert_eq!(c.ready_checks, names);
+    }
+
+    #[test]
+    fn ready_checks_accept_a_role_alias() {
+        let c = Config::from_settings(&settings(&[
+            ("REDIS_URL", "redis://h:6379"),
+            ("CELERY_BROKER_URL", "redis://h:6379/0"),
+            ("SIDECAR_READY_CHECKS", "redis:broker"),
+        ]))
+        .unwrap();
+        assert_eq!(c.ready_checks, vec!["redis:cache+broker"]);
+    }
+
+    #[test]
+    fn non_redis_result_backend_is_noted_not_probed() {
+        let c = Config::from_settings(&settings(&[(
+            "CELERY_RESULT_BACKEND",
+            "db+postgresql://u:pw@db/app",
+        )]))
+        .unwrap();
+        assert!(c.default_target);
+        assert!(c.ignored[0].contains("db+postgresql"));
+        assert!(!c.describe().contains("pw@"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250us"), Some(Duration::from_micros(250)));
+        for bad in ["5", "s", "5x", "-1s", "1.2.3s", "", "1e999s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        assert_eq!(show(Duration::from_millis(100)), "100ms");
+        assert_eq!(show(Duration::from_secs(5)), "5s");
+    }
+
+    /// The table of bad settings: each names its variable, none echoes a secret.
+    #[test]
+    fn bad_settings_name_their_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("REDIS_URL", "http://u:hunter2@h")],
+                "REDIS_URL (--redis-url): scheme \"http\"",
+            ),
+            (
+                &[("REDIS_URL", "redis://u:hunter2@h:70000")],
+                "REDIS_URL (--redis-url): not a valid URL (invalid port number)",
+            ),
+            (
+                &[("REDIS_URL", "redis://u:hunter2@h/x")],
+                "REDIS_URL (--redis-url): database \"x\"",
+            ),
+            (
+                &[("REDIS_URL", "")],
+                "REDIS_URL (--redis-url) is set but empty",
+            ),
+            (
+                &[("REDISHOST", "h"), ("REDISPORT", "http")],
+                "REDISPORT (--redis-port): \"http\" is not a port",
+            ),
+            (
+                &[("REDISPASSWORD", "hunter2")],
+                "REDISHOST (--redis-host): is not set",
+            ),
+            (
+                &[("REDISHOST", "redis://u:hunter2@h")],
+                "REDISHOST (--redis-host): must be a host name",
+            ),
+            (
+                &[("CELERY_BROKER_URL", "amqp://u:hunter2@rabbit//")],
+                "CELERY_BROKER_URL (--celery-broker-url): scheme \"amqp\"",
+            ),
+            (
+                &[("CELERY_RESULT_BACKEND", "redis://u:hunter2@h/z")],
+                "CELERY_RESULT_BACKEND (--celery-result-backend): database \"z\"",
+            ),
+            (
+                &[("SIDECAR_LISTEN_ADDR", "localhost")],
+                "SIDECAR_LISTEN_ADDR (--listen-addr): \"localhost\" is not an address:port",
+            ),
+            (
+                &[("PORT", "99999")],
+                "PORT (--port): \"99999\" is not a port",
+            ),
+            (
+                &[("SIDECAR_PROBE_INTERVAL", "5")],
+                "SIDECAR_PROBE_INTERVAL (--probe-interval): \"5\" is not a duration",
+            ),
+            (
+                &[("SIDECAR_PROBE_INTERVAL", "10ms")],
+                "SIDECAR_PROBE_INTERVAL (--probe-interval): \"10ms\" must be between 50ms and 1h",
+            ),
+            (
+                &[("SIDECAR_PROBE_TIMEOUT", "soon")],
+                "SIDECAR_PROBE_TIMEOUT (--probe-timeout): \"soon\" is not a duration",
+            ),
+            (
+                &[("SIDECAR_PROBE_TIMEOUT", "10s")],
+                "SIDECAR_PROBE_TIMEOUT (--probe-timeout): 10s must be shorter than the probe interval 5s",
+            ),
+            (
+                &[("SIDECAR_LATENCY_SLO", "2s")],
+                "SIDECAR_LATENCY_SLO (--latency-slo): 2s must be above 0 and shorter than the probe timeout 1s",
+            ),
+            (
+                &[("SIDECAR_READY_CHECKS", "redis:nope")],
+                "SIDECAR_READY_CHECKS (--ready-checks): \"redis:nope\" is not a check; known checks: redis:cache",
+            ),
+            (
+                &[("SIDECAR_READY_CHECKS", " , ")],
+                "SIDECAR_READY_CHECKS (--ready-checks) is set but empty",
+            ),
+            (
+                &[("SIDECAR_AUTH_TOKEN", "  ")],
+                "SIDECAR_AUTH_TOKEN (--auth-token) is set but empty",
+            ),
+            (
+                &[("SIDECAR_AUTH_TOKEN", "a b")],
+                "SIDECAR_AUTH_TOKEN (--auth-token): must not contain spaces",
+            ),
+            (
+                &[("SIDECAR_LOG_FORMAT", "xml")],
+                "SIDECAR_LOG_FORMAT (--log-format): \"xml\" is not a log format",
+            ),
+            (
+                &[("RUST_LOG", "info,[")],
+                "RUST_LOG (--log-level): \"info,[\" is not valid",
+            ),
+        ];
+        for (pairs, want) in cases {
+            let err = Config::from_settings(&settings(pairs))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(want),
+                "{pairs:?}\n got: {err}\nwant: {want}"
+            );
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn describe_redacts() {
+        let c = Config::from_settings(&settings(&[
+            ("REDIS_URL", "redis://default:hunter2@h:6379"),
+            ("SIDECAR_AUTH_TOKEN", "tok3n"),
+        ]))
+        .unwrap();
+        let text = c.describe();
+        assert!(text.contains("redis://default:***@h:6379/0"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("tok3n"),
+            "{text}"
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!format!("{c:?}").contains("tok3n"));
+    }
+}

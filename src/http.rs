@@ -1,0 +1,412 @@
+//! The HTTP server. Every answer comes from the snapshot and the registry; nothing here can
+//! reach Redis.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/livez` | 200 `ok` while the process serves |
+//! | `/readyz` | 200 when every ready check is healthy or degraded and fresh, else 503; `?verbose` lists each check |
+//! | `/readyz/<check>` | the same for one check (by name or role alias) |
+//! | `/healthz` | the JSON document; 200 healthy or degraded, 503 unhealthy (token) |
+//! | `/metrics` | Prometheus text format 0.0.4 (token) |
+//!
+//! GET and HEAD only (405 with `Allow` otherwise); unknown paths 404.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use crate::config::Secret;
+use crate::metrics::{self, Metrics};
+use crate::snapshot::{Snapshot, Status};
+
+/// A client gets this long to send a request's headers; then its connection is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// In-flight requests get this long to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Request head size cap (hyper's minimum buffer); a larger head gets 431.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// What the handlers may read.
+pub struct App {
+    pub snapshot: Snapshot,
+    pub metrics: Arc<Metrics>,
+    pub auth_token: Option<Secret>,
+}
+
+/// Accepts connections until `shutdown` resolves, then stops accepting and lets in-flight
+/// requests finish (up to 1.5 s).
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let app = app.clone();
+                    let service = hyper::service::service_fn(move |req| {
+                        let app = app.clone();
+                        async move { Ok::<_, Infallible>(handle(&app, &req)) }
+                    });
+                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "HTTP connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some HTTP connections were still busy at shutdown and were closed");
+    }
+}
+
+fn handle(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    respond(
+        app,
+        req.method(),
+        req.uri().path(),
+        req.uri().query(),
+        req.headers().get(header::AUTHORIZATION),
+        Instant::now(),
+    )
+}
+
+/// The whole routing table, as a pure function of the request and the snapshot.
+pub fn respond(
+    app: &App,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    authorization: Option<&HeaderValue>,
+    now: Instant,
+) -> Response<Full<Bytes>> {
+    let known = matches!(path, "/livez" | "/readyz" | "/healthz" | "/metrics")
+        || path.starts_with("/readyz/");
+    if !known {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let verbose = query.is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv == "verbose" || kv.starts_with("verbose="))
+    });
+    let snapshot = &app.snapshot;
+    match path {
+        "/livez" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if verbose {
+                let (ready, body) = snapshot.readyz_verbose(now);
+                text(ready_code(ready), &body)
+            } else {
+                let ready = snapshot.ready(now);
+                text(
+                    ready_code(ready),
+                    if ready { "ok\n" } else { "not ready\n" },
+                )
+            }
+        }
+        "/healthz" | "/metrics" if !authorized(app.auth_token.as_ref(), authorization) => {
+            let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"redis-celery-sidecar\""),
+            );
+            r
+        }
+        "/healthz" => {
+            let (status, doc) = snapshot.healthz(now);
+            let code = if status == Status::Unhealthy {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            let mut body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+            body.push(b'\n');
+            response(code, "application/json", body)
+        }
+        "/metrics" => {
+            publish_read_time_gauges(snapshot, &app.metrics, now);
+            response(StatusCode::OK, metrics::CONTENT_TYPE, app.metrics.render())
+        }
+        _ => {
+            let name = &path["/readyz/".len()..];
+            let Some(check) = snapshot.find(name) else {
+                return text(StatusCode::NOT_FOUND, &format!("no check named {name}\n"));
+            };
+            let verdict = snapshot.verdict(check, now);
+            let ready = verdict.status != Status::Unhealthy;
+            let body = if verbose {
+                crate::snapshot::readyz_line(check, &verdict)
+            } else if ready {
+                "ok\n".to_string()
+            } else {
+                format!(
+                    "failed: {}\n",
+                    verdict.reason.as_deref().unwrap_or("unknown")
+                )
+            };
+            text(ready_code(ready), &body)
+        }
+    }
+}
+
+/// Check status and readiness depend on the time they are read (a stale report is
+/// unhealthy), so `/metrics` sets them from the snapshot before encoding.
+fn publish_read_time_gauges(snapshot: &Snapshot, metrics: &Metrics, now: Instant) {
+    for check in snapshot.checks() {
+        metrics.set_status(&check.name, snapshot.verdict(check, now).status.code());
+    }
+    metrics.set_ready(snapshot.ready(now));
+}
+
+fn ready_code(ready: bool) -> StatusCode {
+    if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+fn text(code: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    response(code, "text/plain; charset=utf-8", body.as_bytes().to_vec())
+}
+
+fn response(code: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// True when no token is configured, or the request carries `Bearer <token>`. The token is
+/// compared in constant time, so response timing does not reveal how much of it matched.
+fn authorized(token: Option<&Secret>, header: Option<&HeaderValue>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let Some(given) = header.and_then(|h| h.as_bytes().strip_prefix(b"Bearer ")) else {
+        return false;
+    };
+    constant_time_eq(given, token.expose().as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::{Failure, Reason};
+    use crate::snapshot::Report;
+    use http_body_util::BodyExt;
+    use std::time::SystemTime;
+
+    fn app(token: Option<&str>, status: Option<Status>) -> App {
+        let (snapshot, publishers) = Snapshot::new(
+            vec![(
+                "redis:cache+broker".into(),
+                vec!["redis:cache".into(), "redis:broker".into()],
+                Some("redis://h:6379/0".into()),
+            )],
+            &["redis:cache+broker".to_string()],
+            Duration::from_secs(5),
+        );
+        if let Some(status) = status {
+            publishers[0].send_replace(Some(Arc::new(Report {
+                status,
+                finished: Instant::now(),
+                finished_at: SystemTime::now(),
+                latency: None,
+                last_success: None,
+                consecutive_failures: 1,
+                error: (status == Status::Unhealthy)
+                    .then(|| Failure::new(Reason::Connect, "connection refused by h:6379")),
+                warnings: vec![],
+                details: serde_json::json!({}),
+            })));
+        }
+        // Keep the report alive: dropping the sender keeps the last value readable.
+        drop(publishers);
+        App {
+            snapshot,
+            metrics: Arc::new(Metrics::new().unwrap()),
+            auth_token: token.map(|t| {
+                crate::config::Config::from_settings(&crate::cli::Settings {
+                    auth_token: Some(t.into()),
+                    ..Default::default()
+                })
+                .unwrap()
+                .auth_token
+                .unwrap()
+            }),
+        }
+    }
+
+    fn get(
+        app: &App,
+        method: Method,
+        uri: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, String, Response<Full<Bytes>>) {
+        let (path, query) = match uri.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (uri, None),
+        };
+        let auth = auth.map(|a| HeaderValue::from_str(a).unwrap());
+        let r = respond(app, &method, path, query, auth.as_ref(), Instant::now());
+        let body = futures_body(&r);
+        (r.status(), body, r)
+    }
+
+    fn futures_body(r: &Response<Full<Bytes>>) -> String {
+        let body = r.body().clone();
+        let bytes = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(body.collect())
+            .unwrap()
+            .to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn routes() {
+        let a = app(None, Some(Status::Healthy));
+        assert_eq!(get(&a, Method::GET, "/livez", None).0, StatusCode::OK);
+        assert_eq!(get(&a, Method::GET, "/readyz", None).1, "ok\n");
+        assert_eq!(
+            get(&a, Method::GET, "/readyz/redis:broker", None).0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            get(&a, Method::GET, "/readyz/redis:nope", None).0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(get(&a, Method::GET, "/nope", None).0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            get(&a, Method::DELETE, "/nope", None).0,
+            StatusCode::NOT_FOUND
+        );
+        let (code, _, r) = get(&a, Method::POST, "/metrics", None);
+        assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "GET, HEAD");
+        let (code, body, r) = get(&a, Method::GET, "/metrics", None);
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], metrics::CONTENT_TYPE);
+        assert!(body.contains("sidecar_ready 1\n"), "{body}");
+        assert!(body.contains("sidecar_check_status{check=\"redis:cache+broker\"} 0\n"));
+        let (code, body, r) = get(&a, Method::HEAD, "/healthz", None);
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        assert!(body.contains("\"status\": \"healthy\""));
+    }
+
+    #[test]
+    fn unhealthy_answers_503_with_the_cause() {
+        let a = app(None, Some(Status::Unhealthy));
+        let (code, body, _) = get(&a, Method::GET, "/healthz", None);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("connection refused by h:6379"), "{body}");
+        let (code, body, _) = get(&a, Method::GET, "/readyz?verbose", None);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            "[-]redis:cache+broker failed: connection refused by h:6379\nreadyz check failed\n"
+        );
+        let (code, body, _) = get(&a, Method::GET, "/readyz/redis:cache", None);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "failed: connection refused by h:6379\n");
+        let (_, body, _) = get(&a, Method::GET, "/metrics", None);
+        assert!(body.contains("sidecar_ready 0\n"));
+    }
+
+    #[test]
+    fn before_the_first_probe_nothing_is_ready() {
+        let a = app(None, None);
+        assert_eq!(
+            get(&a, Method::GET, "/readyz", None).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(get(&a, Method::GET, "/livez", None).0, StatusCode::OK);
+    }
+
+    #[test]
+    fn token_guards_healthz_and_metrics_only() {
+        let a = app(Some("s3cret-token"), Some(Status::Healthy));
+        for path in ["/healthz", "/metrics"] {
+            let (code, _, r) = get(&a, Method::GET, path, None);
+            assert_eq!(code, StatusCode::UNAUTHORIZED, "{path}");
+            assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+            for wrong in [
+                "Bearer s3cret-toke",
+                "Bearer s3cret-token2",
+                "Basic s3cret-token",
+                "s3cret-token",
+            ] {
+                assert_eq!(
+                    get(&a, Method::GET, path, Some(wrong)).0,
+                    StatusCode::UNAUTHORIZED,
+                    "{wrong}"
+                );
+            }
+            assert_eq!(
+                get(&a, Method::GET, path, Some("Bearer s3cret-token")).0,
+                StatusCode::OK
+            );
+        }
+        assert_eq!(get(&a, Method::GET, "/livez", None).0, StatusCode::OK);
+        assert_eq!(get(&a, Method::GET, "/readyz", None).0, StatusCode::OK);
+    }
+
+    #[test]
+    fn constant_time_eq_is_eq() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"", b"a"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

@@ -1,0 +1,114 @@
+//! redis-celery-sidecar: tells whether the Redis servers behind an app are working, and if
+//! not, why; in numbers (`/metrics`) and in plain words (`/healthz`, `check`).
+//!
+//! # Layout
+//!
+//! The data flows down this list:
+//!
+//! - [`cli`]: the command line; every setting is a flag with an environment twin.
+//! - [`config`]: those settings validated once into typed values (errors name the variable).
+//! - [`target`]: one Redis server and database, its roles, its URL (shown only redacted).
+//! - [`pool`]: a bb8 pool per target whose manager remembers why a connect failed.
+//! - [`probe`]: the Redis probe: PING timed, INFO parsed by [`info`], pool state.
+//! - [`failure`]: why a probe failed: a fixed `reason` label and a sentence to act on.
+//! - [`runner`]: interval, timeout, timing; writes each result to the snapshot and metrics.
+//! - [`snapshot`]: the latest report per check; freshness and status decided when read.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`http`]: `/livez`, `/readyz`, `/healthz`, `/metrics`, answered from the snapshot only.
+//! - [`check`]: the `check` command, one probe per target.
+//! - [`telemetry`]: the log subscriber, text or JSON.
+//!
+//! Probes write, HTTP reads: no request ever waits on Redis.
+
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod failure;
+pub mod http;
+pub mod info;
+pub mod metrics;
+pub mod pool;
+pub mod probe;
+pub mod runner;
+pub mod snapshot;
+pub mod target;
+pub mod telemetry;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::runner::Runner;
+use crate::snapshot::Snapshot;
+
+/// Serves until `shutdown` resolves: one runner task per target, the HTTP server on
+/// `listener`. Used by `main` and by the tests alike.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let (snapshot, runners, metrics) = assemble(&config);
+    let mut tasks = tokio::task::JoinSet::new();
+    for runner in runners {
+        tasks.spawn(runner.run(config.probe_interval));
+    }
+    let app = Arc::new(http::App {
+        snapshot,
+        metrics,
+        auth_token: config.auth_token.clone(),
+    });
+    http::serve(listener, app, shutdown).await;
+    tasks.abort_all();
+}
+
+/// The snapshot, one runner per target writing into it, and the registry they share.
+pub fn assemble(config: &Config) -> (Snapshot, Vec<Runner>, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new().expect("metric names and labels are valid and unique"));
+    let checks = config
+        .targets
+        .iter()
+        .map(|t| {
+            let aliases = t
+                .roles()
+                .iter()
+                .map(|r| format!("redis:{}", r.as_str()))
+                .filter(|a| *a != t.check_name())
+                .collect();
+            (t.check_name(), aliases, Some(t.redacted().to_string()))
+        })
+        .collect();
+    let (snapshot, publishers) = Snapshot::new(checks, &config.ready_checks, config.probe_interval);
+    let runners = config
+        .targets
+        .iter()
+        .zip(publishers)
+        .map(|(t, publisher)| {
+            Runner::new(
+                t.clone(),
+                config.probe_timeout,
+                config.latency_slo,
+                publisher,
+                metrics.clone(),
+            )
+        })
+        .collect();
+    (snapshot, runners, metrics)
+}
+
+/// Binds `addr`; an IPv6 unspecified address (`[::]`) also accepts IPv4, whatever the
+/// system's `bindv6only` default, since Railway's private network may be IPv6-only while
+/// local tools use 127.0.0.1.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}

@@ -1,0 +1,122 @@
+//! The binary: reads `.env`, parses the command line, validates the configuration, and
+//! runs `serve`, `check` or `config`. Exit codes: 0 ok, 1 unhealthy (`check`), 2 bad
+//! configuration.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use redis_celery_sidecar::cli::{Cli, Command};
+use redis_celery_sidecar::config::{Config, ConfigError};
+use redis_celery_sidecar::{check, telemetry};
+
+const NAME: &str = env!("CARGO_PKG_NAME");
+
+fn main() -> ExitCode {
+    if let Err(e) = load_dotenv() {
+        return config_error(&e);
+    }
+    let cli = Cli::parse();
+    let config = match Config::from_settings(&cli.settings) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    // rustls needs one crypto provider for rediss://; ring is the one built in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Config => {
+            print!("{}", config.describe());
+            ExitCode::SUCCESS
+        }
+        Command::Check { json } => {
+            // check prints its own report; logs only when asked for with RUST_LOG.
+            if cli.settings.log_level.is_some() {
+                telemetry::init(config.log_format, &config.log_filter);
+            }
+            let (code, report) = runtime().block_on(check::check(&config, json));
+            print!("{report}");
+            ExitCode::from(code)
+        }
+        Command::Serve => {
+            telemetry::init(config.log_format, &config.log_filter);
+            runtime().block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let listener = match redis_celery_sidecar::bind(config.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %config.listen, error = %e, "cannot listen");
+            eprintln!("{NAME}: cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    if config.default_target {
+        tracing::warn!(
+            "no Redis variable is set (REDIS_URL, REDISHOST, CELERY_BROKER_URL, CELERY_RESULT_BACKEND): probing {}",
+            redis_celery_sidecar::config::DEFAULT_REDIS_URL
+        );
+    }
+    for note in &config.ignored {
+        tracing::info!("ignored: {note}");
+    }
+    for t in &config.targets {
+        tracing::info!(check = %t.check_name(), endpoint = t.redacted(), "probing every {}", redis_celery_sidecar::config::show(config.probe_interval));
+    }
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "listening");
+    redis_celery_sidecar::run(config, listener, shutdown_signal()).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!("{name} received: shutting down");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts (it needs only threads and an epoll handle)")
+}
+
+/// Reads `.env` from the working directory: a missing file is fine; one that cannot be read
+/// or parsed is a configuration error. The message never quotes the file's lines.
+fn load_dotenv() -> Result<(), ConfigError> {
+    match dotenvy::dotenv() {
+        Ok(_) => Ok(()),
+        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(dotenvy::Error::LineParse(_, index)) => Err(ConfigError::EnvFile {
+            problem: format!("cannot parse the line at byte {index}; lines must be KEY=VALUE"),
+        }),
+        Err(dotenvy::Error::Io(e)) => Err(ConfigError::EnvFile {
+            problem: format!("cannot be read: {e}"),
+        }),
+        Err(_) => Err(ConfigError::EnvFile {
+            // EnvVar errors quote the value, which may be a secret.
+            problem: "cannot be used: a value is not valid UTF-8".into(),
+        }),
+    }
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("{NAME}: configuration error: {e}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,330 @@
+//! The Prometheus registry and every metric family the sidecar exports.
+//!
+//! Runners write here after each probe; `/metrics` only encodes what is here (and sets the
+//! two gauges that depend on the time of reading: check status and readiness).
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::failure::{Failure, Reason};
+use crate::info::Info;
+use crate::probe::PoolState;
+
+/// `redis_ping_duration_seconds` buckets: 100 µs to 2.5 s.
+const PING_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// The content type of the text exposition format 0.0.4.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub struct Metrics {
+    registry: Registry,
+    redis_up: IntGaugeVec,
+    ping: HistogramVec,
+    failures: IntCounterVec,
+    connected_clients: IntGaugeVec,
+    blocked_clients: IntGaugeVec,
+    maxclients: IntGaugeVec,
+    rejected_connections: IntCounterVec,
+    evicted_keys: IntCounterVec,
+    used_memory: IntGaugeVec,
+    maxmemory: IntGaugeVec,
+    pool_connections: IntGaugeVec,
+    checkout_timeouts: IntCounterVec,
+    check_status: IntGaugeVec,
+    ready: IntGauge,
+    last_probe: GaugeVec,
+    probe_duration: GaugeVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+impl Metrics {
+    /// Registers every family, and `process_*` for this process.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let g = IntGaugeVec::new(opts(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(opts(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let float =
+            |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, prometheus::Error> {
+                let g = GaugeVec::new(opts(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let role = &["role"];
+        let ping = HistogramVec::new(
+            HistogramOpts::new(
+                "redis_ping_duration_seconds",
+                "Round trip of the probe's PING on a ready connection.",
+            )
+            .buckets(PING_BUCKETS.to_vec()),
+            role,
+        )?;
+        registry.register(Box::new(ping.clone()))?;
+        let ready = IntGauge::new("sidecar_ready", "1 when /readyz answers 200, else 0.")?;
+        registry.register(Box::new(ready.clone()))?;
+        let build_info = gauge(
+            "sidecar_build_info",
+            "Always 1; the version label says which build runs.",
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Metrics {
+            redis_up: gauge(
+                "redis_up",
+                "1 when the last probe of this Redis succeeded, else 0.",
+                role,
+            )?,
+            ping,
+            failures: counter(
+                "redis_probe_failures_total",
+                "Failed probes, by cause.",
+                &["role", "reason"],
+            )?,
+            connected_clients: gauge("redis_connected_clients", "INFO connected_clients.", role)?,
+            blocked_clients: gauge("redis_blocked_clients", "INFO blocked_clients.", role)?,
+            maxclients: gauge("redis_maxclients", "INFO maxclients.", role)?,
+            rejected_connections: counter(
+                "redis_rejected_connections_total",
+                "INFO rejected_connections: connections refused for maxclients.",
+                role,
+            )?,
+            evicted_keys: counter("redis_evicted_keys_total", "INFO evicted_keys.", role)?,
+            used_memory: gauge("redis_used_memory_bytes", "INFO used_memory.", role)?,
+            maxmemory: gauge(
+                "redis_maxmemory_bytes",
+                "INFO maxmemory; 0 means no limit.",
+                role,
+            )?,
+            pool_connections: gauge(
+                "redis_pool_connections",
+                "The sidecar's own pooled connections to this Redis.",
+                &["role", "state"],
+            )?,
+            checkout_timeouts: counter(
+                "redis_pool_checkout_timeouts_total",
+                "Probes that timed out waiting for a pooled connection.",
+                role,
+            )?,
+            check_status: gauge(
+                "sidecar_check_status",
+                "0 healthy, 1 degraded, 2 unhealthy.",
+                &["check"],
+            )?,
+            ready,
+            last_probe: float(
+                "sidecar_last_probe_timestamp_seconds",
+                "Unix time the last probe of this check finished.",
+                &["check"],
+            )?,
+            probe_duration: float(
+                "sidecar_probe_duration_seconds",
+                "How long the last probe of this check took, connect included.",
+                &["check"],
+            )?,
+            registry,
+        })
+    }
+
+    /// Creates a target's series at zero, so that `rate()` works from the first failure.
+    pub fn init_redis(&self, role: &str) {
+        self.redis_up.with_label_values(&[role]).set(0);
+        for reason in Reason::ALL {
+            self.failures.with_label_values(&[role, reason.as_str()]);
+        }
+        self.checkout_timeouts.with_label_values(&[role]);
+        self.ping.with_label_values(&[role]);
+    }
+
+    /// A probe of a Redis target finished.
+    pub fn record_probe(&self, check: &str, unix_time: f64, duration: f64) {
+        self.last_probe.with_label_values(&[check]).set(unix_time);
+        self.probe_duration
+            .with_label_values(&[check])
+            .set(duration);
+    }
+
+    pub fn record_redis_success(
+        &self,
+        role: &str,
+        ping_seconds: f64,
+        info: Option<&Info>,
+        pool: PoolState,
+    ) {
+        self.redis_up.with_label_values(&[role]).set(1);
+        self.ping.with_label_values(&[role]).observe(ping_seconds);
+        self.record_pool(role, pool);
+        match info {
+            Some(info) => self.record_info(role, info),
+            None => self.clear_info(role),
+        }
+    }
+
+    pub fn record_redis_failure(
+        &self,
+        role: &str,
+        failure: &Failure,
+        pool: PoolState,
+        checkout_timeout: bool,
+    ) {
+        self.redis_up.with_label_values(&[role]).set(0);
+        self.failures
+            .with_label_values(&[role, failure.reason.as_str()])
+            .inc();
+        if checkout_timeout {
+            self.checkout_timeouts.with_label_values(&[role]).inc();
+        }
+        self.record_pool(role, pool);
+        self.clear_info(role);
+    }
+
+    fn record_pool(&self, role: &str, pool: PoolState) {
+        self.pool_connections
+            .with_label_values(&[role, "idle"])
+            .set(i64::from(pool.idle));
+        self.pool_connections
+            .with_label_values(&[role, "in_use"])
+            .set(i64::from(pool.in_use()));
+    }
+
+    fn record_info(&self, role: &str, info: &Info) {
+        let set = |g: &IntGaugeVec, v: Option<u64>| match v {
+            Some(v) => g
+                .with_label_values(&[role])
+                .set(i64::try_from(v).unwrap_or(i64::MAX)),
+            None => {
+                let _ = g.remove_label_values(&[role]);
+            }
+        };
+        set(&self.connected_clients, info.connected_clients);
+        set(&self.blocked_clients, info.blocked_clients);
+        set(&self.maxclients, info.maxclients);
+        set(&self.used_memory, info.used_memory_bytes);
+        set(&self.maxmemory, info.maxmemory_bytes);
+        mirror(&self.rejected_connections, role, info.rejected_connections);
+        mirror(&self.evicted_keys, role, info.evicted_keys);
+    }
+
+    /// Drops the INFO-derived series: while a target is down or INFO is denied they are
+    /// absent, not frozen at their last value.
+    fn clear_info(&self, role: &str) {
+        for g in [
+            &self.connected_clients,
+            &self.blocked_clients,
+            &self.maxclients,
+            &self.used_memory,
+            &self.maxmemory,
+        ] {
+            let _ = g.remove_label_values(&[role]);
+        }
+        for c in [&self.rejected_connections, &self.evicted_keys] {
+            let _ = c.remove_label_values(&[role]);
+        }
+    }
+
+    /// Sets the gauges that depend on when they are read.
+    pub fn set_status(&self, check: &str, code: i64) {
+        self.check_status.with_label_values(&[check]).set(code);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// The text exposition of every family.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// Makes a counter equal a counter Redis keeps: it only adds, and starts over when Redis did
+/// (a restart resets INFO's counters; Prometheus' `rate()` handles the reset).
+fn mirror(counter: &IntCounterVec, role: &str, value: Option<u64>) {
+    let Some(value) = value else {
+        let _ = counter.remove_label_values(&[role]);
+        return;
+    };
+    let c = counter.with_label_values(&[role]);
+    let current = c.get();
+    if value < current {
+        c.reset();
+        c.inc_by(value);
+    } else {
+        c.inc_by(value - current);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &Metrics) -> String {
+        String::from_utf8(m.render()).unwrap()
+    }
+
+    #[test]
+    fn mirrored_counters_follow_redis_and_its_resets() {
+        let m = Metrics::new().unwrap();
+        let mut info = Info {
+            evicted_keys: Some(5),
+            ..Info::default()
+        };
+        m.record_info("cache", &info);
+        info.evicted_keys = Some(9);
+        m.record_info("cache", &info);
+        assert!(text(&m).contains("redis_evicted_keys_total{role=\"cache\"} 9\n"));
+        info.evicted_keys = Some(2);
+        m.record_info("cache", &info);
+        assert!(text(&m).contains("redis_evicted_keys_total{role=\"cache\"} 2\n"));
+    }
+
+    #[test]
+    fn failure_drops_info_series_and_keeps_up() {
+        let m = Metrics::new().unwrap();
+        m.init_redis("cache");
+        let info = Info {
+            connected_clients: Some(3),
+            ..Info::default()
+        };
+        m.record_redis_success("cache", 0.0004, Some(&info), PoolState::default());
+        let t = text(&m);
+        assert!(
+            t.contains("redis_connected_clients{role=\"cache\"} 3\n"),
+            "{t}"
+        );
+        assert!(t.contains("redis_up{role=\"cache\"} 1\n"));
+        let f = Failure::new(Reason::Connect, "refused");
+        m.record_redis_failure("cache", &f, PoolState::default(), false);
+        let t = text(&m);
+        assert!(!t.contains("redis_connected_clients{"), "{t}");
+        assert!(t.contains("redis_up{role=\"cache\"} 0\n"));
+        assert!(t.contains("redis_probe_failures_total{reason=\"connect\",role=\"cache\"} 1\n"));
+        assert!(t.contains("redis_probe_failures_total{reason=\"timeout\",role=\"cache\"} 0\n"));
+        assert!(t.contains("sidecar_build_info{version=\""));
+        assert!(t.contains("process_resident_memory_bytes "));
+    }
+}

@@ -1,0 +1,455 @@
+//! The snapshot: the latest report of every check, written by the runners and read by HTTP.
+//!
+//! Each check has its own `watch` channel: a runner replaces its report in one step, readers
+//! clone an `Arc` and never wait on a probe. Whether a report is still fresh is decided at
+//! read time, so a stuck probe can never leave a stale "healthy" on display.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::failure::Failure;
+
+/// A check's health. Ordered: the overall status is the worst (greatest) of all checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Healthy => "healthy",
+            Status::Degraded => "degraded",
+            Status::Unhealthy => "unhealthy",
+        }
+    }
+
+    /// The value of `sidecar_check_status`.
+    pub fn code(self) -> i64 {
+        self as i64
+    }
+}
+
+/// What the last finished probe of one check found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub status: Status,
+    /// When the probe finished, on the runtime's clock (freshness).
+    pub finished: Instant,
+    /// When the probe finished, on the wall clock (shown).
+    pub finished_at: SystemTime,
+    /// The latency the SLO is judged on (PING's round trip for Redis).
+    pub latency: Option<Duration>,
+    pub last_success: Option<SystemTime>,
+    pub consecutive_failures: u32,
+    /// Why the check is unhealthy.
+    pub error: Option<Failure>,
+    /// Why the check is degraded.
+    pub warnings: Vec<String>,
+    /// Check-specific figures for `/healthz`.
+    pub details: Value,
+}
+
+/// The fixed description of a check and the receiving end of its reports.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    /// Other names that find this check (`redis:broker` for `redis:cache+broker`).
+    pub aliases: Vec<String>,
+    /// Redacted URL, for Redis checks.
+    pub endpoint: Option<String>,
+    reports: watch::Receiver<Option<Arc<Report>>>,
+}
+
+/// The writing end of one check's reports.
+pub type Publisher = watch::Sender<Option<Arc<Report>>>;
+
+/// A check's status as of now: the report's, unless there is no report or it is stale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub status: Status,
+    /// Why it is unhealthy, or for degraded, the first warning.
+    pub reason: Option<String>,
+}
+
+/// Every check, plus what reading them needs.
+#[derive(Debug)]
+pub struct Snapshot {
+    started: Instant,
+    /// A report older than this is stale: three probe intervals.
+    max_age: Duration,
+    checks: Vec<Check>,
+    /// Indexes of the checks that gate `/readyz`.
+    ready: Vec<usize>,
+}
+
+impl Snapshot {
+    /// An empty snapshot; each `(name, aliases, endpoint)` gets a publisher, in order.
+    pub fn new(
+        checks: Vec<(String, Vec<String>, Option<String>)>,
+        ready: &[String],
+        probe_interval: Duration,
+    ) -> (Snapshot, Vec<Publisher>) {
+        let mut publishers = Vec::new();
+        let checks: Vec<Check> = checks
+            .into_iter()
+            .map(|(name, aliases, endpoint)| {
+                let (tx, rx) = watch::channel(None);
+                publishers.push(tx);
+                Check {
+                    name,
+                    aliases,
+                    endpoint,
+                    reports: rx,
+                }
+            })
+            .collect();
+        let ready = checks
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| ready.contains(&c.name))
+            .map(|(i, _)| i)
+            .collect();
+        let snapshot = Snapshot {
+            started: Instant::now(),
+            max_age: probe_interval * 3,
+            checks,
+            ready,
+        };
+        (snapshot, publishers)
+    }
+
+    pub fn checks(&self) -> &[Check] {
+        &self.checks
+    }
+
+    /// The check called `name`, or one of whose aliases it is.
+    pub fn find(&self, name: &str) -> Option<&Check> {
+        self.checks
+            .iter()
+            .find(|c| c.name == name || c.aliases.iter().any(|a| a == name))
+    }
+
+    pub fn report(&self, check: &Check) -> Option<Arc<Report>> {
+        check.reports.borrow().clone()
+    }
+
+    /// The check's status as of `now`.
+    pub fn verdict(&self, check: &Check, now: Instant) -> Verdict {
+        verdict(self.report(check).as_deref(), now, self.max_age)
+    }
+
+    /// True when every ready check is healthy or degraded, and fresh.
+    pub fn ready(&self, now: Instant) -> bool {
+        self.ready
+            .iter()
+            .all(|&i| self.verdict(&self.checks[i], now).status != Status::Unhealthy)
+    }
+
+    /// The `/readyz?verbose` body, Kubernetes style.
+    pub fn readyz_verbose(&self, now: Instant) -> (bool, String) {
+        let mut out = String::new();
+        for &i in &self.ready {
+            out.push_str(&readyz_line(
+                &self.checks[i],
+                &self.verdict(&self.checks[i], now),
+            ));
+        }
+        let ready = self.ready(now);
+        out.push_str(if ready {
+            "readyz check passed\n"
+        } else {
+            "readyz check failed\n"
+        });
+        (ready, out)
+    }
+
+    /// The `/healthz` document and the overall status.
+    pub fn healthz(&self, now: Instant) -> (Status, Value) {
+        let mut overall = Status::Healthy;
+        let mut checks = serde_json::Map::new();
+        for check in &self.checks {
+            let report = self.report(check);
+            let verdict = verdict(report.as_deref(), now, self.max_age);
+            overall = overall.max(verdict.status);
+            checks.insert(
+                check.name.clone(),
+                check_json(check, report.as_deref(), &verdict),
+            );
+        }
+        let doc = json!({
+            "status": overall,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": round3(now.duration_since(self.started).as_secs_f64()),
+            "checks": checks,
+        });
+        (overall, doc)
+    }
+}
+
+/// One `/readyz?verbose` line: `[+]name ok` or `[-]name failed: reason`.
+pub fn readyz_line(check: &Check, verdict: &Verdict) -> String {
+    match (verdict.status, &verdict.reason) {
+        (Status::Unhealthy, reason) => format!(
+            "[-]{} failed: {}\n",
+            check.name,
+            reason.as_deref().unwrap_or("unknown")
+        ),
+        (Status::Degraded, Some(reason)) => format!("[+]{} ok (degraded: {reason})\n", check.name),
+        _ => format!("[+]{} ok\n", check.name),
+    }
+}
+
+/// The status of a check as of `now`: unhealthy when it has no report yet or its report is
+/// older than `max_age` (the probe loop is stuck), else the report's own.
+pub fn verdict(report: Option<&Report>, now: Instant, max_age: Duration) -> Verdict {
+    let Some(report) = report else {
+        return Verdict {
+            status: Status::Unhealthy,
+            reason: Some("no probe has finished yet".into()),
+        };
+    };
+    let age = now.saturating_duration_since(report.finished);
+    if age > max_age {
+        return Verdict {
+            status: Status::Unhealthy,
+            reason: Some(format!(
+                "stale: the last probe finished {:.1}s ago, over the {:.1}s limit (three probe intervals)",
+                age.as_secs_f64(),
+                max_age.as_secs_f64()
+            )),
+        };
+    }
+    let reason = match report.status {
+        Status::Unhealthy => report.error.as_ref().map(|f| f.message.clone()),
+        Status::Degraded => report.warnings.first().cloned(),
+        Status::Healthy => None,
+    };
+    Verdict {
+        status: report.status,
+        reason,
+    }
+}
+
+fn check_json(check: &Check, report: Option<&Report>, verdict: &Verdict) -> Value {
+    let mut doc = json!({
+        "status": verdict.status,
+        "endpoint": check.endpoint,
+        "latency_ms": null,
+        "last_success": null,
+        "last_probe": null,
+        "consecutive_failures": 0,
+        "error": null,
+        "reason": null,
+        "warnings": [],
+        "details": {},
+    });
+    if let Some(r) = report {
+        doc["latency_ms"] = json!(r.latency.map(|d| round3(d.as_secs_f64() * 1e3)));
+        doc["last_success"] = json!(r.last_success.map(rfc3339));
+        doc["last_probe"] = json!(rfc3339(r.finished_at));
+        doc["consecutive_failures"] = json!(r.consecutive_failures);
+        doc["reason"] = json!(r.error.as_ref().map(|f| f.reason.as_str()));
+        doc["warnings"] = json!(r.warnings);
+        doc["details"] = r.details.clone();
+    }
+    if verdict.status == Status::Unhealthy {
+        doc["error"] = json!(verdict.reason);
+    }
+    doc
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// `2026-11-27T10:00:00.123Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's method).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::Reason;
+
+    fn report(status: Status, finished: Instant) -> Report {
+        Report {
+            status,
+            finished,
+            finished_at: SystemTime::now(),
+            latency: Some(Duration::from_micros(410)),
+            last_success: None,
+            consecutive_failures: 0,
+            error: (status == Status::Unhealthy)
+                .then(|| Failure::new(Reason::Connect, "connection refused by h:1")),
+            warnings: if status == Status::Degraded {
+                vec!["slow".into()]
+            } else {
+                vec![]
+            },
+            details: json!({}),
+        }
+    }
+
+    fn two_checks(interval: Duration) -> (Snapshot, Vec<Publisher>) {
+        Snapshot::new(
+            vec![
+                (
+                    "redis:cache".into(),
+                    vec![],
+                    Some("redis://a:6379/0".into()),
+                ),
+                (
+                    "redis:broker".into(),
+                    vec![],
+                    Some("redis://b:6379/0".into()),
+                ),
+            ],
+            &["redis:cache".to_string(), "redis:broker".to_string()],
+            interval,
+        )
+    }
+
+    #[test]
+    fn overall_is_the_worst() {
+        let (snap, tx) = two_checks(Duration::from_secs(5));
+        let now = Instant::now();
+        for (a, b, want) in [
+            (Status::Healthy, Status::Healthy, Status::Healthy),
+            (Status::Healthy, Status::Degraded, Status::Degraded),
+            (Status::Degraded, Status::Unhealthy, Status::Unhealthy),
+            (Status::Unhealthy, Status::Healthy, Status::Unhealthy),
+        ] {
+            tx[0].send_replace(Some(Arc::new(report(a, now))));
+            tx[1].send_replace(Some(Arc::new(report(b, now))));
+            let (overall, doc) = snap.healthz(now);
+            assert_eq!(overall, want);
+            assert_eq!(doc["status"], json!(want.as_str()));
+            assert_eq!(snap.ready(now), want != Status::Unhealthy);
+        }
+    }
+
+    #[test]
+    fn no_report_yet_is_not_ready() {
+        let (snap, _tx) = two_checks(Duration::from_secs(5));
+        let now = Instant::now();
+        assert!(!snap.ready(now));
+        let (overall, doc) = snap.healthz(now);
+        assert_eq!(overall, Status::Unhealthy);
+        assert_eq!(
+            doc["checks"]["redis:cache"]["error"],
+            json!("no probe has finished yet")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_goes_stale_after_three_intervals() {
+        let interval = Duration::from_secs(5);
+        let (snap, tx) = two_checks(interval);
+        for p in &tx {
+            p.send_replace(Some(Arc::new(report(Status::Healthy, Instant::now()))));
+        }
+        assert!(snap.ready(Instant::now()));
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert!(
+            snap.ready(Instant::now()),
+            "exactly three intervals is fresh"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!snap.ready(Instant::now()));
+        let (ready, text) = snap.readyz_verbose(Instant::now());
+        assert!(!ready);
+        assert!(
+            text.contains("[-]redis:cache failed: stale: the last probe finished 15.0s ago"),
+            "{text}"
+        );
+        assert!(text.ends_with("readyz check failed\n"));
+        // A new report makes it fresh again.
+        tx[0].send_replace(Some(Arc::new(report(Status::Healthy, Instant::now()))));
+        tx[1].send_replace(Some(Arc::new(report(Status::Degraded, Instant::now()))));
+        let (ready, text) = snap.readyz_verbose(Instant::now());
+        assert!(ready);
+        assert_eq!(
+            text,
+            "[+]redis:cache ok\n[+]redis:broker ok (degraded: slow)\nreadyz check passed\n"
+        );
+    }
+
+    #[test]
+    fn only_ready_checks_gate_readiness() {
+        let (snap, tx) = Snapshot::new(
+            vec![
+                ("redis:cache".into(), vec![], None),
+                ("redis:broker".into(), vec![], None),
+            ],
+            &["redis:cache".to_string()],
+            Duration::from_secs(5),
+        );
+        let now = Instant::now();
+        tx[0].send_replace(Some(Arc::new(report(Status::Healthy, now))));
+        tx[1].send_replace(Some(Arc::new(report(Status::Unhealthy, now))));
+        assert!(snap.ready(now));
+        assert_eq!(snap.healthz(now).0, Status::Unhealthy);
+    }
+
+    #[test]
+    fn healthz_fields() {
+        let (snap, tx) = two_checks(Duration::from_secs(5));
+        let now = Instant::now();
+        tx[0].send_replace(Some(Arc::new(report(Status::Healthy, now))));
+        tx[1].send_replace(Some(Arc::new(report(Status::Unhealthy, now))));
+        let (_, doc) = snap.healthz(now);
+        let cache = &doc["checks"]["redis:cache"];
+        assert_eq!(cache["status"], "healthy");
+        assert_eq!(cache["endpoint"], "redis://a:6379/0");
+        assert_eq!(cache["latency_ms"], json!(0.41));
+        assert_eq!(cache["error"], Value::Null);
+        let broker = &doc["checks"]["redis:broker"];
+        assert_eq!(broker["error"], "connection refused by h:1");
+        assert_eq!(broker["reason"], "connect");
+        assert_eq!(doc["version"], env!("CARGO_PKG_VERSION"));
+        assert!(doc["uptime_seconds"].is_f64());
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_777_764_473);
+        assert_eq!(rfc3339(t), "2026-11-27T11:09:24.473Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,407 @@
+//! A Redis target: one server and database the app uses, the roles it plays, and its URL,
+//! parsed once and shown only redacted.
+
+use std::fmt;
+
+use redis::IntoConnectionInfo;
+use url::Url;
+
+/// What the app uses a Redis for; the `role` label of every Redis metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Cache,
+    Broker,
+    ResultBackend,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Cache => "cache",
+            Role::Broker => "broker",
+            Role::ResultBackend => "result_backend",
+        }
+    }
+}
+
+/// Where a target lives, as the redis crate needs it and as a person reads it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Address {
+    Tcp { host: String, port: u16, tls: bool },
+    Unix { path: String },
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp { host, port, .. } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Address::Tcp { host, port, .. } => write!(f, "{host}:{port}"),
+            Address::Unix { path } => f.write_str(path),
+        }
+    }
+}
+
+/// One Redis server and database to probe. Several roles share a target when their URLs
+/// name the same server, database and credentials.
+#[derive(Clone)]
+pub struct Target {
+    roles: Vec<Role>,
+    address: Address,
+    db: i64,
+    user: Option<String>,
+    /// Kept out of `Debug` and `Display`; only `connection_info` hands it to the redis crate.
+    password: Option<String>,
+    redacted: String,
+}
+
+/// Why a URL was refused; the caller adds the variable's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlError(pub String);
+
+impl Target {
+    /// Parses `redis://`, `rediss://`, `redis+unix://` and `unix://` URLs.
+    ///
+    /// Error texts never contain the URL itself, which may hold a password.
+    pub fn parse(role: Role, input: &str) -> Result<Target, UrlError> {
+        let url = Url::parse(input.trim()).map_err(|e| {
+            UrlError(format!(
+                "not a valid URL ({e}); expected redis://[user:password@]host:port/db"
+            ))
+        })?;
+        let scheme = url.scheme().to_ascii_lowercase();
+        let query = |name: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        let decode = |s: &str| {
+            percent_decode(s).ok_or_else(|| {
+                UrlError("user or password is not valid percent-encoded UTF-8".into())
+            })
+        };
+        let (address, db, user, password) = match scheme.as_str() {
+            "redis" | "rediss" => {
+                let host = match url.host() {
+                    Some(url::Host::Domain(d)) if !d.is_empty() => d.to_string(),
+                    Some(url::Host::Ipv4(a)) => a.to_string(),
+                    Some(url::Host::Ipv6(a)) => a.to_string(),
+                    _ => return Err(UrlError("the URL has no host".into())),
+                };
+                let port = url.port().unwrap_or(6379);
+                if port == 0 {
+                    return Err(UrlError("port 0 is not a valid Redis port".into()));
+                }
+                let path = url.path().trim_matches('/');
+                let db = if path.is_empty() {
+                    match query("db") {
+                        Some(d) => parse_db(&d)?,
+                        None => 0,
+                    }
+                } else {
+                    parse_db(path)?
+                };
+                let user = match url.username() {
+                    "" => None,
+                    u => Some(decode(u)?),
+                };
+                let password = match url.password() {
+                    None | Some("") => None,
+                    Some(p) => Some(decode(p)?),
+                };
+                let tls = scheme == "rediss";
+                (Address::Tcp { host, port, tls }, db, user, password)
+            }
+            "redis+unix" | "unix" => {
+                let path = url.path().to_string();
+                if path.is_empty() || path == "/" {
+                    return Err(UrlError("the unix socket URL has no path".into()));
+                }
+                let db = match query("db") {
+                    Some(d) => parse_db(&d)?,
+                    None => 0,
+                };
+                let user = query("user").filter(|u| !u.is_empty());
+                let password = query("pass")
+                    .or_else(|| query("password"))
+                    .filter(|p| !p.is_empty());
+                (Address::Unix { path }, db, user, password)
+            }
+            other => {
+                return Err(UrlError(format!(
+                    "scheme \"{other}\" is not supported; use redis://, rediss://, redis+unix:// or unix://"
+                )));
+            }
+        };
+        let redacted = redact(&address, db, user.as_deref(), password.is_some());
+        Ok(Target {
+            roles: vec![role],
+            address,
+            db,
+            user,
+            password,
+            redacted,
+        })
+    }
+
+    /// Builds the cache URL from Railway's `REDISHOST`/`REDISPORT`/`REDISUSER`/`REDISPASSWORD`.
+    pub fn from_parts(host: &str, port: u16, user: Option<&str>, password: Option<&str>) -> Target {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let address = Address::Tcp {
+            host,
+            port,
+            tls: false,
+        };
+        let user = user.filter(|u| !u.is_empty()).map(str::to_string);
+        let password = password.filter(|p| !p.is_empty()).map(str::to_string);
+        let redacted = redact(&address, 0, user.as_deref(), password.is_some());
+        Target {
+            roles: vec![Role::Cache],
+            address,
+            db: 0,
+            user,
+            password,
+            redacted,
+        }
+    }
+
+    /// The roles this target plays, in the fixed order cache, broker, result_backend.
+    pub fn roles(&self) -> &[Role] {
+        &self.roles
+    }
+
+    /// The `role` label: the roles joined with `+`, e.g. `cache+broker`.
+    pub fn role_label(&self) -> String {
+        let names: Vec<&str> = self.roles.iter().map(|r| r.as_str()).collect();
+        names.join("+")
+    }
+
+    /// The check name in `/healthz` and `/readyz`: `redis:<role label>`.
+    pub fn check_name(&self) -> String {
+        format!("redis:{}", self.role_label())
+    }
+
+    /// The URL with its password replaced by `***`, port and db spelled out.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    pub fn db(&self) -> i64 {
+        self.db
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// The password, for scrubbing it out of any text that came back from elsewhere.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// True when `other` names the same server, database and credentials.
+    pub fn same_connection(&self, other: &Target) -> bool {
+        self.address == other.address
+            && self.db == other.db
+            && self.user == other.user
+            && self.password == other.password
+    }
+
+    /// Adds `other`'s roles to this target (after `same_connection` said they are one).
+    pub fn absorb(&mut self, other: &Target) {
+        for role in &other.roles {
+            if !self.roles.contains(role) {
+                self.roles.push(*role);
+            }
+        }
+        self.roles.sort();
+    }
+
+    /// What the redis crate needs to connect, password included.
+    pub fn connection_info(&self) -> redis::ConnectionInfo {
+        let addr = match &self.address {
+            Address::Tcp { host, port, tls } if *tls => redis::ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port: *port,
+                insecure: false,
+                tls_params: None,
+            },
+            Address::Tcp { host, port, .. } => redis::ConnectionAddr::Tcp(host.clone(), *port),
+            Address::Unix { path } => redis::ConnectionAddr::Unix(path.into()),
+        };
+        let mut settings = redis::RedisConnectionInfo::default()
+            .set_db(self.db)
+            .set_lib_name(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
+        if let Some(user) = &self.user {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
+        }
+        addr.into_connection_info()
+            .expect("a ConnectionAddr always converts into ConnectionInfo")
+            .set_redis_settings(settings)
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("roles", &self.roles)
+            .field("url", &self.redacted)
+            .finish()
+    }
+}
+
+fn parse_db(text: &str) -> Result<i64, UrlError> {
+    match text.parse::<i64>() {
+        Ok(db) if db >= 0 => Ok(db),
+        _ => Err(UrlError(format!(
+            "database \"{}\" is not a number >= 0",
+            text.chars().take(20).collect::<String>()
+        ))),
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn redact(address: &Address, db: i64, user: Option<&str>, has_password: bool) -> String {
+    let userinfo = match (user, has_password) {
+        (Some(u), true) => format!("{u}:***@"),
+        (Some(u), false) => format!("{u}@"),
+        (None, true) => ":***@".to_string(),
+        (None, false) => String::new(),
+    };
+    match address {
+        Address::Tcp { tls, .. } => {
+            let scheme = if *tls { "rediss" } else { "redis" };
+            format!("{scheme}://{userinfo}{address}/{db}")
+        }
+        Address::Unix { path } => {
+            let mut url = format!("redis+unix://{path}?db={db}");
+            if let Some(u) = user {
+                url.push_str(&format!("&user={u}"));
+            }
+            if has_password {
+                url.push_str("&pass=***");
+            }
+            url
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn railway_url_is_redacted_with_port_and_db() {
+        let t = Target::parse(
+            Role::Cache,
+            "redis://default:s3cr3t@redis.railway.internal:6379",
+        )
+        .unwrap();
+        assert_eq!(
+            t.redacted(),
+            "redis://default:***@redis.railway.internal:6379/0"
+        );
+        assert_eq!(t.user(), Some("default"));
+        assert_eq!(t.password(), Some("s3cr3t"));
+        assert!(!format!("{t:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn redaction_covers_every_form() {
+        let cases = [
+            ("redis://127.0.0.1", "redis://127.0.0.1:6379/0"),
+            ("redis://:pw@h:1/2", "redis://:***@h:1/2"),
+            ("rediss://u:p%40w@h/3", "rediss://u:***@h:6379/3"),
+            ("redis://[::1]:6380/1", "redis://[::1]:6380/1"),
+            ("redis://h?db=4", "redis://h:6379/4"),
+            (
+                "redis+unix:///run/redis.sock?db=2&pass=pw",
+                "redis+unix:///run/redis.sock?db=2&pass=***",
+            ),
+            (
+                "unix:///tmp/r.sock?user=app&password=pw",
+                "redis+unix:///tmp/r.sock?db=0&user=app&pass=***",
+            ),
+        ];
+        for (input, want) in cases {
+            let t = Target::parse(Role::Cache, input).unwrap();
+            assert_eq!(t.redacted(), want, "{input}");
+            assert!(!t.redacted().contains("pw"), "{input}");
+        }
+    }
+
+    #[test]
+    fn percent_encoded_password_is_decoded() {
+        let t = Target::parse(Role::Cache, "rediss://u:p%40w@h/3").unwrap();
+        assert_eq!(t.password(), Some("p@w"));
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_echoing_them() {
+        let cases = [
+            ("http://u:hunter2@h:6379", "scheme \"http\""),
+            ("redis://u:hunter2@h:99999", "invalid port"),
+            ("redis://u:hunter2@h:6379/abc", "database \"abc\""),
+            ("redis://u:hunter2@h:6379/-1", "database \"-1\""),
+            ("redis://u:hunter2@:6379/0", "host"),
+            ("hunter2", "not a valid URL"),
+            ("redis+unix://", "no path"),
+            ("redis://u:hunter2@h:0", "port 0"),
+        ];
+        for (input, want) in cases {
+            let err = Target::parse(Role::Cache, input).unwrap_err();
+            assert!(err.0.contains(want), "{input}: {}", err.0);
+            assert!(!err.0.contains("hunter2"), "{input}: {}", err.0);
+        }
+    }
+
+    #[test]
+    fn same_connection_merges_roles_in_fixed_order() {
+        let mut broker = Target::parse(Role::Broker, "redis://:pw@h:6379/0").unwrap();
+        let cache = Target::parse(Role::Cache, "redis://:pw@h:6379").unwrap();
+        let backend = Target::parse(Role::ResultBackend, "redis://:pw@h:6379/1").unwrap();
+        let other_pw = Target::parse(Role::ResultBackend, "redis://:other@h:6379/0").unwrap();
+        assert!(broker.same_connection(&cache));
+        assert!(!broker.same_connection(&backend));
+        assert!(!broker.same_connection(&other_pw));
+        broker.absorb(&cache);
+        assert_eq!(broker.role_label(), "cache+broker");
+        assert_eq!(broker.check_name(), "redis:cache+broker");
+    }
+
+    #[test]
+    fn parts_build_a_redacted_url() {
+        let t = Target::from_parts("redis.railway.internal", 6379, Some("default"), Some("pw"));
+        assert_eq!(
+            t.redacted(),
+            "redis://default:***@redis.railway.internal:6379/0"
+        );
+        let t = Target::from_parts("::1", 6380, None, None);
+        assert_eq!(t.redacted(), "redis://[::1]:6380/0");
+    }
+}

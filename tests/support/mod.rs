@@ -1,0 +1,450 @@
+//! Shared test support: real `redis-server` processes on free ports, the sidecar binary, a
+//! raw HTTP client, and polling. Every process started here is killed on drop, panics
+//! included; nothing here touches a process it did not start.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_redis-celery-sidecar");
+
+/// Fast probes for tests: results within a second, and a timeout long enough that a busy
+/// 2-core machine does not turn a healthy Redis into a failure.
+pub const FAST: &[(&str, &str)] = &[
+    ("SIDECAR_PROBE_INTERVAL", "500ms"),
+    ("SIDECAR_PROBE_TIMEOUT", "400ms"),
+    ("SIDECAR_LATENCY_SLO", "300ms"),
+];
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "rcs-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics after `limit` naming `what`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `redis-server` of our own.
+pub struct Redis {
+    pub port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl Redis {
+    /// Starts `redis-server` on a free port with `extra` arguments (e.g. `--requirepass`).
+    pub fn start(extra: &[&str]) -> Redis {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        for _ in 0..5 {
+            let mut r = Redis {
+                port: free_port(),
+                args: args.clone(),
+                child: None,
+                dir: TempDir::new("redis"),
+            };
+            if r.spawn() {
+                return r;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let log = self.dir.path().join("redis.log");
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "-::1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-server ({e}): run scripts/test, which installs it")
+            });
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if self.answers() {
+                return true;
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "redis-server on port {} did not answer within 10s; log: {}",
+            self.port,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// True when the server replies anything to a PING (PONG, or NOAUTH).
+    fn answers(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 64];
+        s.write_all(b"PING\r\n").is_ok() && matches!(s.read(&mut buf), Ok(n) if n > 0)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis-server is running").id()
+    }
+
+    /// Sends a Unix signal with `kill(1)`.
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// SIGSTOP: the server keeps its sockets but answers nothing.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(
+            self.spawn(),
+            "redis-server did not restart on port {}",
+            self.port
+        );
+    }
+
+    /// Runs a command with redis-cli (with `-a` when given) and returns its output.
+    pub fn cli(&self, password: Option<&str>, args: &[&str]) -> String {
+        let mut c = Command::new("redis-cli");
+        c.args(["-p", &self.port.to_string()]);
+        if let Some(pw) = password {
+            c.args(["--no-auth-warning", "-a", pw]);
+        }
+        let out = c.args(args).output().expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_ref() {
+            // A frozen process must be woken to die cleanly with its sockets.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(c.id().to_string())
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// An HTTP response as the test sees it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; `extra` is added to the head as is.
+pub fn http(addr: SocketAddr, method: &str, path: &str, extra: &str) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{extra}\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok(Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// The sidecar binary, serving on an ephemeral port.
+pub struct Sidecar {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+/// A command for the binary with a clean environment (only PATH kept) in an empty
+/// directory, so neither the machine's variables nor a stray `.env` leak in.
+pub fn command(env: &[(&str, &str)], dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Runs the binary to completion (for `check` and `config`).
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = TempDir::new("cli");
+    command(env, dir.path())
+        .args(args)
+        .output()
+        .expect("run the sidecar binary")
+}
+
+impl Sidecar {
+    /// Starts `serve` with `env` (plus `SIDECAR_LISTEN_ADDR=[::]:0` unless given) and
+    /// waits for its "listening" log line.
+    pub fn start(env: &[(&str, &str)]) -> Sidecar {
+        let dir = TempDir::new("sidecar");
+        let mut env = env.to_vec();
+        if !env.iter().any(|(k, _)| *k == "SIDECAR_LISTEN_ADDR") {
+            env.push(("SIDECAR_LISTEN_ADDR", "[::]:0"));
+        }
+        let mut child = command(&env, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the sidecar binary");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stderr.take().expect("stderr")) as Box<dyn Read + Send>,
+            Box::new(child.stdout.take().expect("stdout")),
+        ] {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut sidecar = Sidecar {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            child: Some(child),
+            logs,
+            _dir: dir,
+        };
+        let port: u16 = wait_for(
+            "the sidecar's listening line",
+            Duration::from_secs(10),
+            || {
+                if let Some(Ok(Some(status))) = sidecar.child.as_mut().map(|c| c.try_wait()) {
+                    panic!("sidecar exited with {status}: {}", sidecar.logs());
+                }
+                let logs = sidecar.logs.lock().unwrap();
+                logs.iter().find(|l| l.contains("listening")).and_then(|l| {
+                    let addr = l.split("addr=").nth(1)?.split_whitespace().next()?;
+                    let addr = addr.trim_matches('"');
+                    addr.parse::<SocketAddr>().ok().map(|a| a.port())
+                })
+            },
+        );
+        sidecar.addr = SocketAddr::from(([127, 0, 0, 1], port));
+        sidecar
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, "")
+    }
+
+    pub fn request(&self, method: &str, path: &str, extra: &str) -> Reply {
+        http(self.addr, method, path, extra)
+            .unwrap_or_else(|e| panic!("{method} {path} failed: {e}\nlogs:\n{}", self.logs()))
+    }
+
+    /// Polls `path` until its status is `code`; returns that reply.
+    pub fn wait_status(&self, path: &str, code: u16) -> Reply {
+        let mut last = None;
+        wait_for(
+            &format!("{path} to answer {code}"),
+            Duration::from_secs(15),
+            || {
+                let r = self.get(path);
+                if r.status == code {
+                    return Some(r);
+                }
+                last = Some(r);
+                None
+            },
+        )
+    }
+
+    /// Everything it logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("sidecar is running").id()
+    }
+
+    /// Sends SIGTERM and waits (up to 10 s) for the exit; returns its status and how long
+    /// it took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let mut child = self.child.take().expect("sidecar is running");
+        let exit = wait_for("the sidecar to exit", Duration::from_secs(10), || {
+            child.try_wait().ok().flatten()
+        });
+        (exit, started.elapsed())
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The value of the sample `name` (with its labels, exactly as printed) in a scrape.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// `promtool check metrics` on a scrape: panics with promtool's complaints, or when
+/// promtool is missing (scripts/test installs it).
+pub fn promtool_check_metrics(scrape: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run promtool ({e}): run scripts/test, which installs it")
+        });
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(scrape.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}"
+    );
+}
