@@ -351,7 +351,7 @@ fn tls_failure(err: &rustls::Error, target: &Target) -> Failure {
             " (the server did not answer with TLS: is this a plain port? use redis:// for it)"
         }
         rustls::Error::InvalidCertificate(_) => {
-            " (the server's certificate is not trusted for this host name)"
+            " (the server's certificate is not trusted here: self-signed or unknown issuer, another host name, or expired)"
         }
         _ => "",
     };

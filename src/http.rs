@@ -156,12 +156,13 @@ pub fn respond(
             };
             let mut body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
             body.push(b'\n');
-            response(code, "application/json", body)
+            response(code, "application/json", Bytes::from(body))
         }
-        "/metrics" => {
-            publish_read_time_gauges(snapshot, &app.metrics, now);
-            response(StatusCode::OK, metrics::CONTENT_TYPE, app.metrics.render())
-        }
+        "/metrics" => response(
+            StatusCode::OK,
+            metrics::CONTENT_TYPE,
+            app.metrics.exposition(),
+        ),
         _ => {
             let name = &path["/readyz/".len()..];
             let Some(check) = snapshot.find(name) else {
@@ -184,15 +185,6 @@ pub fn respond(
     }
 }
 
-/// Check status and readiness depend on the time they are read (a stale report is
-/// unhealthy), so `/metrics` sets them from the snapshot before encoding.
-fn publish_read_time_gauges(snapshot: &Snapshot, metrics: &Metrics, now: Instant) {
-    for check in snapshot.checks() {
-        metrics.set_status(&check.name, snapshot.verdict(check, now).status.code());
-    }
-    metrics.set_ready(snapshot.ready(now));
-}
-
 fn ready_code(ready: bool) -> StatusCode {
     if ready {
         StatusCode::OK
@@ -202,11 +194,15 @@ fn ready_code(ready: bool) -> StatusCode {
 }
 
 fn text(code: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    response(code, "text/plain; charset=utf-8", body.as_bytes().to_vec())
+    response(
+        code,
+        "text/plain; charset=utf-8",
+        Bytes::copy_from_slice(body.as_bytes()),
+    )
 }
 
-fn response(code: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn response(code: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = code;
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -296,6 +292,7 @@ mod tests {
             None => (uri, None),
         };
         let auth = auth.map(|a| HeaderValue::from_str(a).unwrap());
+        app.metrics.render(&app.snapshot, Instant::now());
         let r = respond(app, &method, path, query, auth.as_ref(), Instant::now());
         let body = futures_body(&r);
         (r.status(), body, r)

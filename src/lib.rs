@@ -59,6 +59,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         metrics,
         auth_token: config.auth_token.clone(),
     });
+    let renderer = app.clone();
+    tasks.spawn(async move { renderer.metrics.render_loop(&renderer.snapshot).await });
     http::serve(listener, app, shutdown).await;
     tasks.abort_all();
 }

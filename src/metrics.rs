@@ -1,8 +1,12 @@
 //! The Prometheus registry and every metric family the sidecar exports.
 //!
-//! Runners write here after each probe; `/metrics` only encodes what is here (and sets the
-//! two gauges that depend on the time of reading: check status and readiness).
+//! Runners write here after each probe. The text exposition is rendered once per update
+//! (and at least every second, for `process_*` and freshness), never per request: a scrape
+//! only clones the last rendered body.
 
+use std::time::Duration;
+
+use hyper::body::Bytes;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -11,6 +15,12 @@ use prometheus::{
 use crate::failure::{Failure, Reason};
 use crate::info::Info;
 use crate::probe::PoolState;
+use crate::snapshot::Snapshot;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+/// A rendered exposition older than this is rendered again even without a probe.
+pub const RENDER_EVERY: Duration = Duration::from_secs(1);
 
 /// `redis_ping_duration_seconds` buckets: 100 µs to 2.5 s.
 const PING_BUCKETS: [f64; 14] = [
@@ -38,6 +48,10 @@ pub struct Metrics {
     ready: IntGauge,
     last_probe: GaugeVec,
     probe_duration: GaugeVec,
+    /// Signalled by runners after they record a probe.
+    updated: Notify,
+    /// The last rendered text exposition.
+    body: watch::Sender<Bytes>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -143,6 +157,8 @@ impl Metrics {
                 &["check"],
             )?,
             registry,
+            updated: Notify::new(),
+            body: watch::Sender::new(Bytes::new()),
         })
     }
 
@@ -162,6 +178,7 @@ impl Metrics {
         self.probe_duration
             .with_label_values(&[check])
             .set(duration);
+        self.updated.notify_one();
     }
 
     pub fn record_redis_success(
@@ -242,22 +259,36 @@ impl Metrics {
         }
     }
 
-    /// Sets the gauges that depend on when they are read.
+    /// Sets the gauge of one check's status.
     pub fn set_status(&self, check: &str, code: i64) {
         self.check_status.with_label_values(&[check]).set(code);
     }
 
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.set(i64::from(ready));
-    }
-
-    /// The text exposition of every family.
-    pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 * 1024);
+    /// Renders the exposition: first the gauges that depend on the time (a stale check is
+    /// unhealthy, readiness), then every family, into the body scrapes are served.
+    pub fn render(&self, snapshot: &Snapshot, now: Instant) {
+        for check in snapshot.checks() {
+            self.set_status(&check.name, snapshot.verdict(check, now).status.code());
+        }
+        self.ready.set(i64::from(snapshot.ready(now)));
+        let mut out = Vec::with_capacity(self.body.borrow().len() + 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
-        out
+        self.body.send_replace(Bytes::from(out));
+    }
+
+    /// Renders after every recorded probe, and at least every second; runs until aborted.
+    pub async fn render_loop(&self, snapshot: &Snapshot) {
+        loop {
+            self.render(snapshot, Instant::now());
+            let _ = tokio::time::timeout(RENDER_EVERY, self.updated.notified()).await;
+        }
+    }
+
+    /// The last rendered exposition (a reference-counted clone, no copy).
+    pub fn exposition(&self) -> Bytes {
+        self.body.borrow().clone()
     }
 }
 
@@ -283,7 +314,9 @@ mod tests {
     use super::*;
 
     fn text(m: &Metrics) -> String {
-        String::from_utf8(m.render()).unwrap()
+        let (snapshot, _) = Snapshot::new(vec![], &[], Duration::from_secs(5));
+        m.render(&snapshot, Instant::now());
+        String::from_utf8(m.exposition().to_vec()).unwrap()
     }
 
     #[test]

@@ -101,10 +101,6 @@ impl Runner {
                 self.failure(failure, pool, now)
             }
         };
-        let unix = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-        self.metrics
-            .record_probe(&self.check, unix.as_secs_f64(), elapsed.as_secs_f64());
-        self.metrics.set_status(&self.check, report.status.code());
         tracing::debug!(
             check = %self.check,
             status = report.status.as_str(),
@@ -115,6 +111,10 @@ impl Runner {
         let report = Arc::new(report);
         self.publisher.send_replace(Some(report.clone()));
         self.last = Some(report.clone());
+        // Last: this wakes the metrics renderer, which reads the snapshot just written.
+        let unix = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.metrics
+            .record_probe(&self.check, unix.as_secs_f64(), elapsed.as_secs_f64());
         report
     }
 

@@ -47,7 +47,7 @@ fn healthy_redis_is_ready_with_fields_and_clean_metrics() {
     assert_eq!(details["role"], "master");
     assert!(details["pool"]["connections"].as_u64().unwrap() >= 1);
 
-    let scrape = sidecar.get("/metrics");
+    let scrape = sidecar.scrape_when("redis_up{role=\"cache\"}", 1.0);
     assert_eq!(scrape.status, 200);
     assert_eq!(
         scrape.header("content-type"),
@@ -138,7 +138,7 @@ fn killed_redis_is_refused_then_recovers_in_the_same_process() {
     assert_eq!(check["reason"], "connect");
     assert!(check["consecutive_failures"].as_u64().unwrap() >= 1);
     assert!(check["last_success"].is_string(), "keeps the last success");
-    let scrape = sidecar.get("/metrics");
+    let scrape = sidecar.scrape_when("redis_up{role=\"cache\"}", 0.0);
     assert_eq!(scrape.status, 200);
     assert_eq!(sample(&scrape.body, "redis_up{role=\"cache\"}"), Some(0.0));
     assert!(
@@ -198,7 +198,7 @@ fn frozen_redis_times_out_while_every_endpoint_answers() {
         check["error"].as_str().unwrap().contains("400ms"),
         "{check}"
     );
-    let scrape = sidecar.get("/metrics");
+    let scrape = sidecar.scrape_when("redis_up{role=\"cache\"}", 0.0);
     assert_eq!(scrape.status, 200);
     assert_eq!(sample(&scrape.body, "redis_up{role=\"cache\"}"), Some(0.0));
     assert!(
@@ -236,7 +236,7 @@ fn two_servers_one_down_is_unhealthy_overall_healthy_for_the_other() {
     assert_eq!(doc["checks"]["redis:broker"]["status"], "unhealthy");
     assert_eq!(sidecar.get("/readyz/redis:cache").status, 200);
     assert_eq!(sidecar.get("/readyz/redis:broker").status, 503);
-    let m = sidecar.get("/metrics").body;
+    let m = sidecar.scrape_when("redis_up{role=\"broker\"}", 0.0).body;
     assert_eq!(sample(&m, "redis_up{role=\"cache\"}"), Some(1.0));
     assert_eq!(sample(&m, "redis_up{role=\"broker\"}"), Some(0.0));
 }
@@ -251,7 +251,9 @@ fn one_server_in_two_roles_is_probed_once_under_a_joined_name() {
     let names: Vec<&String> = doc["checks"].as_object().unwrap().keys().collect();
     assert_eq!(names, ["redis:cache+broker"]);
     assert_eq!(sidecar.get("/readyz/redis:broker").status, 200);
-    let m = sidecar.get("/metrics").body;
+    let m = sidecar
+        .scrape_when("redis_up{role=\"cache+broker\"}", 1.0)
+        .body;
     assert_eq!(sample(&m, "redis_up{role=\"cache+broker\"}"), Some(1.0));
     // One pool serves both roles: Redis sees the sidecar's connections once.
     let clients = redis.cli(None, &["CLIENT", "LIST"]);
@@ -370,4 +372,35 @@ fn a_slow_client_is_cut_off_while_others_are_served() {
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text}"
     );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_cause() {
+    let mut redis = Redis::start(&[]);
+    let url = redis.url();
+    let sidecar = Sidecar::start(&env(&[("REDIS_URL", &url), ("SIDECAR_LOG_FORMAT", "json")]));
+    sidecar.wait_status("/readyz", 200);
+    redis.kill();
+    sidecar.wait_status("/readyz", 503);
+    let logs = wait_for("the unhealthy log line", Duration::from_secs(10), || {
+        let logs = sidecar.logs();
+        logs.contains("is unhealthy").then_some(logs)
+    });
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let down = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("is unhealthy"))
+        })
+        .unwrap();
+    assert_eq!(down["level"], "WARN");
+    assert_eq!(down["check"], "redis:cache");
+    assert_eq!(down["reason"], "connect");
+    assert_eq!(down["endpoint"], url.as_str());
+    assert!(down["timestamp"].is_string());
 }

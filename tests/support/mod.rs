@@ -335,11 +335,7 @@ impl Sidecar {
                     panic!("sidecar exited with {status}: {}", sidecar.logs());
                 }
                 let logs = sidecar.logs.lock().unwrap();
-                logs.iter().find(|l| l.contains("listening")).and_then(|l| {
-                    let addr = l.split("addr=").nth(1)?.split_whitespace().next()?;
-                    let addr = addr.trim_matches('"');
-                    addr.parse::<SocketAddr>().ok().map(|a| a.port())
-                })
+                logs.iter().find_map(|l| listening_port(l))
             },
         );
         sidecar.addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -372,6 +368,19 @@ impl Sidecar {
         )
     }
 
+    /// Polls /metrics until `series` has `value` (the exposition is rendered just after
+    /// each probe, so it can trail /readyz by a moment); returns that scrape.
+    pub fn scrape_when(&self, series: &str, value: f64) -> Reply {
+        wait_for(
+            &format!("{series} = {value} in /metrics"),
+            Duration::from_secs(15),
+            || {
+                let r = self.get("/metrics");
+                (sample(&r.body, series) == Some(value)).then_some(r)
+            },
+        )
+    }
+
     /// Everything it logged so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
@@ -397,6 +406,27 @@ impl Sidecar {
         });
         (exit, started.elapsed())
     }
+}
+
+/// The port in the "listening" log line, text (`addr=[::]:1234`) or JSON (`"addr":"..."`).
+fn listening_port(line: &str) -> Option<u16> {
+    let addr = if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v["message"] != "listening" {
+            return None;
+        }
+        v["addr"].as_str()?.to_string()
+    } else {
+        if !line.contains(" listening ") {
+            return None;
+        }
+        line.split("addr=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .to_string()
+    };
+    addr.parse::<SocketAddr>().ok().map(|a| a.port())
 }
 
 impl Drop for Sidecar {

@@ -1,0 +1,91 @@
+//! rediss:// against a real TLS redis-server: an untrusted certificate and a plain client
+//! on the TLS port each name their cause.
+
+mod support;
+
+use std::process::Command;
+
+use support::{Redis, TempDir, run};
+
+/// A TLS-only redis-server with a fresh self-signed certificate (openssl, from scripts/test).
+fn tls_redis(dir: &TempDir) -> (Redis, u16) {
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl ({e}): run scripts/test, which installs it"))
+        .status
+        .success();
+    assert!(ok, "openssl could not make a certificate");
+    let tls_port = support::free_port();
+    let redis = Redis::start(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    (redis, tls_port)
+}
+
+fn check(url: &str) -> (i32, serde_json::Value) {
+    let out = run(&["check", "--json"], &[("REDIS_URL", url)]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json");
+    (
+        out.status.code().unwrap(),
+        doc["checks"]["redis:cache"].clone(),
+    )
+}
+
+#[test]
+fn untrusted_certificate_is_a_tls_failure() {
+    let dir = TempDir::new("tls");
+    let (_redis, tls_port) = tls_redis(&dir);
+    let (code, c) = check(&format!("rediss://localhost:{tls_port}/0"));
+    assert_eq!(code, 1);
+    assert_eq!(c["reason"], "tls", "{c}");
+    let error = c["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!("TLS handshake with localhost:{tls_port} failed")),
+        "{error}"
+    );
+    assert!(error.contains("not trusted"), "{error}");
+}
+
+#[test]
+fn plain_client_on_the_tls_port_is_told_to_use_rediss() {
+    let dir = TempDir::new("tls");
+    let (_redis, tls_port) = tls_redis(&dir);
+    let (code, c) = check(&format!("redis://localhost:{tls_port}/0"));
+    assert_eq!(code, 1);
+    assert_eq!(c["status"], "unhealthy");
+    let error = c["error"].as_str().unwrap();
+    assert!(error.contains("closed by the server"), "{error}");
+    assert!(error.contains("use rediss://"), "{error}");
+}
+
+#[test]
+fn tls_client_on_a_plain_port_is_told_to_try_redis() {
+    let redis = Redis::start(&[]);
+    let (code, c) = check(&format!("rediss://127.0.0.1:{}/0", redis.port));
+    assert_eq!(code, 1);
+    assert_eq!(c["reason"], "timeout", "{c}");
+    assert!(c["error"].as_str().unwrap().contains("try redis://"), "{c}");
+}
