@@ -12,6 +12,10 @@ use redis_celery_sidecar::{check, telemetry};
 
 const NAME: &str = env!("CARGO_PKG_NAME");
 
+/// How long the runtime waits, at exit, for work it cannot cancel: a DNS lookup on the
+/// blocking pool can hang for seconds and must not hold up the exit.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
+
 fn main() -> ExitCode {
     if let Err(e) = load_dotenv() {
         return config_error(&e);
@@ -33,13 +37,18 @@ fn main() -> ExitCode {
             if cli.settings.log_level.is_some() {
                 telemetry::init(config.log_format, &config.log_filter);
             }
-            let (code, report) = runtime().block_on(check::check(&config, json));
+            let rt = runtime();
+            let (code, report) = rt.block_on(check::check(&config, json));
+            rt.shutdown_timeout(LINGER);
             print!("{report}");
             ExitCode::from(code)
         }
         Command::Serve => {
             telemetry::init(config.log_format, &config.log_filter);
-            runtime().block_on(serve(config))
+            let rt = runtime();
+            let code = rt.block_on(serve(config));
+            rt.shutdown_timeout(LINGER);
+            code
         }
     }
 }
