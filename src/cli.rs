@@ -5,8 +5,8 @@
 
 use clap::{Args, Parser, Subcommand};
 
-/// `redis-celery-sidecar [COMMAND] [OPTIONS]`.
-#[derive(Debug, Parser)]
+/// `redis-celery-sidecar [COMMAND] [OPTIONS]`. No `Debug`: it holds secrets as given.
+#[derive(Parser)]
 #[command(
     name = "redis-celery-sidecar",
     version,
@@ -37,8 +37,8 @@ pub enum Command {
 /// Every setting, as given: a flag wins over its environment variable.
 ///
 /// `hide_env_values` keeps `--help` from printing the current value of a variable, which
-/// for most of these may hold a password.
-#[derive(Debug, Clone, Default, Args)]
+/// for most of these may hold a password. No `Debug`, for the same reason.
+#[derive(Clone, Default, Args)]
 pub struct Settings {
     /// Redis URL of the app's cache (role `cache`).
     #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]

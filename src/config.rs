@@ -243,7 +243,7 @@ impl Config {
         for t in &self.targets {
             line(
                 "target",
-                &format!("{:<28} {}", t.check_name(), t.redacted()),
+                &format!("{:<34} {}", t.check_names().join(","), t.redacted()),
             );
         }
         if self.default_target {
@@ -330,6 +330,14 @@ fn targets(s: &Settings) -> Result<(Vec<Target>, bool, Vec<String>), ConfigError
                     "must be a host name or address, not a URL (put URLs in REDIS_URL)",
                 ));
             }
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            if host.contains(':') && bare.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(invalid(
+                    vars::REDISHOST,
+                    Some(host),
+                    "must be a host name without a port (put the port in REDISPORT)",
+                ));
+            }
             wanted.push(Target::from_parts(host, port, user, password));
         }
         (None, None) => {
@@ -350,9 +358,25 @@ fn targets(s: &Settings) -> Result<(Vec<Target>, bool, Vec<String>), ConfigError
         if matches!(scheme.as_str(), "redis" | "rediss" | "redis+unix" | "unix") {
             wanted.push(url(vars::CELERY_RESULT_BACKEND, Role::ResultBackend, text)?);
         } else {
-            ignored.push(format!(
-                "CELERY_RESULT_BACKEND: a {scheme}: backend is not Redis, so it is not probed"
-            ));
+            // Named only when it is a URL's scheme (`db+postgresql://`, `rpc://`) or a
+            // known alias (`django-db`), never when it could be a credential.
+            const ALIASES: [&str; 4] = ["django-db", "django-cache", "disabled", "rpc"];
+            let clean = if text.contains("://") {
+                scheme.len() <= 24
+                    && !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-._".contains(c))
+            } else {
+                ALIASES.contains(&scheme.as_str())
+            };
+            ignored.push(if clean {
+                format!(
+                    "CELERY_RESULT_BACKEND: the {scheme} backend is not Redis, so it is not probed"
+                )
+            } else {
+                "CELERY_RESULT_BACKEND: not a Redis URL, so it is not probed".to_string()
+            });
         }
     }
 
@@ -391,21 +415,21 @@ fn listen_addr(s: &Settings) -> Result<SocketAddr, ConfigError> {
 }
 
 fn ready_checks(s: &Settings, targets: &[Target]) -> Result<Vec<String>, ConfigError> {
-    let all: Vec<String> = targets.iter().map(Target::check_name).collect();
+    let all: Vec<String> = targets.iter().flat_map(Target::check_names).collect();
     let Some(text) = non_empty(vars::READY_CHECKS, &s.ready_checks)? else {
         return Ok(all);
     };
     let mut chosen = Vec::new();
     for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let found = resolve_check(name, targets).ok_or_else(|| {
-            invalid(
+        if !all.iter().any(|known| known == name) {
+            return Err(invalid(
                 vars::READY_CHECKS,
                 Some(name),
                 &format!("is not a check; known checks: {}", all.join(", ")),
-            )
-        })?;
-        if !chosen.contains(&found) {
-            chosen.push(found);
+            ));
+        }
+        if !chosen.iter().any(|c| c == name) {
+            chosen.push(name.to_string());
         }
     }
     if chosen.is_empty() {
@@ -414,20 +438,6 @@ fn ready_checks(s: &Settings, targets: &[Target]) -> Result<Vec<String>, ConfigE
         });
     }
     Ok(chosen)
-}
-
-/// Finds a check by its name, or by `redis:<role>` for a target that plays that role among
-/// others (so `redis:broker` finds `redis:cache+broker`).
-pub fn resolve_check(name: &str, targets: &[Target]) -> Option<String> {
-    targets
-        .iter()
-        .find(|t| {
-            t.check_name() == name
-                || t.roles()
-                    .iter()
-                    .any(|r| name == format!("redis:{}", r.as_str()))
-        })
-        .map(Target::check_name)
 }
 
 fn duration_or(var: Var, value: &Option<String>, default: &str) -> Result<Duration, ConfigError> {
@@ -507,7 +517,7 @@ mod tests {
         assert!(c.default_target);
         assert_eq!(c.targets.len(), 1);
         assert_eq!(c.targets[0].redacted(), "redis://127.0.0.1:6379/0");
-        assert_eq!(c.targets[0].check_name(), "redis:cache");
+        assert_eq!(c.targets[0].check_names(), ["redis:cache"]);
         assert_eq!(c.listen.to_string(), "[::]:9811");
         assert_eq!(c.probe_interval, Duration::from_secs(5));
         assert_eq!(c.probe_timeout, Duration::from_secs(1));
@@ -544,20 +554,24 @@ mod tests {
             ("CELERY_RESULT_BACKEND", "redis://:pw@h:6379/1"),
         ]))
         .unwrap();
-        let names: Vec<String> = c.targets.iter().map(Target::check_name).collect();
-        assert_eq!(names, ["redis:cache+broker", "redis:result_backend"]);
-        assert_eq!(c.ready_checks, names);
+        assert_eq!(c.targets.len(), 2, "one probe per distinct server and db");
+        assert_eq!(c.targets[0].check_names(), ["redis:cache", "redis:broker"]);
+        assert_eq!(c.targets[1].check_names(), ["redis:result_backend"]);
+        assert_eq!(
+            c.ready_checks,
+            ["redis:cache", "redis:broker", "redis:result_backend"]
+        );
     }
 
     #[test]
-    fn ready_checks_accept_a_role_alias() {
+    fn ready_checks_pick_roles() {
         let c = Config::from_settings(&settings(&[
             ("REDIS_URL", "redis://h:6379"),
             ("CELERY_BROKER_URL", "redis://h:6379/0"),
             ("SIDECAR_READY_CHECKS", "redis:broker"),
         ]))
         .unwrap();
-        assert_eq!(c.ready_checks, vec!["redis:cache+broker"]);
+        assert_eq!(c.ready_checks, vec!["redis:broker"]);
     }
 
     #[test]
@@ -570,6 +584,9 @@ mod tests {
         assert!(c.default_target);
         assert!(c.ignored[0].contains("db+postgresql"));
         assert!(!c.describe().contains("pw@"));
+        let c =
+            Config::from_settings(&settings(&[("CELERY_RESULT_BACKEND", "hunter2pw")])).unwrap();
+        assert!(!c.describe().contains("hunter2pw"), "{}", c.describe());
     }
 
     #[test]
@@ -616,6 +633,10 @@ mod tests {
             (
                 &[("REDISHOST", "redis://u:hunter2@h")],
                 "REDISHOST (--redis-host): must be a host name",
+            ),
+            (
+                &[("REDISHOST", "h:6379")],
+                "REDISHOST (--redis-host): \"h:6379\" must be a host name without a port",
             ),
             (
                 &[("CELERY_BROKER_URL", "amqp://u:hunter2@rabbit//")],

@@ -242,16 +242,16 @@ mod tests {
 
     fn app(token: Option<&str>, status: Option<Status>) -> App {
         let (snapshot, publishers) = Snapshot::new(
-            vec![(
-                "redis:cache+broker".into(),
-                vec!["redis:cache".into(), "redis:broker".into()],
-                Some("redis://h:6379/0".into()),
-            )],
-            &["redis:cache+broker".to_string()],
+            vec![
+                ("redis:cache".into(), Some("redis://h:6379/0".into())),
+                ("redis:broker".into(), Some("redis://h:6379/0".into())),
+            ],
+            &["redis:cache".to_string(), "redis:broker".to_string()],
             Duration::from_secs(5),
         );
         if let Some(status) = status {
-            publishers[0].send_replace(Some(Arc::new(Report {
+            // One probe, two roles: the same report under both checks.
+            let report = Arc::new(Report {
                 status,
                 finished: Instant::now(),
                 finished_at: SystemTime::now(),
@@ -262,7 +262,10 @@ mod tests {
                     .then(|| Failure::new(Reason::Connect, "connection refused by h:6379")),
                 warnings: vec![],
                 details: serde_json::json!({}),
-            })));
+            });
+            for p in &publishers {
+                p.send_replace(Some(report.clone()));
+            }
         }
         // Keep the report alive: dropping the sender keeps the last value readable.
         drop(publishers);
@@ -334,7 +337,7 @@ mod tests {
         assert_eq!(code, StatusCode::OK);
         assert_eq!(r.headers()[header::CONTENT_TYPE], metrics::CONTENT_TYPE);
         assert!(body.contains("sidecar_ready 1\n"), "{body}");
-        assert!(body.contains("sidecar_check_status{check=\"redis:cache+broker\"} 0\n"));
+        assert!(body.contains("sidecar_check_status{check=\"redis:broker\"} 0\n"));
         let (code, body, r) = get(&a, Method::HEAD, "/healthz", None);
         assert_eq!(code, StatusCode::OK);
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
@@ -351,7 +354,7 @@ mod tests {
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             body,
-            "[-]redis:cache+broker failed: connection refused by h:6379\nreadyz check failed\n"
+            "[-]redis:cache failed: connection refused by h:6379\n[-]redis:broker failed: connection refused by h:6379\nreadyz check failed\n"
         );
         let (code, body, _) = get(&a, Method::GET, "/readyz/redis:cache", None);
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);

@@ -71,27 +71,24 @@ pub fn assemble(config: &Config) -> (Snapshot, Vec<Runner>, Arc<Metrics>) {
     let checks = config
         .targets
         .iter()
-        .map(|t| {
-            let aliases = t
-                .roles()
-                .iter()
-                .map(|r| format!("redis:{}", r.as_str()))
-                .filter(|a| *a != t.check_name())
-                .collect();
-            (t.check_name(), aliases, Some(t.redacted().to_string()))
+        .flat_map(|t| {
+            t.check_names()
+                .into_iter()
+                .map(|name| (name, Some(t.redacted().to_string())))
         })
         .collect();
-    let (snapshot, publishers) = Snapshot::new(checks, &config.ready_checks, config.probe_interval);
+    let (snapshot, mut publishers) =
+        Snapshot::new(checks, &config.ready_checks, config.probe_interval);
     let runners = config
         .targets
         .iter()
-        .zip(publishers)
-        .map(|(t, publisher)| {
+        .map(|t| {
+            let mine: Vec<_> = publishers.drain(..t.roles().len()).collect();
             Runner::new(
                 t.clone(),
                 config.probe_timeout,
                 config.latency_slo,
-                publisher,
+                mine,
                 metrics.clone(),
             )
         })

@@ -54,6 +54,14 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    // Installed first, so that a SIGTERM that arrives during start-up still exits cleanly.
+    let shutdown = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{NAME}: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listener = match redis_celery_sidecar::bind(config.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -73,29 +81,31 @@ async fn serve(config: Config) -> ExitCode {
         tracing::info!("ignored: {note}");
     }
     for t in &config.targets {
-        tracing::info!(check = %t.check_name(), endpoint = t.redacted(), "probing every {}", redis_celery_sidecar::config::show(config.probe_interval));
+        tracing::info!(
+            check = %t.check_names().join(","),
+            endpoint = t.redacted(),
+            "probing every {}",
+            redis_celery_sidecar::config::show(config.probe_interval)
+        );
     }
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "listening");
-    redis_celery_sidecar::run(config, listener, shutdown_signal()).await;
+    redis_celery_sidecar::run(config, listener, shutdown).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!("{name} received: shutting down");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!("{name} received: shutting down");
+    })
 }
 
 /// One worker thread: a sidecar should leave the app its cores. Measured on 2 cores, one
@@ -109,10 +119,11 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("the tokio runtime starts (it needs only threads and an epoll handle)")
 }
 
-/// Reads `.env` from the working directory: a missing file is fine; one that cannot be read
-/// or parsed is a configuration error. The message never quotes the file's lines.
+/// Reads `.env` from the working directory (not its parents): a missing file is fine; one
+/// that cannot be read or parsed is a configuration error. The message never quotes the
+/// file's lines.
 fn load_dotenv() -> Result<(), ConfigError> {
-    match dotenvy::dotenv() {
+    match dotenvy::from_path(".env") {
         Ok(_) => Ok(()),
         Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(dotenvy::Error::LineParse(_, index)) => Err(ConfigError::EnvFile {

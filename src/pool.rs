@@ -27,6 +27,16 @@ pub type Pool = bb8::Pool<Manager>;
 /// The name the sidecar's connections carry in `CLIENT LIST`.
 pub const CLIENT_NAME: &str = env!("CARGO_PKG_NAME");
 
+/// A pooled connection and what the probe learned about it.
+pub struct Conn {
+    pub inner: MultiplexedConnection,
+    /// Set by a probe when the connection failed below Redis (I/O): bb8 then drops it
+    /// instead of handing it out again.
+    pub broken: bool,
+    /// Commands answered on it; 0 means fresh from `connect`.
+    pub used: u64,
+}
+
 /// Makes connections for bb8 and reports why one could not be made.
 pub struct Manager {
     client: Client,
@@ -44,7 +54,7 @@ pub struct ConnectFailure {
 impl Manager {
     /// The redis crate's own connect and response timeouts are set 50% above the probe
     /// timeout: a backstop only, so that the runner's timeout, which knows what the probe
-    /// was waiting for, is always the one that fires.
+    /// was waiting for, is the one that fires.
     pub fn new(target: &Target, timeout: Duration) -> Result<Manager, RedisError> {
         let client = Client::open(target.connection_info())?;
         let backstop = timeout + timeout / 2;
@@ -65,12 +75,13 @@ impl Manager {
 }
 
 impl bb8::ManageConnection for Manager {
-    type Connection = MultiplexedConnection;
+    type Connection = Conn;
     type Error = RedisError;
 
-    /// Connects, names the connection, and sends one PING, so that errors a server gives only on the first command
-    /// (NOAUTH, LOADING, "max number of clients reached") count as connection failures.
-    async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
+    /// Connects, names the connection, and sends one PING, so that errors a server gives
+    /// only on the first command (NOAUTH, LOADING, "max number of clients reached") count as
+    /// connection failures.
+    async fn connect(&self) -> Result<Conn, RedisError> {
         let started = Instant::now();
         let attempt = async {
             let mut conn = self
@@ -86,36 +97,46 @@ impl bb8::ManageConnection for Manager {
             Ok(conn)
         };
         let result: Result<MultiplexedConnection, RedisError> = attempt.await;
-        if let Err(e) = &result {
-            self.failures.send_replace(Some(ConnectFailure {
-                started,
-                error: e.clone(),
-            }));
+        match result {
+            Ok(inner) => Ok(Conn {
+                inner,
+                broken: false,
+                used: 0,
+            }),
+            Err(e) => {
+                self.failures.send_replace(Some(ConnectFailure {
+                    started,
+                    error: e.clone(),
+                }));
+                Err(e)
+            }
         }
-        result
     }
 
-    /// A PING on checkout: a connection that died with a Redis restart is replaced rather
-    /// than handed to the probe.
-    async fn is_valid(&self, conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
-        conn.req_packed_command(&redis::cmd("PING")).await.map(drop)
+    /// Not used on checkout (the probe's own PING is the test); kept correct anyway.
+    async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
+        conn.inner
+            .req_packed_command(&redis::cmd("PING"))
+            .await
+            .map(drop)
     }
 
-    fn has_broken(&self, _: &mut MultiplexedConnection) -> bool {
-        false
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.broken
     }
 }
 
 /// Builds the pool without connecting, so the sidecar starts while Redis is down.
 /// `timeout` bounds a checkout; failed connects are not retried inside bb8, the runner's
-/// next probe retries.
+/// next probe retries. No PING on checkout: the probe's PING is the test, and a probe that
+/// finds a pooled connection dead marks it broken and takes a fresh one.
 pub fn build(manager: Manager, timeout: Duration) -> Pool {
     bb8::Pool::builder()
         .max_size(MAX_CONNECTIONS)
         .min_idle(None)
         .connection_timeout(timeout)
         .retry_connection(false)
-        .test_on_check_out(true)
+        .test_on_check_out(false)
         .idle_timeout(Some(Duration::from_secs(300)))
         .build_unchecked(manager)
 }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::failure::{Failure, Phase};
 use crate::info::{self, Info};
-use crate::pool::{self, ConnectFailure, Manager, Pool};
+use crate::pool::{self, Conn, ConnectFailure, Manager, Pool};
 use crate::target::{Address, Target};
 
 /// What one successful probe saw.
@@ -20,6 +20,7 @@ pub struct Observation {
     pub ping: Duration,
     /// INFO's fields, or why INFO failed while PING worked (an ACL without `+info`, say).
     pub info: Result<Info, Failure>,
+    /// The pool while the probe held its connection.
     pub pool: PoolState,
 }
 
@@ -47,6 +48,12 @@ pub struct RedisProbe {
     phase: Mutex<Phase>,
     /// The probe timeout, which also bounds a checkout.
     timeout: Duration,
+}
+
+/// True for errors below Redis (I/O, a dropped connection), after which the connection
+/// is of no more use; false for a reply from the server (NOPERM, LOADING...).
+fn connection_lost(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
 }
 
 impl RedisProbe {
@@ -109,66 +116,102 @@ impl RedisProbe {
         }
     }
 
-    /// One probe: a connection from the pool, PING timed, INFO's sections in one pipeline.
-    pub async fn probe(&self) -> Result<Observation, Failure> {
+    /// A connection from the pool, or the real reason there is none.
+    async fn checkout(
+        &self,
+        started: Instant,
+    ) -> Result<bb8::PooledConnection<'_, Manager>, Failure> {
         let fail = |e: &RedisError| Failure::from_redis(e, &self.target);
-        let started = Instant::now();
         self.enter(Phase::Connect);
-        let mut conn = tokio::select! {
+        tokio::select! {
             got = self.pool.get() => match got {
-                Ok(conn) => conn,
-                Err(bb8::RunError::User(e)) => return Err(fail(&e)),
-                // bb8 gave up first; the runner's timeout would have said the same.
+                Ok(conn) => Ok(conn),
+                Err(bb8::RunError::User(e)) => Err(fail(&e)),
+                // bb8's checkout bound is the probe timeout: the runner's would say the same.
                 Err(bb8::RunError::TimedOut) => {
-                    return Err(Failure::timeout(&self.target, Phase::Connect, self.timeout));
+                    Err(Failure::timeout(&self.target, Phase::Connect, self.timeout))
                 }
             },
             // A connection attempt of this probe failed: that error is the cause.
-            err = self.connect_failure_since(started) => match err {
-                e if e.is_connection_dropped() && !e.is_connection_refusal() => {
+            e = self.connect_failure_since(started) => {
+                if e.is_connection_dropped() && !e.is_connection_refusal() {
                     // Closed on us: a server that refuses a client says why first.
-                    match greeting(self.target.address()).await {
-                        Some(said) => return Err(fail(&said)),
-                        None => return Err(fail(&e)),
+                    let left = (started + self.timeout).saturating_duration_since(Instant::now());
+                    if let Some(said) = greeting(self.target.address(), left).await {
+                        return Err(fail(&said));
                     }
                 }
-                e => return Err(fail(&e)),
-            },
-        };
+                Err(fail(&e))
+            }
+        }
+    }
 
-        self.enter(Phase::Command("PING"));
+    /// One probe: a connection from the pool, PING timed, INFO's sections in one pipeline.
+    /// A pooled connection found dead (Redis restarted since) is dropped and the probe
+    /// retried once on a fresh one, so a restart between probes is not reported as a failure.
+    pub async fn probe(&self) -> Result<Observation, Failure> {
         let started = Instant::now();
-        let _: String = redis::cmd("PING")
-            .query_async(&mut *conn)
-            .await
-            .map_err(|e| fail(&e))?;
-        let ping = started.elapsed();
+        let fail = |e: &RedisError| Failure::from_redis(e, &self.target);
+        let mut conn = self.checkout(started).await?;
+        self.enter(Phase::Command("PING"));
+        let mut begun = Instant::now();
+        let mut pinged = ping(&mut conn).await;
+        if let Err(e) = &pinged
+            && conn.used > 1
+            && connection_lost(e)
+        {
+            drop(conn);
+            conn = self.checkout(started).await?;
+            self.enter(Phase::Command("PING"));
+            begun = Instant::now();
+            pinged = ping(&mut conn).await;
+        }
+        pinged.map_err(|e| fail(&e))?;
+        let ping = begun.elapsed();
 
         self.enter(Phase::Command("INFO"));
         let mut pipe = redis::pipe();
         for section in info::SECTIONS {
             pipe.cmd("INFO").arg(section);
         }
-        let info = match pipe.query_async::<Vec<String>>(&mut *conn).await {
+        let info = match pipe.query_async::<Vec<String>>(&mut conn.inner).await {
             Ok(texts) => Ok(info::parse(&texts.join("\n"))),
+            Err(e) if connection_lost(&e) => {
+                conn.broken = true;
+                return Err(fail(&e));
+            }
             // The server answered, with a refusal: the probe half-worked.
-            Err(e) if e.code().is_some() => Err(fail(&e)),
-            Err(e) => return Err(fail(&e)),
+            Err(e) => Err(fail(&e)),
         };
+        conn.used += 1;
+        let pool = self.pool_state();
         drop(conn);
-        Ok(Observation {
-            ping,
-            info,
-            pool: self.pool_state(),
-        })
+        Ok(Observation { ping, info, pool })
+    }
+}
+
+/// One PING; a connection that fails below Redis is marked broken so bb8 drops it.
+async fn ping(conn: &mut Conn) -> Result<(), RedisError> {
+    conn.used += 1;
+    let result = redis::cmd("PING")
+        .query_async::<String>(&mut conn.inner)
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            if connection_lost(&e) {
+                conn.broken = true;
+            }
+            Err(e)
+        }
     }
 }
 
 /// What a plain server says to a new connection before anything is sent: Redis writes
 /// `-ERR max number of clients reached` (or another error) and closes when it will not take
-/// a client. `None` when it says nothing within 250 ms, or for TLS, where reading raw bytes
-/// would tell nothing.
-async fn greeting(address: &Address) -> Option<RedisError> {
+/// a client. `None` when it says nothing within 250 ms (or the time `left`), or for TLS,
+/// where reading raw bytes would tell nothing.
+async fn greeting(address: &Address, left: Duration) -> Option<RedisError> {
     use tokio::io::AsyncReadExt;
     let mut buf = [0u8; 256];
     let read = async {
@@ -187,9 +230,10 @@ async fn greeting(address: &Address) -> Option<RedisError> {
         };
         Some(n)
     };
-    let n = tokio::time::timeout(Duration::from_millis(250), read)
-        .await
-        .ok()??;
+    let limit = left
+        .saturating_sub(Duration::from_millis(5))
+        .min(Duration::from_millis(250));
+    let n = tokio::time::timeout(limit, read).await.ok()??;
     let line = std::str::from_utf8(&buf[..n]).ok()?.lines().next()?;
     let reply = line.strip_prefix('-')?;
     let (code, detail) = reply.split_once(' ').unwrap_or((reply, ""));

@@ -4,24 +4,33 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::show;
-use crate::failure::{Failure, Phase};
+use crate::failure::{Failure, Phase, Reason};
+use crate::info::Info;
 use crate::metrics::Metrics;
-use crate::probe::{Observation, RedisProbe};
+use crate::probe::{Observation, PoolState, RedisProbe};
 use crate::snapshot::{Publisher, Report, Status};
 use crate::target::Target;
+
+/// One check a target's probe reports under: a target that plays several roles is probed
+/// once and its report published under each role's check and `role` label.
+pub struct Outlet {
+    pub role: &'static str,
+    pub check: String,
+    pub publisher: Publisher,
+}
 
 /// Probes one Redis target and publishes what it found.
 pub struct Runner {
     /// The probe, or why one could not be built (then every run reports that).
     probe: Result<RedisProbe, Failure>,
     target: Target,
-    check: String,
-    role: String,
-    publisher: Publisher,
+    outlets: Vec<Outlet>,
+    /// The check names joined, for log lines.
+    names: String,
     metrics: Arc<Metrics>,
     timeout: Duration,
     slo: Duration,
@@ -29,21 +38,33 @@ pub struct Runner {
 }
 
 impl Runner {
+    /// `publishers` are in the order of `target.roles()`.
     pub fn new(
         target: Target,
         timeout: Duration,
         slo: Duration,
-        publisher: Publisher,
+        publishers: Vec<Publisher>,
         metrics: Arc<Metrics>,
     ) -> Runner {
-        let role = target.role_label();
-        metrics.init_redis(&role);
+        let outlets: Vec<Outlet> = target
+            .roles()
+            .iter()
+            .zip(publishers)
+            .map(|(role, publisher)| Outlet {
+                role: role.as_str(),
+                check: role.check_name(),
+                publisher,
+            })
+            .collect();
+        for o in &outlets {
+            metrics.init_redis(o.role);
+        }
+        let names: Vec<&str> = outlets.iter().map(|o| o.check.as_str()).collect();
         Runner {
             probe: RedisProbe::new(target.clone(), timeout),
-            check: target.check_name(),
-            role,
+            names: names.join(","),
             target,
-            publisher,
+            outlets,
             metrics,
             timeout,
             slo,
@@ -66,163 +87,246 @@ impl Runner {
     pub async fn probe_once(&mut self) -> Arc<Report> {
         let started = Instant::now();
         let result = match &self.probe {
-            Err(failure) => Err((failure.clone(), false)),
+            Err(failure) => Err(failure.clone()),
             Ok(probe) => match tokio::time::timeout(self.timeout, probe.probe()).await {
-                Ok(result) => result.map_err(|f| (f, false)),
-                Err(_) => {
-                    let phase = probe.phase();
-                    Err((
-                        Failure::timeout(&self.target, phase, self.timeout),
-                        phase == Phase::Connect,
-                    ))
-                }
+                Ok(result) => result,
+                Err(_) => Err(Failure::timeout(&self.target, probe.phase(), self.timeout)),
             },
         };
         let elapsed = started.elapsed();
         let now = SystemTime::now();
-        let pool = self
-            .probe
-            .as_ref()
-            .map(|p| p.pool_state())
-            .unwrap_or_default();
+        // A timeout while still waiting for a connection, from bb8 or from the runner.
+        let checkout_timeout = matches!(&result, Err(f) if f.reason == Reason::Timeout)
+            && matches!(&self.probe, Ok(p) if p.phase() == Phase::Connect);
         let report = match result {
             Ok(obs) => {
-                self.metrics.record_redis_success(
-                    &self.role,
-                    obs.ping.as_secs_f64(),
-                    obs.info.as_ref().ok(),
-                    obs.pool,
-                );
-                self.success(obs, now)
+                for o in &self.outlets {
+                    self.metrics.record_redis_success(
+                        o.role,
+                        obs.ping.as_secs_f64(),
+                        obs.info.as_ref().ok(),
+                        obs.pool,
+                    );
+                }
+                let (status, warnings) = judge(&obs, self.slo);
+                Report {
+                    status,
+                    finished: Instant::now(),
+                    finished_at: now,
+                    latency: Some(obs.ping),
+                    last_success: Some(now),
+                    consecutive_failures: 0,
+                    error: None,
+                    warnings,
+                    details: details(obs.pool, obs.info.as_ref().ok()),
+                }
             }
-            Err((failure, checkout_timeout)) => {
-                self.metrics
-                    .record_redis_failure(&self.role, &failure, pool, checkout_timeout);
-                self.failure(failure, pool, now)
+            Err(failure) => {
+                let pool = self
+                    .probe
+                    .as_ref()
+                    .map(|p| p.pool_state())
+                    .unwrap_or_default();
+                for o in &self.outlets {
+                    self.metrics
+                        .record_redis_failure(o.role, &failure, pool, checkout_timeout);
+                }
+                failed(failure, self.last.as_deref(), now, details(pool, None))
             }
         };
         tracing::debug!(
-            check = %self.check,
+            check = %self.names,
             status = report.status.as_str(),
             duration_ms = elapsed.as_secs_f64() * 1e3,
             "probe finished"
         );
-        self.log_change(&report);
+        log_change(
+            &self.names,
+            self.target.redacted(),
+            self.last.as_deref(),
+            &report,
+        );
         let report = Arc::new(report);
-        self.publisher.send_replace(Some(report.clone()));
+        for o in &self.outlets {
+            o.publisher.send_replace(Some(report.clone()));
+        }
         self.last = Some(report.clone());
         // Last: this wakes the metrics renderer, which reads the snapshot just written.
         let unix = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-        self.metrics
-            .record_probe(&self.check, unix.as_secs_f64(), elapsed.as_secs_f64());
+        for o in &self.outlets {
+            self.metrics
+                .record_probe(&o.check, unix.as_secs_f64(), elapsed.as_secs_f64());
+        }
         report
     }
+}
 
-    fn success(&self, obs: Observation, now: SystemTime) -> Report {
-        let mut warnings = Vec::new();
-        if obs.ping > self.slo {
-            warnings.push(format!(
-                "slow: PING took {:.1}ms, over the {} latency SLO",
-                obs.ping.as_secs_f64() * 1e3,
-                show(self.slo)
-            ));
-        }
-        let info = match &obs.info {
-            Ok(info) => Some(info),
-            Err(f) => {
-                warnings.push(format!(
-                    "INFO failed, so clients, memory and evictions are unknown: {}",
-                    f.message
-                ));
-                None
-            }
-        };
-        let mut details = json!({
-            "pool": {
-                "connections": obs.pool.connections,
-                "idle": obs.pool.idle,
-                "in_use": obs.pool.in_use(),
-            }
+/// The status of a successful probe, and why it is degraded: PING slower than the SLO, or
+/// INFO refused.
+pub fn judge(obs: &Observation, slo: Duration) -> (Status, Vec<String>) {
+    let mut warnings = Vec::new();
+    if obs.ping > slo {
+        warnings.push(format!(
+            "slow: PING took {:.1}ms, over the {} latency SLO",
+            obs.ping.as_secs_f64() * 1e3,
+            show(slo)
+        ));
+    }
+    if let Err(f) = &obs.info {
+        warnings.push(format!(
+            "INFO failed, so clients, memory and evictions are unknown: {}",
+            f.message
+        ));
+    }
+    let status = if warnings.is_empty() {
+        Status::Healthy
+    } else {
+        Status::Degraded
+    };
+    (status, warnings)
+}
+
+/// The `details` of a Redis check: the pool, and INFO's figures when there are any.
+fn details(pool: PoolState, info: Option<&Info>) -> Value {
+    let mut details = json!({
+        "pool": { "connections": pool.connections, "idle": pool.idle, "in_use": pool.in_use() }
+    });
+    if let (Some(i), Some(d)) = (info, details.as_object_mut()) {
+        let fields = json!({
+            "role": i.role,
+            "redis_version": i.redis_version,
+            "uptime_seconds": i.uptime_seconds,
+            "connected_clients": i.connected_clients,
+            "blocked_clients": i.blocked_clients,
+            "maxclients": i.maxclients,
+            "used_memory_bytes": i.used_memory_bytes,
+            "maxmemory_bytes": i.maxmemory_bytes,
+            "maxmemory_policy": i.maxmemory_policy,
+            "evicted_keys": i.evicted_keys,
+            "rejected_connections": i.rejected_connections,
         });
-        if let Some(i) = info {
-            let fields = json!({
-                "role": i.role,
-                "redis_version": i.redis_version,
-                "uptime_seconds": i.uptime_seconds,
-                "connected_clients": i.connected_clients,
-                "blocked_clients": i.blocked_clients,
-                "maxclients": i.maxclients,
-                "used_memory_bytes": i.used_memory_bytes,
-                "maxmemory_bytes": i.maxmemory_bytes,
-                "maxmemory_policy": i.maxmemory_policy,
-                "evicted_keys": i.evicted_keys,
-                "rejected_connections": i.rejected_connections,
-            });
-            if let (Some(d), Some(f)) = (details.as_object_mut(), fields.as_object()) {
-                d.extend(f.clone());
-            }
+        if let Some(f) = fields.as_object() {
+            d.extend(f.clone());
         }
-        Report {
-            status: if warnings.is_empty() {
-                Status::Healthy
-            } else {
-                Status::Degraded
-            },
-            finished: Instant::now(),
-            finished_at: now,
-            latency: Some(obs.ping),
-            last_success: Some(now),
-            consecutive_failures: 0,
-            error: None,
+    }
+    details
+}
+
+/// The report of a failed probe: unhealthy, the last success carried over.
+pub fn failed(failure: Failure, last: Option<&Report>, now: SystemTime, details: Value) -> Report {
+    Report {
+        status: Status::Unhealthy,
+        finished: Instant::now(),
+        finished_at: now,
+        latency: None,
+        last_success: last.and_then(|r| r.last_success),
+        consecutive_failures: last.map_or(0, |r| r.consecutive_failures) + 1,
+        error: Some(failure),
+        warnings: Vec::new(),
+        details,
+    }
+}
+
+/// Logs a change of status, or of cause while unhealthy; a check that stays down with the
+/// same cause logs nothing more. `names` is one check or several joined by commas.
+pub fn log_change(names: &str, endpoint: &str, prev: Option<&Report>, next: &Report) {
+    let same_cause = |a: &Report| {
+        a.error.as_ref().map(|f| &f.message) == next.error.as_ref().map(|f| &f.message)
+    };
+    if prev.is_some_and(|p| p.status == next.status && same_cause(p)) {
+        return;
+    }
+    let verb = if names.contains(',') { "are" } else { "is" };
+    let who = names.replace(',', " and ");
+    match (next.status, &next.error) {
+        (Status::Unhealthy, Some(f)) => tracing::warn!(
+            check = names,
+            endpoint,
+            reason = f.reason.as_str(),
+            "{who} {verb} unhealthy: {}",
+            f.message
+        ),
+        (Status::Degraded, _) => tracing::warn!(
+            check = names,
+            endpoint,
+            "{who} {verb} degraded: {}",
+            next.warnings.join("; ")
+        ),
+        _ => match prev {
+            Some(p) if p.status == Status::Unhealthy => tracing::info!(
+                check = names,
+                endpoint,
+                "{who} {verb} healthy again after {} failed probe(s)",
+                p.consecutive_failures
+            ),
+            _ => tracing::info!(check = names, endpoint, "{who} {verb} healthy"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(ping_ms: u64, info: Result<Info, Failure>) -> Observation {
+        Observation {
+            ping: Duration::from_millis(ping_ms),
+            info,
+            pool: PoolState::default(),
+        }
+    }
+
+    #[test]
+    fn status_rules_for_a_successful_probe() {
+        let slo = Duration::from_millis(100);
+        assert_eq!(judge(&obs(1, Ok(Info::default())), slo).0, Status::Healthy);
+        assert_eq!(
+            judge(&obs(100, Ok(Info::default())), slo).0,
+            Status::Healthy,
+            "at the SLO is not over it"
+        );
+        let (status, warnings) = judge(&obs(150, Ok(Info::default())), slo);
+        assert_eq!(status, Status::Degraded);
+        assert_eq!(
             warnings,
-            details,
-        }
+            ["slow: PING took 150.0ms, over the 100ms latency SLO"]
+        );
+        let denied = Failure::new(Reason::Auth, "NOPERM: no info");
+        let (status, warnings) = judge(&obs(1, Err(denied)), slo);
+        assert_eq!(status, Status::Degraded);
+        assert!(warnings[0].starts_with("INFO failed"), "{warnings:?}");
     }
 
-    fn failure(&self, failure: Failure, pool: crate::probe::PoolState, now: SystemTime) -> Report {
-        let last = self.last.as_deref();
-        Report {
-            status: Status::Unhealthy,
-            finished: Instant::now(),
-            finished_at: now,
-            latency: None,
-            last_success: last.and_then(|r| r.last_success),
-            consecutive_failures: last.map_or(0, |r| r.consecutive_failures) + 1,
-            error: Some(failure),
-            warnings: Vec::new(),
-            details: json!({
-                "pool": { "connections": pool.connections, "idle": pool.idle, "in_use": pool.in_use() }
-            }),
-        }
-    }
-
-    /// Logs a change of status, or of cause while unhealthy; a Redis that stays down with the
-    /// same cause logs nothing more.
-    fn log_change(&self, next: &Report) {
-        let prev = self.last.as_deref();
-        let same_cause = |a: &Report| {
-            a.error.as_ref().map(|f| &f.message) == next.error.as_ref().map(|f| &f.message)
+    #[test]
+    fn a_failure_counts_and_keeps_the_last_success() {
+        let then = SystemTime::now();
+        let first = failed(
+            Failure::new(Reason::Connect, "refused"),
+            None,
+            then,
+            json!({}),
+        );
+        assert_eq!(first.status, Status::Unhealthy);
+        assert_eq!(first.consecutive_failures, 1);
+        let ok = Report {
+            last_success: Some(then),
+            consecutive_failures: 0,
+            ..first.clone()
         };
-        if prev.is_some_and(|p| p.status == next.status && same_cause(p)) {
-            return;
-        }
-        let (check, endpoint) = (&self.check, self.target.redacted());
-        match (next.status, &next.error) {
-            (Status::Unhealthy, Some(f)) => tracing::warn!(
-                check = %check, endpoint, reason = f.reason.as_str(),
-                "{check} is unhealthy: {}", f.message
-            ),
-            (Status::Degraded, _) => tracing::warn!(
-                check = %check, endpoint,
-                "{check} is degraded: {}", next.warnings.join("; ")
-            ),
-            _ => match prev {
-                Some(p) if p.status == Status::Unhealthy => tracing::info!(
-                    check = %check, endpoint,
-                    "{check} is healthy again after {} failed probe(s)", p.consecutive_failures
-                ),
-                _ => tracing::info!(check = %check, endpoint, "{check} is healthy"),
-            },
-        }
+        let next = failed(
+            Failure::new(Reason::Connect, "refused"),
+            Some(&ok),
+            then,
+            json!({}),
+        );
+        assert_eq!(next.consecutive_failures, 1);
+        assert_eq!(next.last_success, Some(then));
+        let third = failed(
+            Failure::new(Reason::Connect, "refused"),
+            Some(&next),
+            then,
+            json!({}),
+        );
+        assert_eq!(third.consecutive_failures, 2);
     }
 }

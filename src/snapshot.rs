@@ -62,8 +62,6 @@ pub struct Report {
 #[derive(Debug, Clone)]
 pub struct Check {
     pub name: String,
-    /// Other names that find this check (`redis:broker` for `redis:cache+broker`).
-    pub aliases: Vec<String>,
     /// Redacted URL, for Redis checks.
     pub endpoint: Option<String>,
     reports: watch::Receiver<Option<Arc<Report>>>,
@@ -92,21 +90,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// An empty snapshot; each `(name, aliases, endpoint)` gets a publisher, in order.
+    /// An empty snapshot; each `(name, endpoint)` gets a publisher, in order.
     pub fn new(
-        checks: Vec<(String, Vec<String>, Option<String>)>,
+        checks: Vec<(String, Option<String>)>,
         ready: &[String],
         probe_interval: Duration,
     ) -> (Snapshot, Vec<Publisher>) {
         let mut publishers = Vec::new();
         let checks: Vec<Check> = checks
             .into_iter()
-            .map(|(name, aliases, endpoint)| {
+            .map(|(name, endpoint)| {
                 let (tx, rx) = watch::channel(None);
                 publishers.push(tx);
                 Check {
                     name,
-                    aliases,
                     endpoint,
                     reports: rx,
                 }
@@ -131,11 +128,9 @@ impl Snapshot {
         &self.checks
     }
 
-    /// The check called `name`, or one of whose aliases it is.
+    /// The check called `name`.
     pub fn find(&self, name: &str) -> Option<&Check> {
-        self.checks
-            .iter()
-            .find(|c| c.name == name || c.aliases.iter().any(|a| a == name))
+        self.checks.iter().find(|c| c.name == name)
     }
 
     pub fn report(&self, check: &Check) -> Option<Arc<Report>> {
@@ -327,16 +322,8 @@ mod tests {
     fn two_checks(interval: Duration) -> (Snapshot, Vec<Publisher>) {
         Snapshot::new(
             vec![
-                (
-                    "redis:cache".into(),
-                    vec![],
-                    Some("redis://a:6379/0".into()),
-                ),
-                (
-                    "redis:broker".into(),
-                    vec![],
-                    Some("redis://b:6379/0".into()),
-                ),
+                ("redis:cache".into(), Some("redis://a:6379/0".into())),
+                ("redis:broker".into(), Some("redis://b:6379/0".into())),
             ],
             &["redis:cache".to_string(), "redis:broker".to_string()],
             interval,
@@ -411,10 +398,7 @@ mod tests {
     #[test]
     fn only_ready_checks_gate_readiness() {
         let (snap, tx) = Snapshot::new(
-            vec![
-                ("redis:cache".into(), vec![], None),
-                ("redis:broker".into(), vec![], None),
-            ],
+            vec![("redis:cache".into(), None), ("redis:broker".into(), None)],
             &["redis:cache".to_string()],
             Duration::from_secs(5),
         );

@@ -22,13 +22,27 @@ impl Role {
             Role::ResultBackend => "result_backend",
         }
     }
+
+    /// The name of this role's check in `/healthz` and `/readyz`.
+    pub fn check_name(self) -> String {
+        format!("redis:{}", self.as_str())
+    }
 }
 
 /// Where a target lives, as the redis crate needs it and as a person reads it.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Address {
-    Tcp { host: String, port: u16, tls: bool },
-    Unix { path: String },
+    /// `verify`: false when the URL asks for TLS without certificate checks
+    /// (`ssl_cert_reqs=none`, as Celery and redis-py write it, or `#insecure`).
+    Tcp {
+        host: String,
+        port: u16,
+        tls: bool,
+        verify: bool,
+    },
+    Unix {
+        path: String,
+    },
 }
 
 impl fmt::Display for Address {
@@ -109,7 +123,16 @@ impl Target {
                     Some(p) => Some(decode(p)?),
                 };
                 let tls = scheme == "rediss";
-                (Address::Tcp { host, port, tls }, db, user, password)
+                let verify = !(url.fragment() == Some("insecure")
+                    || query("ssl_cert_reqs")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("none") || v == "CERT_NONE"));
+                let address = Address::Tcp {
+                    host,
+                    port,
+                    tls,
+                    verify,
+                };
+                (address, db, user, password)
             }
             "redis+unix" | "unix" => {
                 let path = url.path().to_string();
@@ -153,6 +176,7 @@ impl Target {
             host,
             port,
             tls: false,
+            verify: true,
         };
         let user = user.filter(|u| !u.is_empty()).map(str::to_string);
         let password = password.filter(|p| !p.is_empty()).map(str::to_string);
@@ -172,15 +196,9 @@ impl Target {
         &self.roles
     }
 
-    /// The `role` label: the roles joined with `+`, e.g. `cache+broker`.
-    pub fn role_label(&self) -> String {
-        let names: Vec<&str> = self.roles.iter().map(|r| r.as_str()).collect();
-        names.join("+")
-    }
-
-    /// The check name in `/healthz` and `/readyz`: `redis:<role label>`.
-    pub fn check_name(&self) -> String {
-        format!("redis:{}", self.role_label())
+    /// The checks this target's probe reports under, one per role: `redis:<role>`.
+    pub fn check_names(&self) -> Vec<String> {
+        self.roles.iter().map(|r| r.check_name()).collect()
     }
 
     /// The URL with its password replaced by `***`, port and db spelled out.
@@ -226,10 +244,15 @@ impl Target {
     /// What the redis crate needs to connect, password included.
     pub fn connection_info(&self) -> redis::ConnectionInfo {
         let addr = match &self.address {
-            Address::Tcp { host, port, tls } if *tls => redis::ConnectionAddr::TcpTls {
+            Address::Tcp {
+                host,
+                port,
+                tls: true,
+                verify,
+            } => redis::ConnectionAddr::TcpTls {
                 host: host.clone(),
                 port: *port,
-                insecure: false,
+                insecure: !verify,
                 tls_params: None,
             },
             Address::Tcp { host, port, .. } => redis::ConnectionAddr::Tcp(host.clone(), *port),
@@ -262,10 +285,14 @@ impl fmt::Debug for Target {
 fn parse_db(text: &str) -> Result<i64, UrlError> {
     match text.parse::<i64>() {
         Ok(db) if db >= 0 => Ok(db),
-        _ => Err(UrlError(format!(
-            "database \"{}\" is not a number >= 0",
-            text.chars().take(20).collect::<String>()
-        ))),
+        // Shown only when it cannot be the tail of a password that held a '/'.
+        _ if text.len() <= 12 && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+            Err(UrlError(format!("database \"{text}\" is not a number >= 0")))
+        }
+        _ => Err(UrlError(
+            "the database part of the URL is not a number >= 0 (a password with /, @, : or # must be percent-encoded)"
+                .into(),
+        )),
     }
 }
 
@@ -294,9 +321,14 @@ fn redact(address: &Address, db: i64, user: Option<&str>, has_password: bool) ->
         (None, false) => String::new(),
     };
     match address {
-        Address::Tcp { tls, .. } => {
+        Address::Tcp { tls, verify, .. } => {
             let scheme = if *tls { "rediss" } else { "redis" };
-            format!("{scheme}://{userinfo}{address}/{db}")
+            let unverified = if *tls && !verify {
+                "?ssl_cert_reqs=none"
+            } else {
+                ""
+            };
+            format!("{scheme}://{userinfo}{address}/{db}{unverified}")
         }
         Address::Unix { path } => {
             let mut url = format!("redis+unix://{path}?db={db}");
@@ -356,6 +388,23 @@ mod tests {
     }
 
     #[test]
+    fn tls_without_verification_is_shown() {
+        for url in [
+            "rediss://h:6380?ssl_cert_reqs=CERT_NONE",
+            "rediss://h:6380/0#insecure",
+        ] {
+            let t = Target::parse(Role::Cache, url).unwrap();
+            assert_eq!(
+                t.redacted(),
+                "rediss://h:6380/0?ssl_cert_reqs=none",
+                "{url}"
+            );
+        }
+        let t = Target::parse(Role::Cache, "rediss://h:6380?ssl_cert_reqs=required").unwrap();
+        assert_eq!(t.redacted(), "rediss://h:6380/0");
+    }
+
+    #[test]
     fn percent_encoded_password_is_decoded() {
         let t = Target::parse(Role::Cache, "rediss://u:p%40w@h/3").unwrap();
         assert_eq!(t.password(), Some("p@w"));
@@ -372,6 +421,7 @@ mod tests {
             ("hunter2", "not a valid URL"),
             ("redis+unix://", "no path"),
             ("redis://u:hunter2@h:0", "port 0"),
+            ("redis://u:123/hunter2@h", "percent-encoded"),
         ];
         for (input, want) in cases {
             let err = Target::parse(Role::Cache, input).unwrap_err();
@@ -390,8 +440,8 @@ mod tests {
         assert!(!broker.same_connection(&backend));
         assert!(!broker.same_connection(&other_pw));
         broker.absorb(&cache);
-        assert_eq!(broker.role_label(), "cache+broker");
-        assert_eq!(broker.check_name(), "redis:cache+broker");
+        assert_eq!(broker.roles(), [Role::Cache, Role::Broker]);
+        assert_eq!(broker.check_names(), ["redis:cache", "redis:broker"]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{FAST, Redis, Sidecar, run};
+use support::{FAST, ONE_SHOT, Redis, Sidecar, run};
 
 const PASSWORD: &str = "Pw-7c1e9b2d4f";
 
@@ -23,7 +23,9 @@ fn url(redis: &Redis, userinfo: &str) -> String {
 
 /// The check's status and error after the first probe, from `check --json`.
 fn check_json(url: &str) -> (i32, serde_json::Value) {
-    let out = run(&["check", "--json"], &env(&[("REDIS_URL", url)]));
+    let mut e = ONE_SHOT.to_vec();
+    e.push(("REDIS_URL", url));
+    let out = run(&["check", "--json"], &e);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("check --json is not JSON ({e}): {out:?}"));
     (

@@ -188,14 +188,24 @@ fn frozen_redis_times_out_while_every_endpoint_answers() {
         "{}",
         ready.body
     );
-    // While Redis hangs, every endpoint still answers from the snapshot.
-    assert_eq!(sidecar.get("/livez").status, 200);
+    // While Redis hangs, every endpoint still answers from the snapshot, without waiting:
+    // a handler that touched Redis would take at least the probe timeout (800ms).
+    for path in ["/livez", "/readyz", "/healthz", "/metrics"] {
+        let started = std::time::Instant::now();
+        let r = sidecar.get(path);
+        let took = started.elapsed();
+        assert!(r.status == 200 || r.status == 503, "{path}: {}", r.status);
+        assert!(took < Duration::from_millis(800), "{path} took {took:?}");
+    }
     let health = sidecar.get("/healthz");
     assert_eq!(health.status, 503);
     let check = &health.json()["checks"]["redis:cache"];
     assert_eq!(check["reason"], "timeout");
     assert!(
-        check["error"].as_str().unwrap().contains("400ms"),
+        check["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer PING within 800ms"),
         "{check}"
     );
     let scrape = sidecar.scrape_when("redis_up{role=\"cache\"}", 0.0);
@@ -242,20 +252,22 @@ fn two_servers_one_down_is_unhealthy_overall_healthy_for_the_other() {
 }
 
 #[test]
-fn one_server_in_two_roles_is_probed_once_under_a_joined_name() {
+fn one_server_in_two_roles_is_probed_once_and_reported_under_both() {
     let redis = Redis::start(&[]);
     let url = redis.url();
     let sidecar = Sidecar::start(&env(&[("REDIS_URL", &url), ("CELERY_BROKER_URL", &url)]));
     sidecar.wait_status("/readyz", 200);
     let doc = sidecar.get("/healthz").json();
     let names: Vec<&String> = doc["checks"].as_object().unwrap().keys().collect();
-    assert_eq!(names, ["redis:cache+broker"]);
+    assert_eq!(names, ["redis:cache", "redis:broker"]);
+    assert_eq!(
+        doc["checks"]["redis:cache"]["last_probe"], doc["checks"]["redis:broker"]["last_probe"],
+        "one probe, one report"
+    );
     assert_eq!(sidecar.get("/readyz/redis:broker").status, 200);
-    let m = sidecar
-        .scrape_when("redis_up{role=\"cache+broker\"}", 1.0)
-        .body;
-    assert_eq!(sample(&m, "redis_up{role=\"cache+broker\"}"), Some(1.0));
-    // One pool serves both roles: Redis sees the sidecar's connections once.
+    let m = sidecar.scrape_when("redis_up{role=\"broker\"}", 1.0).body;
+    assert_eq!(sample(&m, "redis_up{role=\"cache\"}"), Some(1.0));
+    // One pool serves both roles: Redis sees the sidecar's connection once.
     let clients = redis.cli(None, &["CLIENT", "LIST"]);
     assert_eq!(
         clients.matches("name=redis-celery-sidecar ").count(),
@@ -338,8 +350,109 @@ fn starts_while_redis_is_down_and_sigterm_exits_zero_promptly() {
     let (status, took) = sidecar.terminate();
     drop(idle);
     assert_eq!(status.code(), Some(0), "exit status {status}");
-    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
     eprintln!("SIGTERM to exit: {took:?}");
+}
+
+#[test]
+fn sigint_exits_zero_too() {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let mut sidecar = Sidecar::start(&env(&[("REDIS_URL", &url)]));
+    sidecar.wait_status("/readyz", 200);
+    let (status, took) = sidecar.stop("INT");
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+    assert!(
+        sidecar.logs().contains("SIGINT received"),
+        "{}",
+        sidecar.logs()
+    );
+}
+
+#[test]
+fn a_ping_slower_than_the_slo_is_degraded_not_down() {
+    let redis = Redis::start(&["--enable-debug-command", "yes"]);
+    let url = redis.url();
+    let sidecar = Sidecar::start(&[
+        ("REDIS_URL", url.as_str()),
+        ("SIDECAR_PROBE_INTERVAL", "2s"),
+        ("SIDECAR_PROBE_TIMEOUT", "1500ms"),
+        ("SIDECAR_LATENCY_SLO", "50ms"),
+    ]);
+    sidecar.wait_status("/readyz", 200);
+    // Keep the server busy: DEBUG SLEEP 0.3 back to back, so a PING waits up to 300ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sleeper = {
+        let stop = stop.clone();
+        let port = redis.port;
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let mut buf = [0u8; 16];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                s.write_all(b"DEBUG SLEEP 0.3\r\n").unwrap();
+                let _ = s.read(&mut buf).unwrap();
+            }
+        })
+    };
+    let check = wait_for("a degraded check", Duration::from_secs(20), || {
+        let doc = sidecar.get("/healthz").json();
+        let c = doc["checks"]["redis:cache"].clone();
+        (c["status"] == "degraded").then_some(c)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sleeper.join().unwrap();
+    let warning = check["warnings"][0].as_str().unwrap();
+    assert!(warning.starts_with("slow: PING took"), "{warning}");
+    assert!(warning.ends_with("over the 50ms latency SLO"), "{warning}");
+    assert!(check["error"].is_null());
+    // Degraded still counts as ready.
+    assert_eq!(sidecar.get("/readyz").status, 200);
+    assert!(
+        sidecar
+            .logs()
+            .contains("redis:cache is degraded: slow: PING took")
+    );
+}
+
+#[test]
+fn a_connect_that_hangs_is_a_checkout_timeout() {
+    let redis = Redis::start(&[]);
+    redis.freeze();
+    let url = redis.url();
+    let sidecar = Sidecar::start(&env(&[("REDIS_URL", &url)]));
+    let error = wait_for("the first probe's failure", Duration::from_secs(15), || {
+        let doc = sidecar.get("/healthz").json();
+        let c = &doc["checks"]["redis:cache"];
+        c["last_probe"]
+            .is_string()
+            .then(|| c["error"].as_str().unwrap_or("").to_string())
+    });
+    assert!(
+        error.starts_with("timeout: no connection to 127.0.0.1:"),
+        "{error}"
+    );
+    let scrape = wait_for(
+        "a counted checkout timeout",
+        Duration::from_secs(15),
+        || {
+            let r = sidecar.get("/metrics");
+            (sample(
+                &r.body,
+                "redis_pool_checkout_timeouts_total{role=\"cache\"}",
+            ) >= Some(1.0))
+            .then_some(r)
+        },
+    );
+    assert!(
+        sample(
+            &scrape.body,
+            "redis_probe_failures_total{reason=\"timeout\",role=\"cache\"}"
+        ) >= Some(1.0)
+    );
+    redis.thaw();
+    sidecar.wait_status("/readyz", 200);
 }
 
 #[test]

@@ -17,9 +17,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_redis-celery-sidecar");
 /// Fast probes for tests: results within a second, and a timeout long enough that a busy
 /// 2-core machine does not turn a healthy Redis into a failure.
 pub const FAST: &[(&str, &str)] = &[
-    ("SIDECAR_PROBE_INTERVAL", "500ms"),
-    ("SIDECAR_PROBE_TIMEOUT", "400ms"),
-    ("SIDECAR_LATENCY_SLO", "300ms"),
+    ("SIDECAR_PROBE_INTERVAL", "1s"),
+    ("SIDECAR_PROBE_TIMEOUT", "800ms"),
+    ("SIDECAR_LATENCY_SLO", "700ms"),
+];
+
+/// For one-shot `check` runs: a generous timeout, since nothing waits on a second probe.
+pub const ONE_SHOT: &[(&str, &str)] = &[
+    ("SIDECAR_PROBE_INTERVAL", "10s"),
+    ("SIDECAR_PROBE_TIMEOUT", "5s"),
+    ("SIDECAR_LATENCY_SLO", "4s"),
 ];
 
 /// A directory under the system temp dir, removed on drop.
@@ -179,14 +186,24 @@ impl Redis {
         }
     }
 
-    /// Starts it again on the same port, with the same arguments.
+    /// Starts it again on the same port and directory, with the same arguments.
     pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// Starts it again with `extra` arguments added (for this start only).
+    pub fn restart_with(&mut self, extra: &[&str]) {
         self.kill();
-        assert!(
-            self.spawn(),
-            "redis-server did not restart on port {}",
-            self.port
-        );
+        let saved = self.args.clone();
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+        let ok = self.spawn();
+        self.args = saved;
+        assert!(ok, "redis-server did not restart on port {}", self.port);
+    }
+
+    /// The directory it runs in (its `--dir`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Runs a command with redis-cli (with `-a` when given) and returns its output.
@@ -393,9 +410,15 @@ impl Sidecar {
     /// Sends SIGTERM and waits (up to 10 s) for the exit; returns its status and how long
     /// it took.
     pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        self.stop("TERM")
+    }
+
+    /// Sends `kill -<sig>` and waits (up to 10 s) for the exit; returns its status and how
+    /// long it took.
+    pub fn stop(&mut self, sig: &str) -> (ExitStatus, Duration) {
         let started = Instant::now();
         let status = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{sig}"))
             .arg(self.pid().to_string())
             .status()
             .expect("run kill");
