@@ -128,4 +128,84 @@ pub struct Settings {
     /// Log levels, in tracing's `EnvFilter` syntax (default `info`).
     #[arg(long, env = "RUST_LOG", global = true, hide_env_values = true)]
     pub log_level: Option<String>,
+    /// Comma list of Celery queues to watch besides those discovered and `celery`.
+    #[arg(
+        long,
+        env = "SIDECAR_CELERY_QUEUES",
+        global = true,
+        hide_env_values = true
+    )]
+    pub celery_queues: Option<String>,
+    /// Fewer alive Celery workers than this makes the celery check unhealthy (default 1).
+    #[arg(
+        long,
+        env = "SIDECAR_CELERY_MIN_WORKERS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub celery_min_workers: Option<String>,
+    /// kombu's `global_keyprefix` transport option (default empty).
+    #[arg(
+        long,
+        env = "SIDECAR_CELERY_KEYPREFIX",
+        global = true,
+        hide_env_values = true
+    )]
+    pub celery_keyprefix: Option<String>,
+    /// kombu's `sep` transport option; `\xNN` escapes allowed (default `\x06\x16`).
+    #[arg(
+        long,
+        env = "SIDECAR_CELERY_SEP",
+        global = true,
+        hide_env_values = true
+    )]
+    pub celery_sep: Option<String>,
+    /// kombu's `priority_steps` transport option (default `0,3,6,9`).
+    #[arg(
+        long,
+        env = "SIDECAR_CELERY_PRIORITY_STEPS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub celery_priority_steps: Option<String>,
+    /// kombu's `visibility_timeout`: older reservations are orphaned (default 1h).
+    #[arg(
+        long,
+        env = "SIDECAR_CELERY_VISIBILITY_TIMEOUT",
+        global = true,
+        hide_env_values = true
+    )]
+    pub celery_visibility_timeout: Option<String>,
+    /// A worker is dead after this many missed heartbeats (default 2).
+    #[arg(
+        long,
+        env = "SIDECAR_CELERY_HEARTBEAT_MISSES",
+        global = true,
+        hide_env_values = true
+    )]
+    pub celery_heartbeat_misses: Option<String>,
+    /// A queue whose oldest task waits longer than this, with workers alive, is stalled (default 5m).
+    #[arg(
+        long,
+        env = "SIDECAR_CELERY_STALL_AFTER",
+        global = true,
+        hide_env_values = true
+    )]
+    pub celery_stall_after: Option<String>,
+    /// How many workers are tracked at most (default 256).
+    #[arg(
+        long,
+        env = "SIDECAR_CELERY_MAX_WORKERS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub celery_max_workers: Option<String>,
+    /// Workers offline this long are forgotten and their series removed (default 10m).
+    #[arg(
+        long,
+        env = "SIDECAR_CELERY_FORGET_AFTER",
+        global = true,
+        hide_env_values = true
+    )]
+    pub celery_forget_after: Option<String>,
 }

@@ -58,6 +58,71 @@ pub mod vars {
     var!(AUTH_TOKEN, "SIDECAR_AUTH_TOKEN", "auth-token");
     var!(LOG_FORMAT, "SIDECAR_LOG_FORMAT", "log-format");
     var!(RUST_LOG, "RUST_LOG", "log-level");
+    var!(CELERY_QUEUES, "SIDECAR_CELERY_QUEUES", "celery-queues");
+    var!(
+        CELERY_MIN_WORKERS,
+        "SIDECAR_CELERY_MIN_WORKERS",
+        "celery-min-workers"
+    );
+    var!(
+        CELERY_KEYPREFIX,
+        "SIDECAR_CELERY_KEYPREFIX",
+        "celery-keyprefix"
+    );
+    var!(CELERY_SEP, "SIDECAR_CELERY_SEP", "celery-sep");
+    var!(
+        CELERY_PRIORITY_STEPS,
+        "SIDECAR_CELERY_PRIORITY_STEPS",
+        "celery-priority-steps"
+    );
+    var!(
+        CELERY_VISIBILITY_TIMEOUT,
+        "SIDECAR_CELERY_VISIBILITY_TIMEOUT",
+        "celery-visibility-timeout"
+    );
+    var!(
+        CELERY_HEARTBEAT_MISSES,
+        "SIDECAR_CELERY_HEARTBEAT_MISSES",
+        "celery-heartbeat-misses"
+    );
+    var!(
+        CELERY_STALL_AFTER,
+        "SIDECAR_CELERY_STALL_AFTER",
+        "celery-stall-after"
+    );
+    var!(
+        CELERY_MAX_WORKERS,
+        "SIDECAR_CELERY_MAX_WORKERS",
+        "celery-max-workers"
+    );
+    var!(
+        CELERY_FORGET_AFTER,
+        "SIDECAR_CELERY_FORGET_AFTER",
+        "celery-forget-after"
+    );
+}
+
+/// The name of the Celery check.
+pub const CELERY_CHECK: &str = "celery";
+
+/// How the sidecar reads Celery's keys and channels on the broker (kombu's transport
+/// options), and what it calls healthy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CeleryConfig {
+    /// Index in `Config::targets` of the broker: the `broker` role, else the cache.
+    pub broker: usize,
+    /// Queues watched whether or not a binding names them (`celery` always among them).
+    pub queues: Vec<String>,
+    pub min_workers: u32,
+    pub keyprefix: Vec<u8>,
+    pub sep: Vec<u8>,
+    /// Ascending; the first is the base key's step.
+    pub priority_steps: Vec<u32>,
+    pub visibility_timeout: Duration,
+    pub heartbeat_misses: u32,
+    pub stall_after: Duration,
+    pub max_workers: usize,
+    pub forget_after: Duration,
 }
 
 /// A configuration error: exit code 2 and this one line.
@@ -141,6 +206,7 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `RUST_LOG`, already checked to parse.
     pub log_filter: String,
+    pub celery: CeleryConfig,
 }
 
 impl Config {
@@ -188,6 +254,7 @@ impl Config {
                 ),
             });
         }
+        let celery = celery(s, &targets)?;
         let ready_checks = ready_checks(s, &targets)?;
         let auth_token = match non_empty(vars::AUTH_TOKEN, &s.auth_token)? {
             None => None,
@@ -233,6 +300,7 @@ impl Config {
             auth_token,
             log_format,
             log_filter,
+            celery,
         })
     }
 
@@ -273,6 +341,40 @@ impl Config {
             },
         );
         line("log filter", &self.log_filter);
+        let c = &self.celery;
+        line(
+            "celery broker",
+            self.targets.get(c.broker).map_or("", |t| t.redacted()),
+        );
+        line(
+            "celery queues",
+            &format!("{} (+ discovered)", c.queues.join(",")),
+        );
+        line("celery min workers", &c.min_workers.to_string());
+        line(
+            "celery keys",
+            &format!(
+                "prefix \"{}\", sep \"{}\", priority steps {}",
+                escape(&c.keyprefix),
+                escape(&c.sep),
+                c.priority_steps
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        );
+        line(
+            "celery timing",
+            &format!(
+                "visibility timeout {}, dead after {} missed heartbeats, stalled after {}, forgotten after {}",
+                show(c.visibility_timeout),
+                c.heartbeat_misses,
+                show(c.stall_after),
+                show(c.forget_after)
+            ),
+        );
+        line("celery max workers", &c.max_workers.to_string());
         out
     }
 }
@@ -414,11 +516,196 @@ fn listen_addr(s: &Settings) -> Result<SocketAddr, ConfigError> {
     Ok(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)))
 }
 
-fn ready_checks(s: &Settings, targets: &[Target]) -> Result<Vec<String>, ConfigError> {
-    let all: Vec<String> = targets.iter().flat_map(Target::check_names).collect();
-    let Some(text) = non_empty(vars::READY_CHECKS, &s.ready_checks)? else {
-        return Ok(all);
+fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, ConfigError> {
+    let broker = targets
+        .iter()
+        .position(|t| t.roles().contains(&Role::Broker))
+        .or_else(|| {
+            targets
+                .iter()
+                .position(|t| t.roles().contains(&Role::Cache))
+        })
+        .unwrap_or(0);
+    let mut queues = vec!["celery".to_string()];
+    if let Some(text) = non_empty(vars::CELERY_QUEUES, &s.celery_queues)? {
+        for q in text.split(',').map(str::trim).filter(|q| !q.is_empty()) {
+            if q.chars().any(char::is_control) || q.len() > 200 {
+                return Err(invalid(
+                    vars::CELERY_QUEUES,
+                    None,
+                    "a queue name must be at most 200 characters, none of them control characters",
+                ));
+            }
+            if !queues.iter().any(|known| known == q) {
+                queues.push(q.to_string());
+            }
+        }
+    }
+    let count =
+        |var: Var, value: &Option<String>, default: u64, min: u64, max: u64| match non_empty(
+            var, value,
+        )? {
+            None => Ok(default),
+            Some(text) => match text.parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(invalid(
+                    var,
+                    Some(text),
+                    &format!("is not a whole number from {min} to {max}"),
+                )),
+            },
+        };
+    let min_workers = count(
+        vars::CELERY_MIN_WORKERS,
+        &s.celery_min_workers,
+        1,
+        0,
+        100_000,
+    )? as u32;
+    let heartbeat_misses = count(
+        vars::CELERY_HEARTBEAT_MISSES,
+        &s.celery_heartbeat_misses,
+        2,
+        1,
+        100,
+    )? as u32;
+    let max_workers = count(
+        vars::CELERY_MAX_WORKERS,
+        &s.celery_max_workers,
+        256,
+        1,
+        100_000,
+    )? as usize;
+    let keyprefix = match &s.celery_keyprefix {
+        None => Vec::new(),
+        Some(text) => unescape(text).ok_or_else(|| {
+            invalid(
+                vars::CELERY_KEYPREFIX,
+                None,
+                "has a \\x escape that is not two hex digits",
+            )
+        })?,
     };
+    let sep = match non_empty(vars::CELERY_SEP, &s.celery_sep)? {
+        None => vec![0x06, 0x16],
+        Some(text) => unescape(text).ok_or_else(|| {
+            invalid(
+                vars::CELERY_SEP,
+                None,
+                "has a \\x escape that is not two hex digits",
+            )
+        })?,
+    };
+    let priority_steps = match non_empty(vars::CELERY_PRIORITY_STEPS, &s.celery_priority_steps)? {
+        None => vec![0, 3, 6, 9],
+        Some(text) => {
+            let steps: Option<Vec<u32>> = text
+                .split(',')
+                .map(|p| p.trim().parse::<u32>().ok().filter(|&p| p <= 255))
+                .collect();
+            match steps {
+                Some(steps)
+                    if !steps.is_empty()
+                        && steps.len() <= 256
+                        && steps.windows(2).all(|w| w[0] < w[1]) =>
+                {
+                    steps
+                }
+                _ => {
+                    return Err(invalid(
+                        vars::CELERY_PRIORITY_STEPS,
+                        Some(text),
+                        "is not an ascending comma list of priorities from 0 to 255, such as 0,3,6,9",
+                    ));
+                }
+            }
+        }
+    };
+    let visibility_timeout = duration_or(
+        vars::CELERY_VISIBILITY_TIMEOUT,
+        &s.celery_visibility_timeout,
+        "1h",
+    )?;
+    let stall_after = duration_or(vars::CELERY_STALL_AFTER, &s.celery_stall_after, "5m")?;
+    let forget_after = duration_or(vars::CELERY_FORGET_AFTER, &s.celery_forget_after, "10m")?;
+    for (var, value, d) in [
+        (
+            vars::CELERY_VISIBILITY_TIMEOUT,
+            &s.celery_visibility_timeout,
+            visibility_timeout,
+        ),
+        (vars::CELERY_STALL_AFTER, &s.celery_stall_after, stall_after),
+        (
+            vars::CELERY_FORGET_AFTER,
+            &s.celery_forget_after,
+            forget_after,
+        ),
+    ] {
+        if d < Duration::from_secs(1) {
+            return Err(invalid(var, value.as_deref(), "must be at least 1s"));
+        }
+    }
+    Ok(CeleryConfig {
+        broker,
+        queues,
+        min_workers,
+        keyprefix,
+        sep,
+        priority_steps,
+        visibility_timeout,
+        heartbeat_misses,
+        stall_after,
+        max_workers,
+        forget_after,
+    })
+}
+
+/// Reads `\xNN` escapes (and `\\`); everything else is taken as UTF-8 bytes.
+pub fn unescape(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1)) {
+            (b'\\', Some(b'x')) => {
+                let hex = std::str::from_utf8(bytes.get(i + 2..i + 4)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 4;
+            }
+            (b'\\', Some(b'\\')) => {
+                out.push(b'\\');
+                i += 2;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Bytes as `config` shows them: printable ASCII as is, others as `\xNN`.
+pub fn escape(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) && b != b'\\' {
+                (b as char).to_string()
+            } else {
+                format!("\\x{b:02x}")
+            }
+        })
+        .collect()
+}
+
+fn ready_checks(s: &Settings, targets: &[Target]) -> Result<Vec<String>, ConfigError> {
+    let redis: Vec<String> = targets.iter().flat_map(Target::check_names).collect();
+    let Some(text) = non_empty(vars::READY_CHECKS, &s.ready_checks)? else {
+        return Ok(redis);
+    };
+    let mut all = redis;
+    all.push(CELERY_CHECK.to_string());
     let mut chosen = Vec::new();
     for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         if !all.iter().any(|known| known == name) {
@@ -505,6 +792,16 @@ mod tests {
                 "SIDECAR_AUTH_TOKEN" => s.auth_token = v,
                 "SIDECAR_LOG_FORMAT" => s.log_format = v,
                 "RUST_LOG" => s.log_level = v,
+                "SIDECAR_CELERY_QUEUES" => s.celery_queues = v,
+                "SIDECAR_CELERY_MIN_WORKERS" => s.celery_min_workers = v,
+                "SIDECAR_CELERY_KEYPREFIX" => s.celery_keyprefix = v,
+                "SIDECAR_CELERY_SEP" => s.celery_sep = v,
+                "SIDECAR_CELERY_PRIORITY_STEPS" => s.celery_priority_steps = v,
+                "SIDECAR_CELERY_VISIBILITY_TIMEOUT" => s.celery_visibility_timeout = v,
+                "SIDECAR_CELERY_HEARTBEAT_MISSES" => s.celery_heartbeat_misses = v,
+                "SIDECAR_CELERY_STALL_AFTER" => s.celery_stall_after = v,
+                "SIDECAR_CELERY_MAX_WORKERS" => s.celery_max_workers = v,
+                "SIDECAR_CELERY_FORGET_AFTER" => s.celery_forget_after = v,
                 other => panic!("unknown variable {other}"),
             }
         }
@@ -587,6 +884,43 @@ mod tests {
         let c =
             Config::from_settings(&settings(&[("CELERY_RESULT_BACKEND", "hunter2pw")])).unwrap();
         assert!(!c.describe().contains("hunter2pw"), "{}", c.describe());
+    }
+
+    #[test]
+    fn celery_defaults_and_settings() {
+        let c = Config::from_settings(&Settings::default()).unwrap().celery;
+        assert_eq!(c.broker, 0);
+        assert_eq!(c.queues, ["celery"]);
+        assert_eq!(c.min_workers, 1);
+        assert_eq!(c.keyprefix, b"");
+        assert_eq!(c.sep, [0x06, 0x16]);
+        assert_eq!(c.priority_steps, [0, 3, 6, 9]);
+        assert_eq!(c.visibility_timeout, Duration::from_secs(3600));
+        assert_eq!(c.heartbeat_misses, 2);
+        assert_eq!(c.stall_after, Duration::from_secs(300));
+        assert_eq!(c.max_workers, 256);
+        assert_eq!(c.forget_after, Duration::from_secs(600));
+        let c = Config::from_settings(&settings(&[
+            ("REDIS_URL", "redis://h/0"),
+            ("CELERY_BROKER_URL", "redis://h/3"),
+            ("SIDECAR_CELERY_QUEUES", "emails, default,celery"),
+            ("SIDECAR_CELERY_MIN_WORKERS", "0"),
+            ("SIDECAR_CELERY_KEYPREFIX", "myapp:"),
+            ("SIDECAR_CELERY_SEP", ":"),
+            ("SIDECAR_CELERY_PRIORITY_STEPS", "0,1,2,3,4,5,6,7,8,9"),
+            ("SIDECAR_READY_CHECKS", "redis:broker,celery"),
+        ]))
+        .unwrap();
+        assert_eq!(c.targets[c.celery.broker].check_names(), ["redis:broker"]);
+        assert_eq!(c.celery.queues, ["celery", "emails", "default"]);
+        assert_eq!(c.celery.min_workers, 0);
+        assert_eq!(c.celery.keyprefix, b"myapp:");
+        assert_eq!(c.celery.sep, b":");
+        assert_eq!(c.celery.priority_steps.len(), 10);
+        assert_eq!(c.ready_checks, ["redis:broker", "celery"]);
+        assert_eq!(unescape("a\\x06\\x16b\\\\").unwrap(), b"a\x06\x16b\\");
+        assert_eq!(unescape("\\x0"), None);
+        assert_eq!(escape(&[0x06, 0x16, b':']), "\\x06\\x16:");
     }
 
     #[test]
@@ -693,6 +1027,30 @@ mod tests {
             (
                 &[("SIDECAR_LOG_FORMAT", "xml")],
                 "SIDECAR_LOG_FORMAT (--log-format): \"xml\" is not a log format",
+            ),
+            (
+                &[("SIDECAR_CELERY_MIN_WORKERS", "-1")],
+                "SIDECAR_CELERY_MIN_WORKERS (--celery-min-workers): \"-1\" is not a whole number from 0 to 100000",
+            ),
+            (
+                &[("SIDECAR_CELERY_PRIORITY_STEPS", "9,3")],
+                "SIDECAR_CELERY_PRIORITY_STEPS (--celery-priority-steps): \"9,3\" is not an ascending",
+            ),
+            (
+                &[("SIDECAR_CELERY_SEP", "\\x6")],
+                "SIDECAR_CELERY_SEP (--celery-sep): has a \\x escape",
+            ),
+            (
+                &[("SIDECAR_CELERY_STALL_AFTER", "10ms")],
+                "SIDECAR_CELERY_STALL_AFTER (--celery-stall-after): \"10ms\" must be at least 1s",
+            ),
+            (
+                &[("SIDECAR_CELERY_HEARTBEAT_MISSES", "0")],
+                "SIDECAR_CELERY_HEARTBEAT_MISSES (--celery-heartbeat-misses): \"0\" is not a whole number from 1 to 100",
+            ),
+            (
+                &[("SIDECAR_CELERY_MAX_WORKERS", "lots")],
+                "SIDECAR_CELERY_MAX_WORKERS (--celery-max-workers): \"lots\" is not a whole number",
             ),
             (
                 &[("RUST_LOG", "info,[")],

@@ -43,6 +43,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::pool::TargetPool;
 use crate::runner::Runner;
 use crate::snapshot::Snapshot;
 
@@ -86,6 +87,7 @@ pub fn assemble(config: &Config) -> (Snapshot, Vec<Runner>, Arc<Metrics>) {
             let mine: Vec<_> = publishers.drain(..t.roles().len()).collect();
             Runner::new(
                 t.clone(),
+                TargetPool::new(t, config.probe_timeout),
                 config.probe_timeout,
                 config.latency_slo,
                 mine,

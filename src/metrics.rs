@@ -14,7 +14,7 @@ use prometheus::{
 
 use crate::failure::{Failure, Reason};
 use crate::info::Info;
-use crate::probe::PoolState;
+use crate::pool::PoolState;
 use crate::snapshot::Snapshot;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;

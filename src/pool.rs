@@ -16,7 +16,8 @@ use redis::{AsyncConnectionConfig, Client, RedisError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::target::Target;
+use crate::failure::{Failure, Phase};
+use crate::target::{Address, Target};
 
 /// Connections a target's pool may hold: the probe uses one at a time; the second lets a
 /// later probe (Celery's queue scan) run beside it.
@@ -139,4 +140,145 @@ pub fn build(manager: Manager, timeout: Duration) -> Pool {
         .test_on_check_out(false)
         .idle_timeout(Some(Duration::from_secs(300)))
         .build_unchecked(manager)
+}
+
+/// True for errors below Redis (I/O, a dropped connection), after which the connection
+/// is of no more use; false for a reply from the server (NOPERM, LOADING...).
+pub fn connection_lost(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
+}
+
+/// bb8's view of the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolState {
+    pub connections: u32,
+    pub idle: u32,
+}
+
+impl PoolState {
+    pub fn in_use(self) -> u32 {
+        self.connections.saturating_sub(self.idle)
+    }
+}
+
+/// A target's pool with what its probes need around it: the target, the probe timeout, and
+/// the failed connection attempts. Cheap to clone; the Redis probe and the Celery queue
+/// probe of the broker share one.
+#[derive(Clone)]
+pub struct TargetPool {
+    pool: Pool,
+    failures: watch::Receiver<Option<ConnectFailure>>,
+    target: Target,
+    /// The probe timeout, which also bounds a checkout.
+    timeout: Duration,
+}
+
+impl TargetPool {
+    /// Builds the pool without connecting: the sidecar starts while Redis is down.
+    pub fn new(target: &Target, timeout: Duration) -> Result<TargetPool, Failure> {
+        let manager = Manager::new(target, timeout).map_err(|e| Failure::from_redis(&e, target))?;
+        let failures = manager.failures();
+        Ok(TargetPool {
+            pool: build(manager, timeout),
+            failures,
+            target: target.clone(),
+            timeout,
+        })
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub fn state(&self) -> PoolState {
+        let state = self.pool.state();
+        PoolState {
+            connections: state.connections,
+            idle: state.idle_connections,
+        }
+    }
+
+    /// Resolves with the error of the first connection attempt that started at or after
+    /// `since` and failed; older attempts (a previous probe's, finishing late) are ignored.
+    async fn connect_failure_since(&self, since: Instant) -> RedisError {
+        let mut failures = self.failures.clone();
+        loop {
+            if let Some(f) = failures
+                .borrow_and_update()
+                .as_ref()
+                .filter(|f| f.started >= since)
+            {
+                return f.error.clone();
+            }
+            if failures.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// A connection from the pool, or the real reason there is none. `started` is when
+    /// the probe began: connect failures older than that are not this probe's.
+    pub async fn checkout(
+        &self,
+        started: Instant,
+    ) -> Result<bb8::PooledConnection<'_, Manager>, Failure> {
+        let fail = |e: &RedisError| Failure::from_redis(e, &self.target);
+        tokio::select! {
+            got = self.pool.get() => match got {
+                Ok(conn) => Ok(conn),
+                Err(bb8::RunError::User(e)) => Err(fail(&e)),
+                // bb8's checkout bound is the probe timeout: the runner's would say the same.
+                Err(bb8::RunError::TimedOut) => {
+                    Err(Failure::timeout(&self.target, Phase::Connect, self.timeout))
+                }
+            },
+            // A connection attempt of this probe failed: that error is the cause.
+            e = self.connect_failure_since(started) => {
+                if e.is_connection_dropped() && !e.is_connection_refusal() {
+                    // Closed on us: a server that refuses a client says why first.
+                    let left = (started + self.timeout).saturating_duration_since(Instant::now());
+                    if let Some(said) = greeting(self.target.address(), left).await {
+                        return Err(fail(&said));
+                    }
+                }
+                Err(fail(&e))
+            }
+        }
+    }
+}
+
+/// What a plain server says to a new connection before anything is sent: Redis writes
+/// `-ERR max number of clients reached` (or another error) and closes when it will not take
+/// a client. `None` when it says nothing within 250 ms (or the time `left`), or for TLS,
+/// where reading raw bytes would tell nothing.
+async fn greeting(address: &Address, left: Duration) -> Option<RedisError> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let read = async {
+        let n = match address {
+            Address::Tcp { tls: true, .. } => return None,
+            Address::Tcp { host, port, .. } => {
+                let mut s = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .ok()?;
+                s.read(&mut buf).await.ok()?
+            }
+            Address::Unix { path } => {
+                let mut s = tokio::net::UnixStream::connect(path).await.ok()?;
+                s.read(&mut buf).await.ok()?
+            }
+        };
+        Some(n)
+    };
+    let limit = left
+        .saturating_sub(Duration::from_millis(5))
+        .min(Duration::from_millis(250));
+    let n = tokio::time::timeout(limit, read).await.ok()??;
+    let line = std::str::from_utf8(&buf[..n]).ok()?.lines().next()?;
+    let reply = line.strip_prefix('-')?;
+    let (code, detail) = reply.split_once(' ').unwrap_or((reply, ""));
+    Some(redis::make_extension_error(
+        code.to_string(),
+        Some(detail.to_string()),
+    ))
 }

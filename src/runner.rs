@@ -11,7 +11,8 @@ use crate::config::show;
 use crate::failure::{Failure, Phase, Reason};
 use crate::info::Info;
 use crate::metrics::Metrics;
-use crate::probe::{Observation, PoolState, RedisProbe};
+use crate::pool::{PoolState, TargetPool};
+use crate::probe::{Observation, RedisProbe};
 use crate::snapshot::{Publisher, Report, Status};
 use crate::target::Target;
 
@@ -38,9 +39,11 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// `publishers` are in the order of `target.roles()`.
+    /// `publishers` are in the order of `target.roles()`; `pool` is the target's pool, or
+    /// why it could not be built.
     pub fn new(
         target: Target,
+        pool: Result<TargetPool, Failure>,
         timeout: Duration,
         slo: Duration,
         publishers: Vec<Publisher>,
@@ -61,7 +64,7 @@ impl Runner {
         }
         let names: Vec<&str> = outlets.iter().map(|o| o.check.as_str()).collect();
         Runner {
-            probe: RedisProbe::new(target.clone(), timeout),
+            probe: pool.map(RedisProbe::new),
             names: names.join(","),
             target,
             outlets,
