@@ -12,9 +12,11 @@ use crate::snapshot::Status;
 /// Probes every target once, concurrently. Returns the exit code (0 all healthy, 1
 /// otherwise) and the report to print: aligned text, or the `/healthz` JSON.
 pub async fn check(config: &Config, json: bool) -> (u8, String) {
-    let (snapshot, runners, _metrics) = crate::assemble(config);
+    // The Celery check needs to listen for heartbeats for a while; `check` probes Redis.
+    let parts = crate::assemble(config, false);
+    let snapshot = parts.snapshot;
     let mut tasks = tokio::task::JoinSet::new();
-    for mut runner in runners {
+    for mut runner in parts.runners {
         tasks.spawn(async move { runner.probe_once().await });
     }
     while tasks.join_next().await.is_some() {}

@@ -5,6 +5,7 @@ use std::error::Error as _;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::{ErrorKind, RedisError, ServerErrorKind};
@@ -68,6 +69,32 @@ pub enum Phase {
     Connect,
     /// Waiting for a reply to a command.
     Command(&'static str),
+}
+
+/// Where a probe is. A std mutex: held only to copy a two-word value, never across an await.
+#[derive(Debug)]
+pub struct PhaseCell(Mutex<Phase>);
+
+impl Default for PhaseCell {
+    fn default() -> Self {
+        PhaseCell(Mutex::new(Phase::Connect))
+    }
+}
+
+impl PhaseCell {
+    pub fn get(&self) -> Phase {
+        *self
+            .0
+            .lock()
+            .expect("phase lock is never held across a panic")
+    }
+
+    pub fn set(&self, phase: Phase) {
+        *self
+            .0
+            .lock()
+            .expect("phase lock is never held across a panic") = phase;
+    }
 }
 
 impl Failure {

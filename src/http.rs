@@ -262,6 +262,7 @@ mod tests {
                     .then(|| Failure::new(Reason::Connect, "connection refused by h:6379")),
                 warnings: vec![],
                 details: serde_json::json!({}),
+                fields: serde_json::json!({}),
             });
             for p in &publishers {
                 p.send_replace(Some(report.clone()));

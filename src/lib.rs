@@ -20,6 +20,7 @@
 //!
 //! Probes write, HTTP reads: no request ever waits on Redis.
 
+pub mod celery;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -37,27 +38,38 @@ pub mod telemetry;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
-use crate::config::Config;
+use crate::celery::Shared;
+use crate::celery::kombu::Naming;
+use crate::celery::queues::QueueProbe;
+use crate::celery::runner::CeleryRunner;
+use crate::celery::subscriber::Subscriber;
+use crate::config::{CELERY_CHECK, Config};
 use crate::metrics::Metrics;
 use crate::pool::TargetPool;
 use crate::runner::Runner;
 use crate::snapshot::Snapshot;
 
-/// Serves until `shutdown` resolves: one runner task per target, the HTTP server on
-/// `listener`. Used by `main` and by the tests alike.
+/// Serves until `shutdown` resolves: one runner task per Redis target, the Celery check
+/// and its event subscriber, the metrics renderer, and the HTTP server on `listener`. Used
+/// by `main` and by the tests alike.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let (snapshot, runners, metrics) = assemble(&config);
+    let parts = assemble(&config, true);
     let mut tasks = tokio::task::JoinSet::new();
-    for runner in runners {
+    for runner in parts.runners {
         tasks.spawn(runner.run(config.probe_interval));
     }
+    if let Some((celery, subscriber)) = parts.celery {
+        tasks.spawn(celery.run());
+        tasks.spawn(subscriber.run());
+    }
     let app = Arc::new(http::App {
-        snapshot,
-        metrics,
+        snapshot: parts.snapshot,
+        metrics: parts.metrics,
         auth_token: config.auth_token.clone(),
     });
     let renderer = app.clone();
@@ -66,10 +78,23 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     tasks.abort_all();
 }
 
-/// The snapshot, one runner per target writing into it, and the registry they share.
-pub fn assemble(config: &Config) -> (Snapshot, Vec<Runner>, Arc<Metrics>) {
+/// Everything `run` and `check` start: the snapshot and what writes into it.
+pub struct Parts {
+    pub snapshot: Snapshot,
+    /// One per Redis target.
+    pub runners: Vec<Runner>,
+    /// The Celery check and its event subscriber, when asked for.
+    pub celery: Option<(CeleryRunner, Subscriber)>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The snapshot, one runner per Redis target (and, with `celery`, the Celery check)
+/// writing into it, and the registry they share. The broker's pool serves both its Redis
+/// probe and the Celery queue probe.
+pub fn assemble(config: &Config, celery: bool) -> Parts {
     let metrics = Arc::new(Metrics::new().expect("metric names and labels are valid and unique"));
-    let checks = config
+    let broker = config.targets.get(config.celery.broker);
+    let mut checks: Vec<(String, Option<String>)> = config
         .targets
         .iter()
         .flat_map(|t| {
@@ -78,16 +103,28 @@ pub fn assemble(config: &Config) -> (Snapshot, Vec<Runner>, Arc<Metrics>) {
                 .map(|name| (name, Some(t.redacted().to_string())))
         })
         .collect();
+    if celery {
+        checks.push((
+            CELERY_CHECK.to_string(),
+            broker.map(|t| t.redacted().to_string()),
+        ));
+    }
     let (snapshot, mut publishers) =
         Snapshot::new(checks, &config.ready_checks, config.probe_interval);
+    let pools: Vec<_> = config
+        .targets
+        .iter()
+        .map(|t| TargetPool::new(t, config.probe_timeout))
+        .collect();
     let runners = config
         .targets
         .iter()
-        .map(|t| {
+        .zip(&pools)
+        .map(|(t, pool)| {
             let mine: Vec<_> = publishers.drain(..t.roles().len()).collect();
             Runner::new(
                 t.clone(),
-                TargetPool::new(t, config.probe_timeout),
+                pool.clone(),
                 config.probe_timeout,
                 config.latency_slo,
                 mine,
@@ -95,7 +132,49 @@ pub fn assemble(config: &Config) -> (Snapshot, Vec<Runner>, Arc<Metrics>) {
             )
         })
         .collect();
-    (snapshot, runners, metrics)
+    let celery = match (
+        celery,
+        broker,
+        pools.get(config.celery.broker),
+        publishers.pop(),
+    ) {
+        (true, Some(broker), Some(pool), Some(publisher)) => {
+            let c = &config.celery;
+            let naming = Naming::new(c, broker.db());
+            let shared = Arc::new(Mutex::new(Shared::new(c)));
+            let changed = Arc::new(Notify::new());
+            let probe = pool.clone().map(|pool| {
+                QueueProbe::new(pool, naming.clone(), c.queues.clone(), c.visibility_timeout)
+            });
+            let runner = CeleryRunner::new(
+                probe,
+                shared.clone(),
+                changed.clone(),
+                publisher,
+                metrics.clone(),
+                c.clone(),
+                config.probe_interval,
+                config.probe_timeout,
+                broker.redacted().to_string(),
+            );
+            let subscriber = Subscriber::new(
+                broker.clone(),
+                naming,
+                shared,
+                changed,
+                metrics.clone(),
+                config.probe_timeout,
+            );
+            Some((runner, subscriber))
+        }
+        _ => None,
+    };
+    Parts {
+        snapshot,
+        runners,
+        celery,
+        metrics,
+    }
 }
 
 /// Binds `addr`; an IPv6 unspecified address (`[::]`) also accepts IPv4, whatever the

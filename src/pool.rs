@@ -16,12 +16,12 @@ use redis::{AsyncConnectionConfig, Client, RedisError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::failure::{Failure, Phase};
+use crate::failure::{Failure, Phase, PhaseCell, Reason};
 use crate::target::{Address, Target};
 
 /// Connections a target's pool may hold: the probe uses one at a time; the second lets a
 /// later probe (Celery's queue scan) run beside it.
-const MAX_CONNECTIONS: u32 = 2;
+pub const MAX_CONNECTIONS: u32 = 2;
 
 pub type Pool = bb8::Pool<Manager>;
 
@@ -36,6 +36,17 @@ pub struct Conn {
     pub broken: bool,
     /// Commands answered on it; 0 means fresh from `connect`.
     pub used: u64,
+}
+
+impl Conn {
+    /// The failure a command's error means; a connection that failed below Redis is marked
+    /// broken, so bb8 drops it instead of handing it out again.
+    pub fn fail(&mut self, e: &RedisError, target: &Target) -> Failure {
+        if connection_lost(e) {
+            self.broken = true;
+        }
+        Failure::from_redis(e, target)
+    }
 }
 
 /// Makes connections for bb8 and reports why one could not be made.
@@ -196,6 +207,42 @@ impl TargetPool {
             connections: state.connections,
             idle: state.idle_connections,
         }
+    }
+
+    /// A connection, and the reply to the probe's first command on it (timed). When that
+    /// command fails below Redis on a connection that had served before (it died since:
+    /// Redis restarted), the connection is dropped and the next one tried, down to a fresh
+    /// one, so a restart between probes is not reported as a failure.
+    pub async fn first<T: redis::FromRedisValue>(
+        &self,
+        started: Instant,
+        phase: &PhaseCell,
+        command: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<(bb8::PooledConnection<'_, Manager>, T, Duration), Failure> {
+        for _ in 0..=MAX_CONNECTIONS {
+            phase.set(Phase::Connect);
+            let mut conn = self.checkout(started).await?;
+            phase.set(Phase::Command(command));
+            let begun = Instant::now();
+            let reply = pipe.query_async::<T>(&mut conn.inner).await;
+            let took = begun.elapsed();
+            match reply {
+                Ok(v) => {
+                    conn.used += 1;
+                    return Ok((conn, v, took));
+                }
+                Err(e) if conn.used > 0 && connection_lost(&e) => conn.broken = true,
+                Err(e) => return Err(conn.fail(&e, &self.target)),
+            }
+        }
+        Err(Failure::new(
+            Reason::Connect,
+            format!(
+                "every pooled connection to {} was dead and no fresh one answered",
+                self.target.address()
+            ),
+        ))
     }
 
     /// Resolves with the error of the first connection attempt that started at or after

@@ -122,6 +122,7 @@ impl Runner {
                     error: None,
                     warnings,
                     details: details(obs.pool, obs.info.as_ref().ok()),
+                    fields: json!({}),
                 }
             }
             Err(failure) => {
@@ -227,6 +228,7 @@ pub fn failed(failure: Failure, last: Option<&Report>, now: SystemTime, details:
         error: Some(failure),
         warnings: Vec::new(),
         details,
+        fields: json!({}),
     }
 }
 

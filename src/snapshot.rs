@@ -54,8 +54,11 @@ pub struct Report {
     pub error: Option<Failure>,
     /// Why the check is degraded.
     pub warnings: Vec<String>,
-    /// Check-specific figures for `/healthz`.
+    /// Check-specific figures for `/healthz`, under `details`.
     pub details: Value,
+    /// Check-specific fields at the top level of the check's `/healthz` object (the
+    /// contract puts `workers_alive`, `workers`, `queues`, `unacked` there for celery).
+    pub fields: Value,
 }
 
 /// The fixed description of a check and the receiving end of its reports.
@@ -255,6 +258,9 @@ fn check_json(check: &Check, report: Option<&Report>, verdict: &Verdict) -> Valu
         doc["reason"] = json!(r.error.as_ref().map(|f| f.reason.as_str()));
         doc["warnings"] = json!(r.warnings);
         doc["details"] = r.details.clone();
+        if let (Some(d), Some(f)) = (doc.as_object_mut(), r.fields.as_object()) {
+            d.extend(f.clone());
+        }
     }
     if verdict.status == Status::Unhealthy {
         doc["error"] = json!(verdict.reason);
@@ -316,6 +322,7 @@ mod tests {
                 vec![]
             },
             details: json!({}),
+            fields: json!({}),
         }
     }
 

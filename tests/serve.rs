@@ -119,13 +119,19 @@ fn killed_redis_is_refused_then_recovers_in_the_same_process() {
     let pid = sidecar.pid();
 
     redis.kill();
-    let ready = sidecar.wait_status("/readyz?verbose", 503);
-    assert!(
-        ready
-            .body
-            .contains("[-]redis:cache failed: connection refused by 127.0.0.1:"),
-        "{}",
-        ready.body
+    sidecar.wait_status("/readyz?verbose", 503);
+    // The probe that races the kill itself may see the connection reset; from the next
+    // one on, nothing listens: refused.
+    wait_for(
+        "the cause to be a refused connection",
+        Duration::from_secs(10),
+        || {
+            let r = sidecar.get("/readyz?verbose");
+            (r.status == 503
+                && r.body
+                    .contains("[-]redis:cache failed: connection refused by 127.0.0.1:"))
+            .then_some(())
+        },
     );
     let health = sidecar.get("/healthz");
     assert_eq!(health.status, 503);
@@ -259,7 +265,7 @@ fn one_server_in_two_roles_is_probed_once_and_reported_under_both() {
     sidecar.wait_status("/readyz", 200);
     let doc = sidecar.get("/healthz").json();
     let names: Vec<&String> = doc["checks"].as_object().unwrap().keys().collect();
-    assert_eq!(names, ["redis:cache", "redis:broker"]);
+    assert_eq!(names, ["redis:cache", "redis:broker", "celery"]);
     assert_eq!(
         doc["checks"]["redis:cache"]["last_probe"], doc["checks"]["redis:broker"]["last_probe"],
         "one probe, one report"
@@ -267,13 +273,11 @@ fn one_server_in_two_roles_is_probed_once_and_reported_under_both() {
     assert_eq!(sidecar.get("/readyz/redis:broker").status, 200);
     let m = sidecar.scrape_when("redis_up{role=\"broker\"}", 1.0).body;
     assert_eq!(sample(&m, "redis_up{role=\"cache\"}"), Some(1.0));
-    // One pool serves both roles: Redis sees the sidecar's connection once.
+    // One pool serves both roles (and the Celery queue probe): at most its two
+    // connections, where a pool per role would hold more.
     let clients = redis.cli(None, &["CLIENT", "LIST"]);
-    assert_eq!(
-        clients.matches("name=redis-celery-sidecar ").count(),
-        1,
-        "{clients}"
-    );
+    let pooled = clients.matches("name=redis-celery-sidecar ").count();
+    assert!((1..=2).contains(&pooled), "{clients}");
 }
 
 #[test]
@@ -497,7 +501,7 @@ fn json_logs_are_one_object_per_line_with_the_cause() {
     sidecar.wait_status("/readyz", 503);
     let logs = wait_for("the unhealthy log line", Duration::from_secs(10), || {
         let logs = sidecar.logs();
-        logs.contains("is unhealthy").then_some(logs)
+        logs.contains("redis:cache is unhealthy").then_some(logs)
     });
     let lines: Vec<serde_json::Value> = logs
         .lines()
@@ -508,7 +512,7 @@ fn json_logs_are_one_object_per_line_with_the_cause() {
         .find(|l| {
             l["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("is unhealthy"))
+                .is_some_and(|m| m.starts_with("redis:cache is unhealthy"))
         })
         .unwrap();
     assert_eq!(down["level"], "WARN");

@@ -16,10 +16,13 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_redis-celery-sidecar");
 
 /// Fast probes for tests: results within a second, and a timeout long enough that a busy
 /// 2-core machine does not turn a healthy Redis into a failure.
+/// No Celery workers are required: these tests are about Redis, and the celery check
+/// (always on) would otherwise make /healthz unhealthy.
 pub const FAST: &[(&str, &str)] = &[
     ("SIDECAR_PROBE_INTERVAL", "1s"),
     ("SIDECAR_PROBE_TIMEOUT", "800ms"),
     ("SIDECAR_LATENCY_SLO", "700ms"),
+    ("SIDECAR_CELERY_MIN_WORKERS", "0"),
 ];
 
 /// For one-shot `check` runs: a generous timeout, since nothing waits on a second probe.
@@ -500,4 +503,177 @@ pub fn promtool_check_metrics(scrape: &str) {
         out.status.success() && said.trim().is_empty(),
         "promtool check metrics: {said}"
     );
+}
+
+/// The pinned Celery virtual environment that scripts/test prepares.
+pub fn celery_venv() -> PathBuf {
+    let venv = std::env::var_os("SIDECAR_TEST_CELERY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/celery-venv"));
+    assert!(
+        venv.join("bin/celery").exists(),
+        "no Celery virtual environment at {}: run scripts/test, which prepares it",
+        venv.display()
+    );
+    venv
+}
+
+/// `tests/celery`, where the test app (`tasks.py`) and client (`send.py`) live.
+fn celery_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/celery")
+}
+
+fn celery_command(program: &str, env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(celery_venv().join("bin").join(program));
+    c.current_dir(celery_dir())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("C_FORCE_ROOT", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+/// A real Celery worker of the test app, in its own process group (killed whole on drop).
+pub struct Worker {
+    pub hostname: String,
+    child: Option<Child>,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Worker {
+    /// `celery -A tasks worker -n <hostname>` with `args` (e.g. `-E`, `-Q emails`,
+    /// `-P solo`); `env` carries BROKER_URL and the transport options.
+    pub fn start(env: &[(&str, &str)], hostname: &str, args: &[&str]) -> Worker {
+        use std::os::unix::process::CommandExt;
+        let mut child = celery_command("celery", env)
+            .args([
+                "-A",
+                "tasks",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+            ])
+            .args(["--hostname", hostname])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("start a celery worker");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stderr.take().expect("stderr")) as Box<dyn Read + Send>,
+            Box::new(child.stdout.take().expect("stdout")),
+        ] {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        Worker {
+            hostname: hostname.to_string(),
+            child: Some(child),
+            logs,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Waits until the worker logged that it is ready to consume.
+    pub fn wait_ready(&self) {
+        wait_for(
+            &format!("worker {} to be ready", self.hostname),
+            Duration::from_secs(30),
+            || self.logs().contains(" ready.").then_some(()),
+        );
+    }
+
+    /// Sends `sig` to the worker's whole process group (main process and pool children).
+    fn signal_group(&self, sig: &str) {
+        if let Some(c) = self.child.as_ref() {
+            kill(sig, &format!("-{}", c.id()));
+        }
+    }
+
+    /// SIGKILL to the main process only: what an OOM kill does; no worker-offline is sent.
+    /// The pool's children are then killed too, so that nothing of ours is left running.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill("KILL", &c.id().to_string());
+            let _ = c.wait();
+            kill("KILL", &format!("-{}", c.id()));
+        }
+    }
+
+    /// SIGTERM (warm shutdown: worker-offline at once), then waits for the exit.
+    pub fn terminate(&mut self) {
+        self.signal_group("TERM");
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id();
+            let _ = wait_for("the worker to exit", Duration::from_secs(30), || {
+                c.try_wait().ok().flatten()
+            });
+            kill("KILL", &format!("-{pid}"));
+        }
+    }
+}
+
+/// `kill -s SIG -- TARGET`; a negative target is a process group.
+fn kill(sig: &str, target: &str) {
+    let _ = Command::new("kill")
+        .args(["-s", sig, "--", target])
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill("KILL", &format!("-{}", c.id()));
+            let _ = c.wait();
+        }
+    }
+}
+/// Sends tasks with the real Celery client (`send.py`); returns the task ids.
+pub fn send(env: &[(&str, &str)], sends: &str) -> Vec<String> {
+    let out = celery_command("python", env)
+        .arg("send.py")
+        .arg(sends)
+        .output()
+        .expect("run send.py");
+    assert!(
+        out.status.success(),
+        "send.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Sends one raw Redis command and returns the first reply line: enough to PUBLISH test
+/// payloads without redis-cli's quoting getting in the way of binary bytes.
+pub fn redis_command(port: u16, args: &[&[u8]]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&req).expect("write to redis");
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("read from redis");
+    line.trim_end().to_string()
 }

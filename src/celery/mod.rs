@@ -1,0 +1,60 @@
+//! Celery, watched through the broker alone (no Python): queues and reservations read from
+//! kombu's keys, workers and task events heard on the `celeryev` pub/sub channels.
+//!
+//! - [`kombu`]: key and channel names; the message envelope (pure).
+//! - [`event`]: Celery's events decoded from an envelope's body (pure).
+//! - [`workers`]: the worker table and its liveness rules (pure).
+//! - [`tasks`]: task events turned into counter labels, bounded (pure).
+//! - [`queues`]: the queue probe, one pipelined round trip per cycle.
+//! - [`subscriber`]: the pub/sub connection that feeds [`Shared`].
+//! - [`runner`]: the `celery` check: probes the queues on the probe interval, re-judges
+//!   the workers every second, writes the snapshot and metrics.
+
+pub mod event;
+pub mod kombu;
+pub mod queues;
+pub mod runner;
+pub mod subscriber;
+pub mod tasks;
+pub mod workers;
+
+use tokio::time::Instant;
+
+use tasks::TaskBook;
+use workers::Workers;
+
+/// What the subscriber learns and the runner reads. Behind a std mutex: every critical
+/// section is a few map operations, never an await.
+#[derive(Debug)]
+pub struct Shared {
+    pub workers: Workers,
+    pub book: TaskBook,
+    pub subscription: Subscription,
+}
+
+/// The state of the event subscription.
+#[derive(Debug, Default)]
+pub struct Subscription {
+    pub up: bool,
+    /// When it last came up, or went down.
+    pub since: Option<Instant>,
+    /// Why it is down.
+    pub error: Option<String>,
+    /// Messages received (undecodable ones included), undecodable messages skipped,
+    /// worker events beyond the cap.
+    pub messages: u64,
+    pub decode_errors: u64,
+    pub untracked: u64,
+    /// Successful subscriptions so far (1 + reconnections).
+    pub connects: u64,
+}
+
+impl Shared {
+    pub fn new(c: &crate::config::CeleryConfig) -> Shared {
+        Shared {
+            workers: Workers::new(c.max_workers, c.heartbeat_misses, c.forget_after),
+            book: TaskBook::default(),
+            subscription: Subscription::default(),
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The event subscriber: a dedicated pub/sub connection (not from the pool) PSUBSCRIBEd to
+//! the broker's `celeryev` channels. It keeps the worker table and the task counters, and
+//! reconnects with backoff when the connection is lost; a PING every 2 s finds a connection
+//! that died silently (a frozen or unreachable broker).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::Shared;
+use super::event::{self, Event, WorkerKind};
+use super::kombu::Naming;
+use super::workers::Applied;
+use crate::failure::{Failure, Phase};
+use crate::metrics::Metrics;
+use crate::target::Target;
+
+/// How often the subscription is checked with a PING.
+const PING_EVERY: Duration = Duration::from_secs(2);
+/// Reconnection backoff: from 250 ms, doubling, up to 10 s.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Undecodable messages are logged at most this often (they are all counted).
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+pub struct Subscriber {
+    target: Target,
+    naming: Naming,
+    shared: Arc<Mutex<Shared>>,
+    /// Wakes the celery runner when a worker comes or goes.
+    changed: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+    last_log: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Subscriber {
+    pub fn new(
+        target: Target,
+        naming: Naming,
+        shared: Arc<Mutex<Shared>>,
+        changed: Arc<Notify>,
+        metrics: Arc<Metrics>,
+        timeout: Duration,
+    ) -> Subscriber {
+        Subscriber {
+            target,
+            naming,
+            shared,
+            changed,
+            metrics,
+            timeout,
+            last_log: None,
+            unlogged: 0,
+        }
+    }
+
+    /// Subscribes, and resubscribes after every loss, until the task is aborted.
+    pub async fn run(mut self) {
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            let up_at = Instant::now();
+            let lost = self.session().await;
+            self.set_down(&lost);
+            // A session that lasted resets the backoff; a failing one doubles it.
+            if up_at.elapsed() > 4 * BACKOFF_MAX {
+                backoff = BACKOFF_FIRST;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One connection: subscribe, then handle messages until it is lost; returns why.
+    async fn session(&mut self) -> Failure {
+        let client = match redis::Client::open(self.target.connection_info()) {
+            Ok(c) => c,
+            Err(e) => return Failure::from_redis(&e, &self.target),
+        };
+        let pattern = self.naming.events_pattern();
+        let connect = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.psubscribe(pattern.as_slice()).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = match tokio::time::timeout(self.timeout, connect).await {
+            Err(_) => return Failure::timeout(&self.target, Phase::Connect, self.timeout),
+            Ok(Err(e)) => return Failure::from_redis(&e, &self.target),
+            Ok(Ok(p)) => p,
+        };
+        self.set_up();
+        let (mut sink, mut stream) = pubsub.split();
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(m) => {
+                        let channel: Vec<u8> = m.get_channel().unwrap_or_default();
+                        self.handle(&channel, m.get_payload_bytes());
+                    }
+                    None => {
+                        return Failure::new(
+                            crate::failure::Reason::Connect,
+                            format!("the event subscription to {} was closed", self.target.address()),
+                        );
+                    }
+                },
+                _ = ping.tick() => {
+                    match tokio::time::timeout(self.timeout, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Failure::from_redis(&e, &self.target),
+                        Err(_) => return Failure::timeout(&self.target, Phase::Command("PING"), self.timeout),
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_up(&self) {
+        let mut shared = self.shared.lock().expect("shared lock is never poisoned");
+        let s = &mut shared.subscription;
+        if !s.up && s.error.is_some() {
+            tracing::info!(
+                endpoint = self.target.redacted(),
+                "Celery event subscription is up again"
+            );
+        }
+        s.up = true;
+        s.since = Some(Instant::now());
+        s.error = None;
+        s.connects += 1;
+        drop(shared);
+        self.metrics.celery.set_subscribed(true);
+        self.changed.notify_one();
+    }
+
+    fn set_down(&self, why: &Failure) {
+        let mut shared = self.shared.lock().expect("shared lock is never poisoned");
+        let s = &mut shared.subscription;
+        let first = s.up || s.error.as_deref() != Some(why.message.as_str());
+        if s.up {
+            s.since = Some(Instant::now());
+        }
+        s.up = false;
+        s.error = Some(why.message.clone());
+        drop(shared);
+        if first {
+            tracing::warn!(
+                endpoint = self.target.redacted(),
+                reason = why.reason.as_str(),
+                "Celery event subscription is down, retrying with backoff: {}",
+                why.message
+            );
+        }
+        self.metrics.celery.set_subscribed(false);
+        self.changed.notify_one();
+    }
+
+    /// One message from the event channels.
+    fn handle(&mut self, channel: &[u8], payload: &[u8]) {
+        if self.naming.routing_key(channel).is_none() {
+            return;
+        }
+        self.metrics.celery.event_received();
+        self.shared
+            .lock()
+            .expect("shared lock is never poisoned")
+            .subscription
+            .messages += 1;
+        let now = Instant::now();
+        let events = match event::decode(payload) {
+            Ok(events) => events,
+            Err(e) => {
+                self.metrics.celery.decode_error("events");
+                self.shared
+                    .lock()
+                    .expect("shared lock is never poisoned")
+                    .subscription
+                    .decode_errors += 1;
+                self.unlogged += 1;
+                if self
+                    .last_log
+                    .is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
+                {
+                    tracing::warn!(
+                        channel = %String::from_utf8_lossy(channel),
+                        kind = e.kind(),
+                        skipped = self.unlogged,
+                        "skipped undecodable messages on the Celery event channels (logged at most once a minute): {e}"
+                    );
+                    self.last_log = Some(now);
+                    self.unlogged = 0;
+                }
+                return;
+            }
+        };
+        let mut changed = false;
+        let mut shared = self.shared.lock().expect("shared lock is never poisoned");
+        for e in events {
+            match e {
+                Event::Worker(w) => {
+                    let was_alive = shared
+                        .workers
+                        .get(&w.hostname)
+                        .is_some_and(|k| shared.workers.alive(k, now));
+                    match shared.workers.apply(&w, now) {
+                        Applied::Added { evicted } => {
+                            changed = true;
+                            if let Some(name) = evicted {
+                                self.metrics.celery.forget_worker(&name);
+                            }
+                        }
+                        Applied::Updated => {
+                            changed |= w.kind != WorkerKind::Heartbeat || !was_alive;
+                        }
+                        Applied::Untracked => {
+                            shared.subscription.untracked += 1;
+                            self.metrics.celery.untracked();
+                        }
+                        Applied::Ignored => {}
+                    }
+                }
+                Event::Task(t) => {
+                    let count = shared.book.record(&t);
+                    self.metrics.celery.record_task(&count);
+                }
+                Event::Other => {}
+            }
+        }
+        drop(shared);
+        if changed {
+            self.changed.notify_one();
+        }
+    }
+}

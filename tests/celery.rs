@@ -1,0 +1,467 @@
+//! Celery through the broker, against real Celery 5.7 workers and clients from the pinned
+//! virtual environment and a real redis-server: workers coming and going, queue depths
+//! with priorities and custom transport options, task events, stalls, orphaned
+//! reservations, and garbage on the event channels.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+use support::{FAST, Redis, Sidecar, Worker, redis_command, sample, send, wait_for};
+
+/// The sidecar's celery check, from /healthz.
+fn celery(sidecar: &Sidecar) -> Value {
+    sidecar.get("/healthz").json()["checks"]["celery"].clone()
+}
+
+/// Polls the celery check until `ok` holds; returns it.
+fn wait_celery(sidecar: &Sidecar, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(what, Duration::from_secs(40), || {
+            let c = celery(sidecar);
+            last = c.clone();
+            ok(&c).then_some(c)
+        })
+    }));
+    match found {
+        Ok(c) => c,
+        Err(_) => panic!(
+            "timed out waiting for {what}; last celery check:\n{last:#}\nlogs:\n{}",
+            sidecar.logs()
+        ),
+    }
+}
+
+fn worker<'a>(c: &'a Value, hostname: &str) -> &'a Value {
+    c["workers"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|w| w["hostname"] == hostname))
+        .unwrap_or_else(|| panic!("no worker {hostname} in {c:#}"))
+}
+
+/// The sidecar's environment: fast probes plus `extra`.
+fn env<'a>(url: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut v: Vec<(&str, &str)> = FAST
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "SIDECAR_CELERY_MIN_WORKERS")
+        .collect();
+    v.push(("CELERY_BROKER_URL", url));
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn workers_come_up_and_go_down_by_sigkill_and_sigterm() {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let app = [("BROKER_URL", url.as_str())];
+    let sidecar = Sidecar::start(&env(&url, &[("SIDECAR_CELERY_MIN_WORKERS", "1")]));
+    let c = wait_celery(&sidecar, "the check to say no worker is alive", |c| {
+        c["status"] == "unhealthy"
+            && c["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no Celery worker is alive"))
+    });
+    assert_eq!(c["workers_alive"], 0);
+
+    let mut w1 = Worker::start(&app, "w1@test", &["-P", "solo"]);
+    let mut w2 = Worker::start(&app, "w2@test", &["-P", "solo"]);
+    w1.wait_ready();
+    w2.wait_ready();
+    let ready_at = Instant::now();
+    let c = wait_celery(&sidecar, "two workers alive", |c| c["workers_alive"] == 2);
+    eprintln!(
+        "both workers alive {:?} after the later one was ready",
+        ready_at.elapsed()
+    );
+    assert_eq!(c["status"], "healthy", "{c:#}");
+    assert_eq!(worker(&c, "w1@test")["sw_ver"], "5.7.0");
+    let m = sidecar.scrape_when("celery_workers_alive", 2.0).body;
+    assert_eq!(
+        sample(&m, "celery_worker_up{hostname=\"w1@test\"}"),
+        Some(1.0)
+    );
+
+    // SIGKILL: no worker-offline; down when its heartbeats have been missing for 2 x 2 s.
+    let killed_at = Instant::now();
+    w1.kill();
+    let c = wait_celery(&sidecar, "w1 down after SIGKILL", |c| {
+        c["workers_alive"] == 1
+    });
+    let took = killed_at.elapsed();
+    eprintln!("SIGKILL to down: {took:?}");
+    assert!(
+        took < Duration::from_secs(8),
+        "SIGKILL noticed after {took:?}"
+    );
+    assert_eq!(worker(&c, "w1@test")["alive"], false);
+    assert_eq!(worker(&c, "w2@test")["alive"], true);
+    assert_eq!(c["status"], "healthy", "one alive is enough: {c:#}");
+
+    // SIGTERM: worker-offline is published at once, before its heartbeat window ends.
+    w2.terminate();
+    let c = wait_celery(&sidecar, "w2 down after SIGTERM", |c| {
+        c["workers_alive"] == 0
+    });
+    let w2 = worker(&c, "w2@test");
+    assert_eq!(w2["alive"], false);
+    assert_eq!(c["status"], "unhealthy");
+    let error = c["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("only 0 of the required 1 Celery workers are alive; down:"),
+        "{error}"
+    );
+    assert!(
+        error.contains("w1@test") && error.contains("w2@test"),
+        "{error}"
+    );
+    let m = sidecar.scrape_when("celery_workers_alive", 0.0).body;
+    assert_eq!(
+        sample(&m, "celery_worker_up{hostname=\"w2@test\"}"),
+        Some(0.0)
+    );
+    let logs = sidecar.logs();
+    assert!(
+        logs.contains("celery is unhealthy: only 0 of the required 1"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn sigterm_is_noticed_before_the_heartbeat_window() {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let app = [("BROKER_URL", url.as_str())];
+    let sidecar = Sidecar::start(&env(&url, &[]));
+    let mut w = Worker::start(&app, "w3@test", &["-P", "solo"]);
+    w.wait_ready();
+    wait_celery(&sidecar, "w3 alive", |c| c["workers_alive"] == 1);
+    w.terminate();
+    let c = wait_celery(&sidecar, "w3 down", |c| c["workers_alive"] == 0);
+    let age = worker(&c, "w3@test")["heartbeat_age_seconds"]
+        .as_f64()
+        .unwrap();
+    // Down by its offline event: its last event is younger than the 4 s window.
+    assert!(age < 4.0, "heartbeat age {age} when reported down");
+}
+
+/// Tasks with every priority, and to a second queue, sent with no worker running.
+fn backlog(app: &[(&str, &str)]) {
+    let mut sends: Vec<Value> = [0, 1, 3, 5, 7, 9]
+        .iter()
+        .map(|p| json!({"task": "add", "args": [1, 2], "priority": p}))
+        .collect();
+    sends.push(json!({"task": "add", "args": [1, 2]}));
+    sends.push(json!({"task": "add", "args": [1, 2], "queue": "emails"}));
+    sends.push(json!({"task": "sleep", "args": [1], "queue": "emails", "priority": 9}));
+    let ids = send(app, &Value::Array(sends).to_string());
+    assert_eq!(ids.len(), 9);
+}
+
+#[test]
+fn queue_depths_sum_priority_sub_queues_and_queues_are_discovered() {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    backlog(&[("BROKER_URL", url.as_str())]);
+    // kombu's layout, for the record: priorities 0, 1, none in `celery`; 3, 5 in `celery SEP 3`.
+    assert_eq!(redis_command(redis.port, &[b"LLEN", b"celery"]), ":3");
+    assert_eq!(
+        redis_command(redis.port, &[b"LLEN", b"celery\x06\x163"]),
+        ":2"
+    );
+
+    let sidecar = Sidecar::start(&env(&url, &[("SIDECAR_CELERY_MIN_WORKERS", "0")]));
+    let c = wait_celery(&sidecar, "both queues", |c| {
+        c["queues"]["emails"].is_object()
+    });
+    assert_eq!(c["queues"]["celery"]["length"], 7, "{c:#}");
+    assert_eq!(
+        c["queues"]["emails"]["length"], 2,
+        "discovered from its binding: {c:#}"
+    );
+    assert_eq!(c["queues"]["celery"]["oldest_task"], "tasks.add");
+    assert_eq!(c["unacked"], 0);
+    let m = sidecar
+        .scrape_when("celery_queue_length{queue_name=\"celery\"}", 7.0)
+        .body;
+    assert_eq!(
+        sample(&m, "celery_queue_length{queue_name=\"emails\"}"),
+        Some(2.0)
+    );
+    support::promtool_check_metrics(&m);
+}
+
+#[test]
+fn a_custom_db_prefix_separator_and_priority_steps_are_followed() {
+    let redis = Redis::start(&[]);
+    let url = format!("redis://127.0.0.1:{}/3", redis.port);
+    let app = [
+        ("BROKER_URL", url.as_str()),
+        ("KEYPREFIX", "myapp:"),
+        ("SEP", ":"),
+        ("STEPS", "0,1,2,3,4,5,6,7,8,9"),
+    ];
+    backlog(&app);
+    let raw = |args: &[&[u8]]| redis_command(redis.port, args);
+    assert_eq!(raw(&[b"SELECT", b"3"]), "+OK");
+    let sidecar = Sidecar::start(&env(
+        &url,
+        &[
+            ("SIDECAR_CELERY_MIN_WORKERS", "1"),
+            ("SIDECAR_CELERY_KEYPREFIX", "myapp:"),
+            ("SIDECAR_CELERY_SEP", ":"),
+            ("SIDECAR_CELERY_PRIORITY_STEPS", "0,1,2,3,4,5,6,7,8,9"),
+        ],
+    ));
+    let c = wait_celery(&sidecar, "both queues", |c| {
+        c["queues"]["emails"].is_object()
+    });
+    assert_eq!(c["queues"]["celery"]["length"], 7, "{c:#}");
+    assert_eq!(c["queues"]["emails"]["length"], 2, "{c:#}");
+    // The worker's events arrive on myapp:/3.celeryev/...; it consumes another queue.
+    let w = Worker::start(&app, "w4@test", &["-P", "solo", "-Q", "elsewhere"]);
+    w.wait_ready();
+    wait_celery(
+        &sidecar,
+        "the worker heard on the prefixed db-3 channels",
+        |c| c["workers_alive"] == 1,
+    );
+}
+
+#[test]
+fn task_events_are_counted_by_name_and_outcome() {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let app = [("BROKER_URL", url.as_str())];
+    let sidecar = Sidecar::start(&env(&url, &[]));
+    let w = Worker::start(&app, "w5@test", &["-P", "solo", "-E"]);
+    w.wait_ready();
+    wait_celery(&sidecar, "w5 alive", |c| c["workers_alive"] == 1);
+    send(
+        &app,
+        r#"[{"task": "add", "args": [2, 3]}, {"task": "add", "args": [4, 5]}, {"task": "boom"}, {"task": "retry_once"}]"#,
+    );
+    let series = "celery_task_succeeded_total{name=\"tasks.retry_once\",queue_name=\"celery\"}";
+    let m = sidecar.scrape_when(series, 1.0).body;
+    let value = |s: &str| sample(&m, s).unwrap_or_else(|| panic!("no {s} in\n{m}"));
+    assert_eq!(
+        value("celery_task_sent_total{name=\"tasks.add\",queue_name=\"celery\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("celery_task_received_total{name=\"tasks.add\",queue_name=\"celery\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("celery_task_started_total{name=\"tasks.add\",queue_name=\"celery\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("celery_task_succeeded_total{name=\"tasks.add\",queue_name=\"celery\"}"),
+        2.0
+    );
+    assert_eq!(
+        value(
+            "celery_task_failed_total{exception=\"ValueError\",name=\"tasks.boom\",queue_name=\"celery\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("celery_task_retried_total{name=\"tasks.retry_once\",queue_name=\"celery\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("celery_task_runtime_count{name=\"tasks.add\",queue_name=\"celery\"}"),
+        2.0
+    );
+    assert!(value("celery_task_runtime_sum{name=\"tasks.add\",queue_name=\"celery\"}") > 0.0);
+    assert_eq!(value("sidecar_decode_errors_total{source=\"events\"}"), 0.0);
+    support::promtool_check_metrics(&m);
+}
+
+#[test]
+fn a_queue_nobody_consumes_is_stalled() {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let app = [("BROKER_URL", url.as_str())];
+    let sidecar = Sidecar::start(&env(&url, &[("SIDECAR_CELERY_STALL_AFTER", "2s")]));
+    let w = Worker::start(&app, "w6@test", &["-P", "solo", "-Q", "emails"]);
+    w.wait_ready();
+    send(&app, r#"[{"task": "add", "args": [1, 1]}]"#);
+    let c = wait_celery(&sidecar, "celery stalled", |c| c["status"] == "degraded");
+    let warning = c["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.starts_with("queue celery is stalled: its oldest task (tasks.add) has waited"),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("while 1 worker(s) are alive: no worker consumes this queue"),
+        "{warning}"
+    );
+    assert!(
+        c["queues"]["celery"]["oldest_age_seconds"]
+            .as_f64()
+            .unwrap()
+            >= 2.0
+    );
+    assert!(
+        sidecar
+            .logs()
+            .contains("celery is degraded: queue celery is stalled")
+    );
+}
+
+#[test]
+fn a_killed_prefetching_worker_leaves_orphaned_reservations() {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let app = [("BROKER_URL", url.as_str())];
+    let sidecar = Sidecar::start(&env(
+        &url,
+        &[
+            ("SIDECAR_CELERY_MIN_WORKERS", "0"),
+            ("SIDECAR_CELERY_VISIBILITY_TIMEOUT", "2s"),
+        ],
+    ));
+    let mut w = Worker::start(&app, "w7@test", &["-P", "prefork", "-c", "1"]);
+    w.wait_ready();
+    let sleeps = vec![json!({"task": "sleep", "args": [30]}); 4];
+    send(&app, &Value::Array(sleeps).to_string());
+    let c = wait_celery(&sidecar, "reservations", |c| {
+        c["unacked"].as_u64() >= Some(1)
+    });
+    assert_eq!(c["details"]["reservations"]["orphaned"], 0, "{c:#}");
+    w.kill();
+    let c = wait_celery(&sidecar, "orphaned reservations", |c| {
+        c["details"]["reservations"]["orphaned"].as_u64() >= Some(1)
+    });
+    assert_eq!(c["status"], "degraded", "{c:#}");
+    let warning = c["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|w| w.contains("older than the visibility timeout"))
+        .unwrap_or_else(|| panic!("{c:#}"));
+    assert!(warning.contains("(2s)"), "{warning}");
+    let m = sidecar
+        .scrape_when(
+            "celery_unacked_orphaned_tasks",
+            c["details"]["reservations"]["orphaned"].as_f64().unwrap(),
+        )
+        .body;
+    assert!(sample(&m, "celery_unacked_tasks").unwrap() >= 1.0);
+}
+
+/// A heartbeat envelope as a worker publishes it, for `hostname`.
+fn heartbeat(hostname: &str) -> Vec<u8> {
+    let body = json!({"hostname": hostname, "freq": 2.0, "active": 0, "processed": 0,
+                      "timestamp": 1.0, "type": "worker-heartbeat"});
+    let b64 = base64::engine::general_purpose::STANDARD.encode(body.to_string());
+    json!({"body": b64, "content-encoding": "utf-8", "content-type": "application/json",
+           "headers": {"hostname": hostname},
+           "properties": {"body_encoding": "base64", "delivery_tag": "x"}})
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn garbage_and_a_flood_of_hostnames_are_counted_capped_and_survived() {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let sidecar = Sidecar::start(&env(
+        &url,
+        &[
+            ("SIDECAR_CELERY_MIN_WORKERS", "0"),
+            ("SIDECAR_CELERY_MAX_WORKERS", "50"),
+        ],
+    ));
+    wait_celery(&sidecar, "the subscription", |c| {
+        c["details"]["events"]["subscribed"] == true
+    });
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let garbage: Vec<Vec<u8>> = vec![
+        b"not json at all".to_vec(),
+        b"\xff\xfe\x00binary".to_vec(),
+        br#"{"body": "!!!not base64!!!", "properties": {"body_encoding": "base64"}}"#.to_vec(),
+        br#"{"body": "gASVBQAAAAAAAACMAWGULg==", "content-type": "application/x-python-serialize", "properties": {"body_encoding": "base64"}}"#.to_vec(),
+        vec![b'{'; 200 * 1024],
+        format!(r#"{{"body": "{}", "properties": {{"body_encoding": "base64"}}}}"#, b64(r#"{"type": "worker-heartbeat", "hostname": 42}"#)).into_bytes(),
+        format!(r#"{{"body": "{}", "properties": {{"body_encoding": "base64"}}}}"#, b64(r#"{"type": "worker-heartbeat", "hostname": "x", "freq": "fast"}"#)).into_bytes(),
+        format!(r#"{{"body": "{}", "properties": {{"body_encoding": "base64"}}}}"#, b64("[1, 2, 3]")).into_bytes(),
+    ];
+    for g in &garbage {
+        assert_eq!(
+            redis_command(
+                redis.port,
+                &[b"PUBLISH", b"/0.celeryev/worker.heartbeat", g]
+            ),
+            ":1"
+        );
+    }
+    for i in 0..2000 {
+        let payload = heartbeat(&format!("fake-{i}@flood"));
+        redis_command(
+            redis.port,
+            &[b"PUBLISH", b"/0.celeryev/worker.heartbeat", &payload],
+        );
+    }
+    let c = wait_celery(&sidecar, "the flood handled", |c| {
+        c["details"]["events"]["received"].as_u64() >= Some(2000 + garbage.len() as u64)
+    });
+    assert_eq!(
+        c["details"]["events"]["decode_errors"],
+        garbage.len(),
+        "{:#}",
+        c["details"]
+    );
+    assert_eq!(
+        c["workers"].as_array().unwrap().len(),
+        50,
+        "the table is capped"
+    );
+    assert!(
+        c["details"]["events"]["untracked_workers"]
+            .as_u64()
+            .unwrap()
+            >= 1950
+    );
+    assert_eq!(sidecar.get("/livez").status, 200);
+    let m = sidecar
+        .scrape_when(
+            "sidecar_decode_errors_total{source=\"events\"}",
+            garbage.len() as f64,
+        )
+        .body;
+    assert_eq!(
+        m.matches("celery_worker_up{").count(),
+        50,
+        "series are capped too"
+    );
+    assert!(sample(&m, "celery_workers_untracked_total").unwrap() >= 1950.0);
+    let logs = sidecar.logs();
+    assert_eq!(
+        logs.matches("skipped undecodable messages on the Celery event channels")
+            .count(),
+        1,
+        "logged once a minute at most:\n{logs}"
+    );
+    // Once the fakes are dead (their 4 s window), a real worker gets a slot.
+    std::thread::sleep(Duration::from_secs(5));
+    redis_command(
+        redis.port,
+        &[
+            b"PUBLISH",
+            b"/0.celeryev/worker.heartbeat",
+            &heartbeat("real@host"),
+        ],
+    );
+    let c = wait_celery(&sidecar, "the real worker tracked", |c| {
+        c["workers_alive"] == 1
+    });
+    assert_eq!(worker(&c, "real@host")["alive"], true);
+}

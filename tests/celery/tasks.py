@@ -1,0 +1,51 @@
+"""The Celery app the sidecar's tests run real workers and clients of.
+
+Configured from the environment by the Rust tests (tests/support/mod.rs):
+BROKER_URL, and kombu's transport options KEYPREFIX, SEP, STEPS, VISIBILITY, plus
+PREFETCH (worker_prefetch_multiplier).
+"""
+
+import os
+import time
+
+from celery import Celery
+
+app = Celery("tasks", broker=os.environ["BROKER_URL"])
+
+options = {}
+if os.environ.get("KEYPREFIX"):
+    options["global_keyprefix"] = os.environ["KEYPREFIX"]
+if os.environ.get("SEP"):
+    options["sep"] = os.environ["SEP"]
+if os.environ.get("STEPS"):
+    options["priority_steps"] = [int(s) for s in os.environ["STEPS"].split(",")]
+if os.environ.get("VISIBILITY"):
+    options["visibility_timeout"] = float(os.environ["VISIBILITY"])
+app.conf.broker_transport_options = options
+# Clients publish task-sent, which is the only event that names the queue.
+app.conf.task_send_sent_event = True
+app.conf.worker_prefetch_multiplier = int(os.environ.get("PREFETCH", "4"))
+app.conf.broker_connection_retry_on_startup = True
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task
+def boom():
+    raise ValueError("boom!")
+
+
+@app.task(bind=True, max_retries=1)
+def retry_once(self):
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    return "ok"
