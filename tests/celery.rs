@@ -136,7 +136,7 @@ fn sigterm_is_noticed_before_the_heartbeat_window() {
     let redis = Redis::start(&[]);
     let url = redis.url();
     let app = [("BROKER_URL", url.as_str())];
-    let sidecar = Sidecar::start(&env(&url, &[]));
+    let sidecar = Sidecar::start(&env(&url, &[("SIDECAR_CELERY_FORGET_AFTER", "3s")]));
     let mut w = Worker::start(&app, "w3@test", &["-P", "solo"]);
     w.wait_ready();
     wait_celery(&sidecar, "w3 alive", |c| c["workers_alive"] == 1);
@@ -147,6 +147,88 @@ fn sigterm_is_noticed_before_the_heartbeat_window() {
         .unwrap();
     // Down by its offline event: its last event is younger than the 4 s window.
     assert!(age < 4.0, "heartbeat age {age} when reported down");
+    // Offline for longer than the forget window: gone, with its series.
+    wait_celery(&sidecar, "w3 forgotten", |c| {
+        c["workers"].as_array().is_some_and(|w| w.is_empty())
+    });
+    let m = sidecar.get("/metrics").body;
+    assert!(!m.contains("hostname=\"w3@test\""), "{m}");
+}
+
+#[test]
+fn a_lost_subscription_makes_worker_data_stale_not_zero() {
+    let redis = Redis::start(&[]);
+    let cli = |args: &[&str]| redis.cli(None, args);
+    assert_eq!(
+        cli(&[
+            "ACL",
+            "SETUSER",
+            "side",
+            "on",
+            ">side-pw-1",
+            "~*",
+            "&*",
+            "+@all"
+        ])
+        .trim(),
+        "OK"
+    );
+    let side_url = format!("redis://side:side-pw-1@127.0.0.1:{}/0", redis.port);
+    let url = redis.url();
+    let app = [("BROKER_URL", url.as_str())];
+    let sidecar = Sidecar::start(&env(&side_url, &[]));
+    let w = Worker::start(&app, "w8@test", &["-P", "solo"]);
+    w.wait_ready();
+    wait_celery(&sidecar, "w8 alive", |c| {
+        c["workers_alive"] == 1 && c["status"] == "healthy"
+    });
+
+    // The sidecar's user may no longer subscribe, and its subscription is cut.
+    assert_eq!(cli(&["ACL", "SETUSER", "side", "-psubscribe"]).trim(), "OK");
+    cli(&["CLIENT", "KILL", "TYPE", "pubsub", "USER", "side"]);
+    // First the closed connection, then the refused PSUBSCRIBE of the reconnection.
+    let c = wait_celery(&sidecar, "stale worker data, with the cause", |c| {
+        c["status"] == "degraded"
+            && c["warnings"][0]
+                .as_str()
+                .is_some_and(|w| w.contains("NOPERM"))
+    });
+    let warning = c["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.starts_with("worker data is stale: the event subscription is down"),
+        "{warning}"
+    );
+    assert!(warning.contains("NOPERM"), "the cause is named: {warning}");
+    assert_eq!(c["workers_alive"], 1, "as last seen, not zero: {c:#}");
+    assert_eq!(c["details"]["events"]["subscribed"], false);
+    let m = sidecar.scrape_when("sidecar_celery_subscribed", 0.0).body;
+    assert_eq!(sample(&m, "celery_workers_alive"), Some(1.0));
+
+    // Allowed again: the subscriber comes back by itself (backoff up to 10 s).
+    assert_eq!(cli(&["ACL", "SETUSER", "side", "+psubscribe"]).trim(), "OK");
+    let c = wait_celery(&sidecar, "the subscription back", |c| {
+        c["details"]["events"]["subscribed"] == true && c["status"] == "healthy"
+    });
+    assert!(c["details"]["events"]["reconnects"].as_u64() >= Some(1));
+    assert!(
+        sidecar
+            .logs()
+            .contains("Celery event subscription is up again")
+    );
+    drop(w);
+
+    // The broker gone: unhealthy with the real cause, queue series dropped, not frozen.
+    let mut redis = redis;
+    redis.kill();
+    let c = wait_celery(&sidecar, "the broker unreadable", |c| {
+        c["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("the broker cannot be read: connection refused"))
+    });
+    assert_eq!(c["status"], "unhealthy");
+    assert_eq!(c["reason"], "connect");
+    let m = sidecar.scrape_when("sidecar_celery_subscribed", 0.0).body;
+    assert!(!m.contains("celery_queue_length{"), "{m}");
 }
 
 /// Tasks with every priority, and to a second queue, sent with no worker running.
