@@ -29,7 +29,7 @@ use crate::pool::TargetPool;
 /// How often binding sets are searched for new queues.
 pub const DISCOVER_EVERY: Duration = Duration::from_secs(60);
 /// Queues watched at most; beyond, the ones found last are left out (and said so).
-pub const MAX_QUEUES: usize = 1000;
+pub const MAX_QUEUES: usize = 2000;
 /// Keys per SCAN call.
 const SCAN_COUNT: usize = 1000;
 
