@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{FAST, ONE_SHOT, Redis, Sidecar, run};
+use support::{FAST, Redis, Sidecar, run};
 
 const PASSWORD: &str = "Pw-7c1e9b2d4f";
 
@@ -21,17 +21,9 @@ fn url(redis: &Redis, userinfo: &str) -> String {
     format!("redis://{userinfo}127.0.0.1:{}/0", redis.port)
 }
 
-/// The check's status and error after the first probe, from `check --json`.
+/// `check --json` on one URL: exit code and the cache check.
 fn check_json(url: &str) -> (i32, serde_json::Value) {
-    let mut e = ONE_SHOT.to_vec();
-    e.push(("REDIS_URL", url));
-    let out = run(&["check", "--json"], &e);
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("check --json is not JSON ({e}): {out:?}"));
-    (
-        out.status.code().unwrap(),
-        doc["checks"]["redis:cache"].clone(),
-    )
+    support::check_cache(&[("REDIS_URL", url)])
 }
 
 #[test]

@@ -7,19 +7,11 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::{ONE_SHOT, Redis, TempDir, run};
+use support::{Redis, TempDir};
 
 /// `check --json` on one URL: exit code and the cache check.
 fn check(url: &str) -> (i32, serde_json::Value) {
-    let mut env = ONE_SHOT.to_vec();
-    env.push(("REDIS_URL", url));
-    let out = run(&["check", "--json"], &env);
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("check --json is not JSON ({e}): {out:?}"));
-    (
-        out.status.code().unwrap(),
-        doc["checks"]["redis:cache"].clone(),
-    )
+    support::check_cache(&[("REDIS_URL", url)])
 }
 
 #[test]

@@ -45,15 +45,9 @@ fn tls_redis(dir: &TempDir) -> (Redis, u16) {
     (redis, tls_port)
 }
 
+/// `check --json` on one URL: exit code and the cache check.
 fn check(url: &str) -> (i32, serde_json::Value) {
-    let mut env = support::ONE_SHOT.to_vec();
-    env.push(("REDIS_URL", url));
-    let out = run(&["check", "--json"], &env);
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json");
-    (
-        out.status.code().unwrap(),
-        doc["checks"]["redis:cache"].clone(),
-    )
+    support::check_cache(&[("REDIS_URL", url)])
 }
 
 #[test]

@@ -284,6 +284,37 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, extra: &str) -> std::io:
     })
 }
 
+/// Collects a child's stdout and stderr lines as they come, on two threads.
+fn capture(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    for stream in [
+        Box::new(child.stderr.take().expect("stderr is piped")) as Box<dyn Read + Send>,
+        Box::new(child.stdout.take().expect("stdout is piped")),
+    ] {
+        let logs = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                logs.lock().unwrap().push(line);
+            }
+        });
+    }
+    logs
+}
+
+/// `check --json` with a one-shot timeout and `env` added: the exit code and the
+/// `redis:cache` check.
+pub fn check_cache(env: &[(&str, &str)]) -> (i32, serde_json::Value) {
+    let mut all = ONE_SHOT.to_vec();
+    all.extend_from_slice(env);
+    let out = run(&["check", "--json"], &all);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("check --json is not JSON ({e}): {out:?}"));
+    (
+        out.status.code().unwrap_or(-1),
+        doc["checks"]["redis:cache"].clone(),
+    )
+}
+
 /// The sidecar binary, serving on an ephemeral port.
 pub struct Sidecar {
     pub addr: SocketAddr,
@@ -329,18 +360,7 @@ impl Sidecar {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the sidecar binary");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stderr.take().expect("stderr")) as Box<dyn Read + Send>,
-            Box::new(child.stdout.take().expect("stdout")),
-        ] {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    logs.lock().unwrap().push(line);
-                }
-            });
-        }
+        let logs = capture(&mut child);
         let mut sidecar = Sidecar {
             addr: "127.0.0.1:1".parse().unwrap(),
             child: Some(child),
@@ -565,18 +585,7 @@ impl Worker {
             .process_group(0)
             .spawn()
             .expect("start a celery worker");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stderr.take().expect("stderr")) as Box<dyn Read + Send>,
-            Box::new(child.stdout.take().expect("stdout")),
-        ] {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    logs.lock().unwrap().push(line);
-                }
-            });
-        }
+        let logs = capture(&mut child);
         Worker {
             hostname: hostname.to_string(),
             child: Some(child),
