@@ -144,7 +144,13 @@ pub fn assemble(config: &Config, celery: bool) -> Parts {
             let shared = Arc::new(Mutex::new(Shared::new(c)));
             let changed = Arc::new(Notify::new());
             let probe = pool.clone().map(|pool| {
-                QueueProbe::new(pool, naming.clone(), c.queues.clone(), c.visibility_timeout)
+                QueueProbe::new(
+                    pool,
+                    naming.clone(),
+                    c.queues.clone(),
+                    c.visibility_timeout,
+                    config.probe_timeout,
+                )
             });
             let runner = CeleryRunner::new(
                 probe,
@@ -155,6 +161,7 @@ pub fn assemble(config: &Config, celery: bool) -> Parts {
                 c.clone(),
                 config.probe_interval,
                 config.probe_timeout,
+                config.latency_slo,
                 broker.redacted().to_string(),
             );
             let subscriber = Subscriber::new(

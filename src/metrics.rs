@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hyper::body::Bytes;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -308,9 +308,10 @@ const RUNTIME_BUCKETS: [f64; 16] = [
 pub struct CeleryMetrics {
     queue_length: IntGaugeVec,
     queue_oldest: GaugeVec,
-    unacked: IntGauge,
-    unacked_oldest: Gauge,
-    unacked_orphaned: IntGauge,
+    /// Label-less vectors, so that they can be dropped while the broker cannot be read.
+    unacked: IntGaugeVec,
+    unacked_oldest: GaugeVec,
+    unacked_orphaned: IntGaugeVec,
     workers_alive: IntGauge,
     worker_up: IntGaugeVec,
     worker_active: IntGaugeVec,
@@ -384,23 +385,32 @@ impl CeleryMetrics {
             )?,
             unacked: reg(
                 registry,
-                IntGauge::new(
-                    "celery_unacked_tasks",
-                    "Reserved (prefetched) messages not yet acknowledged.",
+                IntGaugeVec::new(
+                    opts(
+                        "celery_unacked_tasks",
+                        "Reserved (prefetched) messages not yet acknowledged.",
+                    ),
+                    &[],
                 )?,
             )?,
             unacked_oldest: reg(
                 registry,
-                Gauge::new(
-                    "celery_unacked_oldest_age_seconds",
-                    "Age of the oldest reservation.",
+                GaugeVec::new(
+                    opts(
+                        "celery_unacked_oldest_age_seconds",
+                        "Age of the oldest reservation.",
+                    ),
+                    &[],
                 )?,
             )?,
             unacked_orphaned: reg(
                 registry,
-                IntGauge::new(
-                    "celery_unacked_orphaned_tasks",
-                    "Reservations older than the visibility timeout (left by a killed worker).",
+                IntGaugeVec::new(
+                    opts(
+                        "celery_unacked_orphaned_tasks",
+                        "Reservations older than the visibility timeout (a killed worker's, or ETA tasks past it).",
+                    ),
+                    &[],
                 )?,
             )?,
             workers_alive: reg(
@@ -540,19 +550,26 @@ impl CeleryMetrics {
             let _ = self.queue_oldest.remove_label_values(&[name.as_str()]);
         }
         self.unacked
+            .with_label_values(&[] as &[&str])
             .set(i64::try_from(obs.unacked).unwrap_or(i64::MAX));
         self.unacked_oldest
+            .with_label_values(&[] as &[&str])
             .set(obs.oldest_reservation.map_or(0.0, |a| a.as_secs_f64()));
         self.unacked_orphaned
+            .with_label_values(&[] as &[&str])
             .set(i64::try_from(obs.orphaned).unwrap_or(i64::MAX));
     }
 
-    /// While the broker cannot be read, the queue series are dropped, not frozen.
+    /// While the broker cannot be read, the queue and reservation series are dropped, not
+    /// frozen at their last values.
     pub fn clear_queues(&self, names: &[String]) {
         for name in names {
             let _ = self.queue_length.remove_label_values(&[name.as_str()]);
             let _ = self.queue_oldest.remove_label_values(&[name.as_str()]);
         }
+        let _ = self.unacked.remove_label_values(&[] as &[&str]);
+        let _ = self.unacked_oldest.remove_label_values(&[] as &[&str]);
+        let _ = self.unacked_orphaned.remove_label_values(&[] as &[&str]);
     }
 }
 

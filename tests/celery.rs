@@ -59,7 +59,13 @@ fn workers_come_up_and_go_down_by_sigkill_and_sigterm() {
     let redis = Redis::start(&[]);
     let url = redis.url();
     let app = [("BROKER_URL", url.as_str())];
-    let sidecar = Sidecar::start(&env(&url, &[("SIDECAR_CELERY_MIN_WORKERS", "1")]));
+    let sidecar = Sidecar::start(&env(
+        &url,
+        &[
+            ("SIDECAR_CELERY_MIN_WORKERS", "1"),
+            ("SIDECAR_READY_CHECKS", "redis:broker,celery"),
+        ],
+    ));
     let c = wait_celery(&sidecar, "the check to say no worker is alive", |c| {
         c["status"] == "unhealthy"
             && c["error"]
@@ -67,6 +73,15 @@ fn workers_come_up_and_go_down_by_sigkill_and_sigterm() {
                 .is_some_and(|e| e.contains("no Celery worker is alive"))
     });
     assert_eq!(c["workers_alive"], 0);
+    let ready = sidecar.get("/readyz?verbose");
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready
+            .body
+            .contains("[-]celery failed: no Celery worker is alive"),
+        "{}",
+        ready.body
+    );
 
     let mut w1 = Worker::start(&app, "w1@test", &["-P", "solo"]);
     let mut w2 = Worker::start(&app, "w2@test", &["-P", "solo"]);
@@ -74,10 +89,15 @@ fn workers_come_up_and_go_down_by_sigkill_and_sigterm() {
     w2.wait_ready();
     let ready_at = Instant::now();
     let c = wait_celery(&sidecar, "two workers alive", |c| c["workers_alive"] == 2);
-    eprintln!(
-        "both workers alive {:?} after the later one was ready",
-        ready_at.elapsed()
+    let took = ready_at.elapsed();
+    eprintln!("both workers alive {took:?} after the later one was ready");
+    // Up within three heartbeats (their worker-online comes even before "ready").
+    assert!(
+        took < Duration::from_secs(6),
+        "workers heard after {took:?}"
     );
+    // With celery among the ready checks, /readyz follows it.
+    assert_eq!(sidecar.get("/readyz?verbose").status, 200);
     assert_eq!(c["status"], "healthy", "{c:#}");
     assert_eq!(worker(&c, "w1@test")["sw_ver"], "5.7.0");
     let m = sidecar.scrape_when("celery_workers_alive", 2.0).body;
@@ -147,6 +167,13 @@ fn sigterm_is_noticed_before_the_heartbeat_window() {
         .unwrap();
     // Down by its offline event: its last event is younger than the 4 s window.
     assert!(age < 4.0, "heartbeat age {age} when reported down");
+    // Unhealthy once the start-up grace (two heartbeat intervals) is over.
+    wait_celery(&sidecar, "celery unhealthy", |c| c["status"] == "unhealthy");
+    assert_eq!(
+        sidecar.get("/readyz").status,
+        200,
+        "celery does not gate /readyz by default"
+    );
     // Offline for longer than the forget window: gone, with its series.
     wait_celery(&sidecar, "w3 forgotten", |c| {
         c["workers"].as_array().is_some_and(|w| w.is_empty())
@@ -256,10 +283,20 @@ fn queue_depths_sum_priority_sub_queues_and_queues_are_discovered() {
         ":2"
     );
 
-    let sidecar = Sidecar::start(&env(&url, &[("SIDECAR_CELERY_MIN_WORKERS", "0")]));
+    let sidecar = Sidecar::start(&env(
+        &url,
+        &[
+            ("SIDECAR_CELERY_MIN_WORKERS", "0"),
+            ("SIDECAR_CELERY_QUEUES", "reports"),
+        ],
+    ));
     let c = wait_celery(&sidecar, "both queues", |c| {
         c["queues"]["emails"].is_object()
     });
+    assert_eq!(
+        c["queues"]["reports"]["length"], 0,
+        "configured, with no binding: {c:#}"
+    );
     assert_eq!(c["queues"]["celery"]["length"], 7, "{c:#}");
     assert_eq!(
         c["queues"]["emails"]["length"], 2,
@@ -374,8 +411,19 @@ fn a_queue_nobody_consumes_is_stalled() {
     let w = Worker::start(&app, "w6@test", &["-P", "solo", "-Q", "emails"]);
     w.wait_ready();
     send(&app, r#"[{"task": "add", "args": [1, 1]}]"#);
-    let c = wait_celery(&sidecar, "celery stalled", |c| c["status"] == "degraded");
-    let warning = c["warnings"][0].as_str().unwrap();
+    let stalled = |c: &Value| {
+        c["warnings"]
+            .as_array()
+            .and_then(|ws| {
+                ws.iter()
+                    .filter_map(Value::as_str)
+                    .find(|w| w.contains("stalled"))
+            })
+            .map(str::to_string)
+    };
+    let c = wait_celery(&sidecar, "celery stalled", |c| stalled(c).is_some());
+    assert_eq!(c["status"], "degraded");
+    let warning = stalled(&c).unwrap();
     assert!(
         warning.starts_with("queue celery is stalled: its oldest task (tasks.add) has waited"),
         "{warning}"
@@ -418,10 +466,17 @@ fn a_killed_prefetching_worker_leaves_orphaned_reservations() {
     });
     assert_eq!(c["details"]["reservations"]["orphaned"], 0, "{c:#}");
     w.kill();
-    let c = wait_celery(&sidecar, "orphaned reservations", |c| {
-        c["details"]["reservations"]["orphaned"].as_u64() >= Some(1)
+    let c = wait_celery(&sidecar, "orphaned reservations, the worker down", |c| {
+        c["details"]["reservations"]["orphaned"].as_u64() >= Some(1) && c["workers_alive"] == 0
     });
     assert_eq!(c["status"], "degraded", "{c:#}");
+    assert_eq!(c["workers_alive"], 0);
+    assert!(
+        c["details"]["reservations"]["oldest_age_seconds"]
+            .as_f64()
+            .unwrap()
+            >= 2.0
+    );
     let warning = c["warnings"]
         .as_array()
         .unwrap()
@@ -429,7 +484,7 @@ fn a_killed_prefetching_worker_leaves_orphaned_reservations() {
         .filter_map(Value::as_str)
         .find(|w| w.contains("older than the visibility timeout"))
         .unwrap_or_else(|| panic!("{c:#}"));
-    assert!(warning.contains("(2s)"), "{warning}");
+    assert!(warning.contains("(2.0s)"), "{warning}");
     let m = sidecar
         .scrape_when(
             "celery_unacked_orphaned_tasks",
@@ -485,19 +540,32 @@ fn garbage_and_a_flood_of_hostnames_are_counted_capped_and_survived() {
             ":1"
         );
     }
-    for i in 0..2000 {
-        let payload = heartbeat(&format!("fake-{i}@flood"));
-        redis_command(
-            redis.port,
-            &[b"PUBLISH", b"/0.celeryev/worker.heartbeat", &payload],
-        );
-    }
+    // In one pipeline, so that all 2,000 arrive within the fakes' 4 s window.
+    let payloads: Vec<Vec<u8>> = (0..2000)
+        .map(|i| heartbeat(&format!("fake-{i}@flood")))
+        .collect();
+    let commands: Vec<Vec<&[u8]>> = payloads
+        .iter()
+        .map(|p| {
+            vec![
+                b"PUBLISH".as_slice(),
+                b"/0.celeryev/worker.heartbeat".as_slice(),
+                p.as_slice(),
+            ]
+        })
+        .collect();
+    assert!(
+        support::redis_pipeline(redis.port, &commands)
+            .iter()
+            .all(|r| r == ":1")
+    );
     let c = wait_celery(&sidecar, "the flood handled", |c| {
         c["details"]["events"]["received"].as_u64() >= Some(2000 + garbage.len() as u64)
     });
+    // One error per undecodable message, and one per bad event of the array body.
     assert_eq!(
         c["details"]["events"]["decode_errors"],
-        garbage.len(),
+        garbage.len() + 2,
         "{:#}",
         c["details"]
     );
@@ -516,7 +584,7 @@ fn garbage_and_a_flood_of_hostnames_are_counted_capped_and_survived() {
     let m = sidecar
         .scrape_when(
             "sidecar_decode_errors_total{source=\"events\"}",
-            garbage.len() as f64,
+            (garbage.len() + 2) as f64,
         )
         .body;
     assert_eq!(

@@ -92,12 +92,14 @@ pub enum Event {
     Other,
 }
 
-/// Every event in a raw pub/sub payload.
-pub fn decode(payload: &[u8]) -> Result<Vec<Event>, DecodeError> {
+/// Every event in a raw pub/sub payload. The outer error is for a payload that is not a
+/// message at all; in a batch, each event stands alone, so one bad event does not cost the
+/// others.
+pub fn decode(payload: &[u8]) -> Result<Vec<Result<Event, DecodeError>>, DecodeError> {
     let message = kombu::decode(payload)?;
     match &message.body {
-        Value::Array(items) => items.iter().map(event).collect(),
-        Value::Object(_) => Ok(vec![event(&message.body)?]),
+        Value::Array(items) => Ok(items.iter().map(event).collect()),
+        Value::Object(_) => Ok(vec![event(&message.body)]),
         _ => Err(DecodeError::Field("body")),
     }
 }
@@ -214,7 +216,7 @@ mod tests {
         let online = decode(&raw("01-worker-online.json")).unwrap();
         assert_eq!(
             online,
-            [Event::Worker(WorkerEvent {
+            [Ok(Event::Worker(WorkerEvent {
                 kind: WorkerKind::Online,
                 hostname: "w1@vm".into(),
                 freq: Some(2.0),
@@ -222,13 +224,14 @@ mod tests {
                 processed: Some(0),
                 pid: Some(5821),
                 sw_ver: Some("5.7.0".into()),
-            })]
+            }))]
         );
-        let Event::Worker(hb) = &decode(&raw("02-worker-heartbeat-idle.json")).unwrap()[0] else {
+        let Ok(Event::Worker(hb)) = &decode(&raw("02-worker-heartbeat-idle.json")).unwrap()[0]
+        else {
             panic!("not a worker event");
         };
         assert_eq!(hb.kind, WorkerKind::Heartbeat);
-        let Event::Worker(off) = &decode(&raw("03-worker-offline.json")).unwrap()[0] else {
+        let Ok(Event::Worker(off)) = &decode(&raw("03-worker-offline.json")).unwrap()[0] else {
             panic!("not a worker event");
         };
         assert_eq!(off.kind, WorkerKind::Offline);
@@ -238,7 +241,7 @@ mod tests {
     #[test]
     fn task_sent_is_an_object_with_the_queue() {
         let events = decode(&raw("05-task-sent-client-event.json")).unwrap();
-        let [Event::Task(t)] = events.as_slice() else {
+        let [Ok(Event::Task(t))] = events.as_slice() else {
             panic!("{events:?}");
         };
         assert_eq!(t.kind, TaskKind::Sent);
@@ -249,7 +252,7 @@ mod tests {
     #[test]
     fn task_multi_is_an_array() {
         let events = decode(&raw("06-task-multi-received.json")).unwrap();
-        let [Event::Task(t)] = events.as_slice() else {
+        let [Ok(Event::Task(t))] = events.as_slice() else {
             panic!("{events:?}");
         };
         assert_eq!(t.kind, TaskKind::Received);
@@ -262,7 +265,7 @@ mod tests {
             .to_string();
         let events = decode(two.as_bytes()).unwrap();
         assert_eq!(events.len(), 2);
-        let Event::Task(failed) = &events[0] else {
+        let Ok(Event::Task(failed)) = &events[0] else {
             panic!()
         };
         assert_eq!(failed.kind, TaskKind::Failed);
@@ -323,6 +326,17 @@ mod tests {
         assert!(event(&serde_json::from_str(&long).unwrap()).is_err());
         let custom: Value = serde_json::from_str(r#"{"type": "my-event"}"#).unwrap();
         assert_eq!(event(&custom).unwrap(), Event::Other);
+    }
+
+    #[test]
+    fn one_bad_event_in_a_batch_spares_the_others() {
+        let body = r#"[{"type": "task-started", "uuid": "a"}, {"type": "task-started"}]"#;
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, body);
+        let payload =
+            format!(r#"{{"body": "{b64}", "properties": {{"body_encoding": "base64"}}}}"#);
+        let events = decode(payload.as_bytes()).unwrap();
+        assert!(matches!(&events[0], Ok(Event::Task(t)) if t.uuid == "a"));
+        assert_eq!(events[1], Err(DecodeError::Field("uuid")));
     }
 
     #[test]

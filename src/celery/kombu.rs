@@ -35,13 +35,13 @@ impl Naming {
     }
 
     /// The keys that hold a queue's messages, one per priority step: the queue's name for
-    /// the first step, then `name SEP step` (`celery`, `celery\x06\x163`, ...).
+    /// step 0, `name SEP step` for the others (`celery`, `celery\x06\x163`, ...), as kombu
+    /// names them.
     pub fn queue_keys(&self, queue: &str) -> Vec<Vec<u8>> {
         self.steps
             .iter()
-            .enumerate()
-            .map(|(i, step)| {
-                if i == 0 {
+            .map(|step| {
+                if *step == 0 {
                     self.key(queue.as_bytes())
                 } else {
                     let mut k = self.key(queue.as_bytes());
@@ -66,13 +66,7 @@ impl Naming {
     /// The `SCAN MATCH` pattern of binding sets: `<prefix>_kombu.binding.*`, with glob
     /// characters in the prefix escaped.
     pub fn binding_pattern(&self) -> Vec<u8> {
-        let mut p = Vec::new();
-        for &b in &self.prefix {
-            if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
-                p.push(b'\\');
-            }
-            p.push(b);
-        }
+        let mut p = glob_escape(&self.prefix);
         p.extend_from_slice(b"_kombu.binding.*");
         p
     }
@@ -94,9 +88,10 @@ impl Naming {
         Some(queue.to_string())
     }
 
-    /// The pattern the event subscriber PSUBSCRIBEs: `<prefix>/<db>.celeryev/*`.
+    /// The pattern the event subscriber PSUBSCRIBEs: `<prefix>/<db>.celeryev/*`, with
+    /// glob characters in the prefix escaped.
     pub fn events_pattern(&self) -> Vec<u8> {
-        let mut p = self.events_channel_prefix();
+        let mut p = glob_escape(&self.events_channel_prefix());
         p.push(b'*');
         p
     }
@@ -110,6 +105,18 @@ impl Naming {
     pub fn routing_key<'a>(&self, channel: &'a [u8]) -> Option<&'a [u8]> {
         channel.strip_prefix(self.events_channel_prefix().as_slice())
     }
+}
+
+/// `bytes` with Redis glob characters escaped, to match themselves in a pattern.
+fn glob_escape(bytes: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            p.push(b'\\');
+        }
+        p.push(b);
+    }
+    p
 }
 
 /// The part of `member` after the last `sep` (the member has two of them).
@@ -286,7 +293,7 @@ mod tests {
         );
         assert_eq!(n.unacked(), b"my*app:unacked");
         assert_eq!(n.binding_pattern(), b"my\\*app:_kombu.binding.*");
-        assert_eq!(n.events_pattern(), b"my*app:/5.celeryev/*");
+        assert_eq!(n.events_pattern(), b"my\\*app:/5.celeryev/*");
         assert_eq!(
             n.routing_key(b"my*app:/5.celeryev/task.multi"),
             Some(b"task.multi".as_slice())
@@ -294,6 +301,19 @@ mod tests {
         assert_eq!(
             n.queue_of_binding(b"my*app:_kombu.binding.emails", b"emails::emails"),
             Some("emails".into())
+        );
+    }
+
+    #[test]
+    fn steps_without_zero_have_no_bare_key() {
+        let n = naming(&[("steps", "1,5,9")], 0);
+        assert_eq!(
+            n.queue_keys("q"),
+            [
+                b"q\x06\x161".to_vec(),
+                b"q\x06\x165".to_vec(),
+                b"q\x06\x169".to_vec()
+            ]
         );
     }
 

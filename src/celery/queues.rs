@@ -1,37 +1,46 @@
 //! The queue probe: depth of every queue (priority sub-queues summed), the age of each
-//! queue's oldest waiting message, and the reservations (unacked), read from the broker
-//! in one pipelined round trip per cycle however many queues there are.
+//! queue's oldest waiting message, and the reservations (unacked).
 //!
-//! Queues are the ones named in kombu's `_kombu.binding.<exchange>` sets (found with SCAN
-//! once a minute, so a large keyspace is not walked every cycle), `SIDECAR_CELERY_QUEUES`,
-//! and `celery`.
+//! Each cycle: one pipelined round trip reads `LLEN` of every sub-queue of every queue,
+//! `HLEN unacked`, the oldest entry of `unacked_index` and the count of entries older than
+//! the visibility timeout, however many queues there are. When some sub-queues hold
+//! messages, a second round trip reads their tails (`LINDEX -1`), for the oldest age.
 //!
-//! Oldest waiting age: kombu LPUSHes and workers BRPOP, so a list's tail (index -1) is its
-//! oldest message. Celery's messages carry no enqueue time, so the probe remembers a
-//! fingerprint of each list's tail and when it first saw it there: the age is how long the
-//! front of the queue has not moved. It starts at 0 when the sidecar starts or when the
-//! previous tail is consumed, so it is a lower bound of a task's wait, exact for what a
-//! stall is (nobody taking the next task), with the precision of one probe interval.
+//! Queues are the ones named in kombu's `_kombu.binding.<exchange>` sets, plus
+//! `SIDECAR_CELERY_QUEUES`, plus `celery`. The binding sets are found with SCAN, a few pages
+//! per cycle at the end of the probe and within what is left of its time, so a large cache
+//! keyspace is walked gradually, never inside one timeout; a finished walk is repeated once
+//! a minute.
+//!
+//! Oldest waiting age: kombu LPUSHes and workers BRPOP, so a list's tail is its oldest
+//! message. Celery's messages carry no enqueue time, so the probe remembers a fingerprint
+//! of each list's tail and when it first saw it there: the age is how long the front of
+//! the queue has not moved. It starts at 0 when the sidecar starts or when the previous
+//! tail is consumed, so it is a lower bound of a task's wait, exact for what a stall is
+//! (nobody taking the next task), with the precision of one probe interval.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 use tokio::time::Instant;
 
-use super::kombu::{self, Naming};
-use crate::failure::PhaseCell;
-use crate::failure::{Failure, Phase};
+use super::kombu::{self, DecodeError, Naming};
+use crate::failure::{Failure, Phase, PhaseCell};
 use crate::pool::TargetPool;
 
-/// How often binding sets are searched for new queues.
+/// How often a finished walk of the binding sets is started again.
 pub const DISCOVER_EVERY: Duration = Duration::from_secs(60);
-/// Queues watched at most; beyond, the ones found last are left out (and said so).
+/// Queues watched at most; beyond, the ones last in name order are left out (and said so).
 pub const MAX_QUEUES: usize = 2000;
-/// Keys per SCAN call.
+/// Keys per SCAN call, and SCAN calls per cycle at most.
 const SCAN_COUNT: usize = 1000;
+const SCAN_PAGES: usize = 10;
+/// Binding sets read at most in one walk.
+const MAX_BINDING_SETS: usize = 10 * MAX_QUEUES;
 
 /// One queue's state.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +52,8 @@ pub struct QueueState {
     pub oldest_age: Option<Duration>,
     /// The task name of that message, when its envelope says it.
     pub oldest_task: Option<String>,
+    /// A sub-queue key Redis would not read as a list (`WRONGTYPE ...`).
+    pub error: Option<String>,
 }
 
 /// What one probe of the broker saw.
@@ -53,27 +64,48 @@ pub struct QueueObservation {
     pub unacked: u64,
     /// Age of the oldest reservation, from `unacked_index`'s fetch time.
     pub oldest_reservation: Option<Duration>,
-    /// Reservations older than the visibility timeout: what a killed worker leaves behind.
+    /// Reservations older than the visibility timeout.
     pub orphaned: u64,
-    /// The pipeline's round trip.
+    /// The first pipeline's round trip (the depths).
     pub round_trip: Duration,
-    /// Tail messages that could not be decoded (counted, their bytes never logged).
-    pub bad_messages: Vec<kombu::DecodeError>,
+    /// New tail messages that are not kombu envelopes (counted once each; their bytes are
+    /// never logged). A tail in another serializer (pickle) or over 1 MiB is not an error:
+    /// it only has no task name.
+    pub bad_messages: Vec<DecodeError>,
     /// Queues left out because of `MAX_QUEUES`.
     pub left_out: usize,
+    /// True once a walk of the binding sets has finished.
+    pub discovered: bool,
 }
 
 /// A list's tail as last seen.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Tail {
     fingerprint: u64,
     since: Instant,
+    task: Option<String>,
 }
 
+/// The binding-set walk.
 #[derive(Debug, Default)]
 struct Discovery {
+    /// Queues found by the last finished walk.
     queues: BTreeSet<String>,
+    /// When the last walk finished.
     at: Option<Instant>,
+    /// A walk in progress.
+    walk: Option<Walk>,
+}
+
+/// A walk of the keyspace for binding sets.
+#[derive(Debug, Default)]
+struct Walk {
+    /// The next SCAN cursor.
+    cursor: u64,
+    /// Binding sets found so far.
+    sets: Vec<Vec<u8>>,
+    /// SCAN came back to cursor 0: the keyspace is covered.
+    scanned: bool,
 }
 
 pub struct QueueProbe {
@@ -81,6 +113,7 @@ pub struct QueueProbe {
     naming: Naming,
     configured: Vec<String>,
     visibility: Duration,
+    timeout: Duration,
     discovery: Mutex<Discovery>,
     tails: Mutex<HashMap<Vec<u8>, Tail>>,
     phase: PhaseCell,
@@ -92,12 +125,14 @@ impl QueueProbe {
         naming: Naming,
         configured: Vec<String>,
         visibility: Duration,
+        timeout: Duration,
     ) -> QueueProbe {
         QueueProbe {
             pool,
             naming,
             configured,
             visibility,
+            timeout,
             discovery: Mutex::new(Discovery::default()),
             tails: Mutex::new(HashMap::new()),
             phase: PhaseCell::default(),
@@ -112,156 +147,187 @@ impl QueueProbe {
         &self.pool
     }
 
+    /// Configured and discovered queues, in name order, at most `MAX_QUEUES`.
+    fn names(&self) -> (Vec<String>, usize, bool) {
+        let d = self
+            .discovery
+            .lock()
+            .expect("discovery lock is never poisoned");
+        let mut names: BTreeSet<String> = self.configured.iter().cloned().collect();
+        names.extend(d.queues.iter().cloned());
+        let total = names.len();
+        (
+            names.into_iter().take(MAX_QUEUES).collect(),
+            total.saturating_sub(MAX_QUEUES),
+            d.at.is_some(),
+        )
+    }
+
     pub async fn probe(&self) -> Result<QueueObservation, Failure> {
         let started = Instant::now();
         let target = self.pool.target();
-        let due = {
-            let d = self
-                .discovery
-                .lock()
-                .expect("discovery lock is never poisoned");
-            d.at.is_none_or(|at| at.elapsed() >= DISCOVER_EVERY)
-        };
-        let mut held = None;
-        if due {
-            let mut scan = redis::pipe();
-            scan.cmd("SCAN")
-                .arg(0)
-                .arg("MATCH")
-                .arg(self.naming.binding_pattern())
-                .arg("COUNT")
-                .arg(SCAN_COUNT);
-            type Page = (u64, Vec<Vec<u8>>);
-            let (mut conn, (first,), _): (_, (Page,), _) =
-                self.pool.first(started, &self.phase, "SCAN", &scan).await?;
-            let found = discover(&mut conn.inner, &self.naming, first)
-                .await
-                .map_err(|e| conn.fail(&e, target))?;
-            let mut d = self
-                .discovery
-                .lock()
-                .expect("discovery lock is never poisoned");
-            d.queues = found;
-            d.at = Some(Instant::now());
-            held = Some(conn);
-        }
-        let mut names: BTreeSet<String> = self.configured.iter().cloned().collect();
-        names.extend(
-            self.discovery
-                .lock()
-                .expect("discovery lock is never poisoned")
-                .queues
-                .iter()
-                .cloned(),
-        );
-        let total = names.len();
-        let names: Vec<String> = names.into_iter().take(MAX_QUEUES).collect();
-
+        let (names, left_out, discovered) = self.names();
+        let keys: Vec<Vec<Vec<u8>>> = names.iter().map(|q| self.naming.queue_keys(q)).collect();
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        let mut pipe = redis::pipe();
-        let keys: Vec<Vec<Vec<u8>>> = names.iter().map(|q| self.naming.queue_keys(q)).collect();
+        let mut depths = redis::pipe();
+        depths.ignore_errors();
         for key in keys.iter().flatten() {
-            pipe.cmd("LLEN").arg(key).cmd("LINDEX").arg(key).arg(-1);
+            depths.cmd("LLEN").arg(key);
         }
-        pipe.cmd("HLEN").arg(self.naming.unacked());
-        pipe.cmd("ZRANGE")
+        depths.cmd("HLEN").arg(self.naming.unacked());
+        depths
+            .cmd("ZRANGE")
             .arg(self.naming.unacked_index())
             .arg(0)
             .arg(0)
             .arg("WITHSCORES");
-        pipe.cmd("ZCOUNT")
+        depths
+            .cmd("ZCOUNT")
             .arg(self.naming.unacked_index())
             .arg("-inf")
             .arg(now_unix - self.visibility.as_secs_f64());
-        let (conn, replies, round_trip): (_, Vec<Value>, _) = match held {
-            Some(mut conn) => {
-                self.phase.set(Phase::Command("PIPELINE"));
-                let begun = Instant::now();
-                let replies = pipe
-                    .query_async(&mut conn.inner)
-                    .await
-                    .map_err(|e| conn.fail(&e, target))?;
-                (conn, replies, begun.elapsed())
-            }
-            None => {
-                self.pool
-                    .first(started, &self.phase, "PIPELINE", &pipe)
-                    .await?
-            }
-        };
-        drop(conn);
-
-        let now = Instant::now();
+        let (mut conn, replies, round_trip): (_, Vec<Value>, _) = self
+            .pool
+            .first(started, &self.phase, "PIPELINE", &depths)
+            .await?;
+        // A refusal that is not about one key (NOPERM, LOADING...) is the probe's failure.
+        if let Some(e) = replies.iter().find_map(fatal) {
+            return Err(Failure::from_redis(&e, target));
+        }
         let mut replies = replies.into_iter();
-        let mut bad_messages = Vec::new();
-        let mut tails = self.tails.lock().expect("tails lock is never poisoned");
-        let mut queues = Vec::with_capacity(names.len());
-        for (name, keys) in names.into_iter().zip(keys) {
-            let mut state = QueueState {
-                name,
-                length: 0,
-                oldest_age: None,
-                oldest_task: None,
-            };
-            let mut oldest: Option<(Duration, Vec<u8>)> = None;
-            for key in keys {
-                let length = as_u64(replies.next().as_ref());
-                let tail = replies.next();
-                state.length += length;
-                let tail = match tail {
-                    Some(Value::BulkString(bytes)) if length > 0 => bytes,
-                    _ => {
-                        tails.remove(&key);
-                        continue;
-                    }
-                };
-                let fingerprint = fingerprint(&tail);
-                let seen = tails.entry(key).or_insert(Tail {
-                    fingerprint,
-                    since: now,
-                });
-                if seen.fingerprint != fingerprint {
-                    *seen = Tail {
-                        fingerprint,
-                        since: now,
-                    };
-                }
-                let age = now.saturating_duration_since(seen.since);
-                if oldest.as_ref().is_none_or(|(a, _)| age > *a) {
-                    oldest = Some((age, tail));
-                }
-            }
-            if let Some((age, tail)) = oldest {
-                state.oldest_age = Some(age);
-                match kombu::decode(&tail) {
-                    Ok(m) => {
-                        state.oldest_task = m.envelope["headers"]["task"]
-                            .as_str()
-                            .filter(|t| t.len() <= 255)
-                            .map(str::to_string);
-                    }
-                    Err(e) => bad_messages.push(e),
-                }
-            }
-            queues.push(state);
+        let mut lengths: Vec<Vec<(u64, Option<String>)>> = Vec::with_capacity(keys.len());
+        for queue_keys in &keys {
+            lengths.push(
+                queue_keys
+                    .iter()
+                    .map(|_| match replies.next() {
+                        Some(Value::Int(n)) => (u64::try_from(n).unwrap_or(0), None),
+                        Some(Value::ServerError(e)) => (0, Some(e.to_string())),
+                        _ => (0, None),
+                    })
+                    .collect(),
+            );
         }
-        // Lists that no queue names any more (a queue dropped from the bindings).
-        if tails.len() > 4 * MAX_QUEUES {
-            tails.clear();
-        }
-        drop(tails);
         let unacked = as_u64(replies.next().as_ref());
         let oldest_reservation = match replies.next() {
             Some(Value::Array(items)) => items
                 .get(1)
                 .and_then(as_f64)
-                .map(|fetched| Duration::from_secs_f64((now_unix - fetched).max(0.0))),
+                .and_then(|fetched| Duration::try_from_secs_f64(now_unix - fetched).ok()),
             _ => None,
         };
         let orphaned = as_u64(replies.next().as_ref());
+
+        // The tails of the sub-queues that hold messages, in a second round trip.
+        let waiting: Vec<&Vec<u8>> = keys
+            .iter()
+            .flatten()
+            .zip(lengths.iter().flatten())
+            .filter(|(_, (n, _))| *n > 0)
+            .map(|(k, _)| k)
+            .collect();
+        let mut fetched: HashMap<&Vec<u8>, Vec<u8>> = HashMap::new();
+        if !waiting.is_empty() {
+            self.phase.set(Phase::Command("LINDEX"));
+            let mut tails = redis::pipe();
+            tails.ignore_errors();
+            for key in &waiting {
+                tails.cmd("LINDEX").arg(*key).arg(-1);
+            }
+            let replies: Vec<Value> = tails
+                .query_async(&mut conn.inner)
+                .await
+                .map_err(|e| conn.fail(&e, target))?;
+            for (key, reply) in waiting.iter().zip(replies) {
+                if let Value::BulkString(bytes) = reply {
+                    fetched.insert(*key, bytes);
+                }
+            }
+        }
+
+        let now = Instant::now();
+        let mut bad_messages = Vec::new();
+        let mut queues = Vec::with_capacity(names.len());
+        {
+            let mut tails = self.tails.lock().expect("tails lock is never poisoned");
+            for ((name, queue_keys), lengths) in names.into_iter().zip(&keys).zip(lengths) {
+                let mut state = QueueState {
+                    name,
+                    length: 0,
+                    oldest_age: None,
+                    oldest_task: None,
+                    error: None,
+                };
+                for (key, (length, error)) in queue_keys.iter().zip(lengths) {
+                    state.length += length;
+                    if error.is_some() {
+                        state.error = error;
+                    }
+                    let Some(bytes) = fetched.get(key) else {
+                        tails.remove(key);
+                        continue;
+                    };
+                    let fingerprint = fingerprint(bytes);
+                    let tail = match tails.get_mut(key) {
+                        Some(t) if t.fingerprint == fingerprint => t,
+                        _ => {
+                            // A new tail: decoded once, for its task name.
+                            let task = match kombu::decode(bytes) {
+                                Ok(m) => m.envelope["headers"]["task"]
+                                    .as_str()
+                                    .filter(|t| t.len() <= 255)
+                                    .map(str::to_string),
+                                Err(DecodeError::ContentType(_) | DecodeError::TooLarge(_)) => None,
+                                Err(e) => {
+                                    bad_messages.push(e);
+                                    None
+                                }
+                            };
+                            tails.insert(
+                                key.clone(),
+                                Tail {
+                                    fingerprint,
+                                    since: now,
+                                    task,
+                                },
+                            );
+                            tails.get_mut(key).expect("just inserted")
+                        }
+                    };
+                    let age = now.saturating_duration_since(tail.since);
+                    if state.oldest_age.is_none_or(|a| age > a) {
+                        state.oldest_age = Some(age);
+                        state.oldest_task = tail.task.clone();
+                    }
+                }
+                queues.push(state);
+            }
+            // Tails of lists that no queue names any more.
+            if tails.len() > 4 * MAX_QUEUES {
+                tails.clear();
+            }
+        }
+
+        // Discovery, with at most half of the time left, so that it never costs the probe.
+        let due = {
+            let d = self
+                .discovery
+                .lock()
+                .expect("discovery lock is never poisoned");
+            d.walk.is_some() || d.at.is_none_or(|at| at.elapsed() >= DISCOVER_EVERY)
+        };
+        if due {
+            self.phase.set(Phase::Command("SCAN"));
+            let left = (started + self.timeout).saturating_duration_since(Instant::now()) / 2;
+            // Cut short by the time limit, it goes on next cycle where it stopped.
+            if let Ok(Err(e)) = tokio::time::timeout(left, self.discover(&mut conn.inner)).await {
+                tracing::debug!(error = %e, "binding discovery failed; retried next cycle");
+            }
+        }
+        drop(conn);
         Ok(QueueObservation {
             queues,
             unacked,
@@ -269,49 +335,88 @@ impl QueueProbe {
             orphaned,
             round_trip,
             bad_messages,
-            left_out: total.saturating_sub(MAX_QUEUES),
+            left_out,
+            discovered,
         })
+    }
+
+    /// A few SCAN pages of the binding-set walk; when the walk has covered the keyspace,
+    /// SMEMBERS pipelines turn the sets into queue names. Progress is kept after each page,
+    /// so a walk cut short by the time limit goes on where it stopped.
+    async fn discover(&self, conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
+        let pattern = self.naming.binding_pattern();
+        for _ in 0..SCAN_PAGES {
+            let cursor = {
+                let mut d = self
+                    .discovery
+                    .lock()
+                    .expect("discovery lock is never poisoned");
+                let walk = d.walk.get_or_insert_with(Walk::default);
+                if walk.scanned {
+                    break;
+                }
+                walk.cursor
+            };
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(conn)
+                .await?;
+            let mut d = self
+                .discovery
+                .lock()
+                .expect("discovery lock is never poisoned");
+            let walk = d.walk.get_or_insert_with(Walk::default);
+            walk.sets.extend(keys);
+            walk.sets.truncate(MAX_BINDING_SETS);
+            walk.cursor = next;
+            walk.scanned = next == 0;
+        }
+        let sets = {
+            let d = self
+                .discovery
+                .lock()
+                .expect("discovery lock is never poisoned");
+            match &d.walk {
+                Some(w) if w.scanned => w.sets.clone(),
+                _ => return Ok(()),
+            }
+        };
+        let mut queues = BTreeSet::new();
+        for chunk in sets.chunks(SCAN_COUNT) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("SMEMBERS").arg(key);
+            }
+            let members: Vec<Vec<Vec<u8>>> = pipe.query_async(conn).await?;
+            for (key, members) in chunk.iter().zip(members) {
+                queues.extend(
+                    members
+                        .iter()
+                        .filter_map(|m| self.naming.queue_of_binding(key, m)),
+                );
+            }
+        }
+        let mut d = self
+            .discovery
+            .lock()
+            .expect("discovery lock is never poisoned");
+        d.queues = queues;
+        d.at = Some(Instant::now());
+        d.walk = None;
+        Ok(())
     }
 }
 
-/// Every queue named in a binding set: the rest of the SCAN walk that `first` began, then
-/// one SMEMBERS pipeline.
-async fn discover(
-    conn: &mut redis::aio::MultiplexedConnection,
-    naming: &Naming,
-    first: (u64, Vec<Vec<u8>>),
-) -> Result<BTreeSet<String>, RedisError> {
-    let pattern = naming.binding_pattern();
-    let (mut cursor, mut sets) = first;
-    while cursor != 0 && sets.len() <= 10 * MAX_QUEUES {
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query_async(conn)
-            .await?;
-        sets.extend(keys);
-        cursor = next;
+/// A server error in a pipeline reply that is not about one key's type.
+fn fatal(v: &Value) -> Option<RedisError> {
+    match v {
+        Value::ServerError(e) if e.code() != "WRONGTYPE" => Some(RedisError::from(e.clone())),
+        _ => None,
     }
-    let mut queues = BTreeSet::new();
-    if sets.is_empty() {
-        return Ok(queues);
-    }
-    let mut pipe = redis::pipe();
-    for key in &sets {
-        pipe.cmd("SMEMBERS").arg(key);
-    }
-    let members: Vec<Vec<Vec<u8>>> = pipe.query_async(conn).await?;
-    for (key, members) in sets.iter().zip(members) {
-        for member in members {
-            if let Some(q) = naming.queue_of_binding(key, &member) {
-                queues.insert(q);
-            }
-        }
-    }
-    Ok(queues)
 }
 
 fn fingerprint(bytes: &[u8]) -> u64 {
@@ -328,10 +433,11 @@ fn as_u64(v: Option<&Value>) -> u64 {
 }
 
 fn as_f64(v: &Value) -> Option<f64> {
-    match v {
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::Double(d) => Some(*d),
-        Value::Int(n) => Some(*n as f64),
-        _ => None,
-    }
+    let x = match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok()?,
+        Value::Double(d) => *d,
+        Value::Int(n) => *n as f64,
+        _ => return None,
+    };
+    x.is_finite().then_some(x)
 }

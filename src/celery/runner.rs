@@ -47,6 +47,8 @@ pub struct CeleryRunner {
     interval: Duration,
     timeout: Duration,
     endpoint: String,
+    /// A queue pipeline slower than this makes the check degraded.
+    slo: Duration,
     queues: Option<QueueRun>,
     /// Queue names in the metrics now, to remove the ones that vanish.
     shown: Vec<String>,
@@ -65,6 +67,7 @@ impl CeleryRunner {
         config: CeleryConfig,
         interval: Duration,
         timeout: Duration,
+        slo: Duration,
         endpoint: String,
     ) -> CeleryRunner {
         CeleryRunner {
@@ -76,6 +79,7 @@ impl CeleryRunner {
             config,
             interval,
             timeout,
+            slo,
             endpoint,
             queues: None,
             shown: Vec::new(),
@@ -181,17 +185,18 @@ impl CeleryRunner {
         if shared.subscription.connects == 0 && shared.subscription.error.is_none() {
             return;
         }
-        for gone in shared.workers.forget(now) {
+        // While the subscription is down, workers are judged as of the moment it was lost:
+        // the data is stale, which is not the same as "no workers". Nobody is forgotten
+        // meanwhile either.
+        let as_of = if shared.subscription.up {
+            now
+        } else {
+            shared.subscription.since.unwrap_or(now).min(now)
+        };
+        for gone in shared.workers.forget(as_of) {
             self.metrics.celery.forget_worker(&gone);
         }
         let sub = &shared.subscription;
-        // While the subscription is down, workers are judged as of the moment it was lost:
-        // the data is stale, which is not the same as "no workers".
-        let as_of = if sub.up {
-            now
-        } else {
-            sub.since.unwrap_or(now).min(now)
-        };
         let workers = &shared.workers;
         let listed: Vec<Value> = workers
             .sorted()
@@ -217,8 +222,7 @@ impl CeleryRunner {
                 .into_iter()
                 .map(|w| (w.hostname.as_str(), workers.alive(w, as_of), w.active)),
         );
-        let grace = Duration::from_secs_f64(2.0 * workers.longest_freq());
-        let in_grace = sub.up && sub.since.is_some_and(|t| now < t + grace);
+        let grace = Duration::from_secs_f64(2.0 * workers.longest_freq(as_of));
         let down: Vec<&str> = workers
             .sorted()
             .into_iter()
@@ -226,8 +230,15 @@ impl CeleryRunner {
             .map(|w| w.hostname.as_str())
             .take(5)
             .collect();
+        let seen = Seen {
+            subscribed: sub.up,
+            cause: sub.error.as_deref(),
+            in_grace: sub.up && sub.since.is_some_and(|t| now < t + grace),
+            alive,
+            down: &down,
+        };
         let (status, error, warnings) =
-            self.judge(run, sub, alive, in_grace, &down, workers.is_empty());
+            judge(&self.config, &self.endpoint, self.slo, &run.result, &seen);
         let events = json!({
             "subscribed": sub.up,
             "since_seconds": sub.since.map(|t| round1(now.saturating_duration_since(t))),
@@ -301,92 +312,109 @@ impl CeleryRunner {
                 .map_or(0.0, |o| o.round_trip.as_secs_f64()),
         );
     }
+}
 
-    /// The status, the cause when unhealthy, the warnings when degraded.
-    fn judge(
-        &self,
-        run: &QueueRun,
-        sub: &super::Subscription,
-        alive: usize,
-        in_grace: bool,
-        down: &[&str],
-        none_heard: bool,
-    ) -> (Status, Option<Failure>, Vec<String>) {
-        let obs = match &run.result {
-            Err(f) => {
-                let f = Failure::new(
-                    f.reason,
-                    format!("the broker cannot be read: {}", f.message),
-                );
-                return (Status::Unhealthy, Some(f), Vec::new());
-            }
-            Ok(obs) => obs,
-        };
-        let c = &self.config;
-        let mut error = None;
-        let mut warnings = Vec::new();
-        if !sub.up {
+/// What the worker side looks like when the check is judged.
+pub struct Seen<'a> {
+    pub subscribed: bool,
+    /// Why the subscription is down.
+    pub cause: Option<&'a str>,
+    /// Within two heartbeat intervals of the subscription coming up.
+    pub in_grace: bool,
+    pub alive: usize,
+    /// Some of the workers down, by hostname.
+    pub down: &'a [&'a str],
+}
+
+/// The status, the cause when unhealthy, the warnings when degraded: a pure function of
+/// the settings, the last queue probe and the worker side.
+pub fn judge(
+    c: &CeleryConfig,
+    endpoint: &str,
+    slo: Duration,
+    queues: &Result<QueueObservation, Failure>,
+    seen: &Seen,
+) -> (Status, Option<Failure>, Vec<String>) {
+    let obs = match queues {
+        Err(f) => {
+            let f = Failure::new(
+                f.reason,
+                format!("the broker cannot be read: {}", f.message),
+            );
+            return (Status::Unhealthy, Some(f), Vec::new());
+        }
+        Ok(obs) => obs,
+    };
+    let alive = seen.alive;
+    let mut error = None;
+    let mut warnings = Vec::new();
+    if !seen.subscribed {
+        warnings.push(format!(
+            "worker data is stale: the event subscription is down ({}); workers are shown as they were when it was lost",
+            seen.cause.unwrap_or("connecting")
+        ));
+    } else if alive < c.min_workers as usize {
+        if seen.in_grace {
             warnings.push(format!(
-                "worker data is stale: the event subscription is down ({}); workers are shown as they were when it was lost",
-                sub.error.as_deref().unwrap_or("connecting")
+                "waiting for worker heartbeats: {alive} of the required {} heard so far",
+                c.min_workers
             ));
-        } else if alive < c.min_workers as usize {
-            if in_grace {
-                warnings.push(format!(
-                    "waiting for worker heartbeats: {alive} of the required {} heard so far",
-                    c.min_workers
-                ));
-            } else if none_heard {
-                error = Some(Failure::new(
-                    Reason::Other,
-                    format!(
-                        "no Celery worker is alive: none has been heard on the broker's event channels (are the workers running, and connected to {}?)",
-                        self.endpoint
-                    ),
-                ));
-            } else {
-                error = Some(Failure::new(
-                    Reason::Other,
-                    format!(
-                        "only {alive} of the required {} Celery workers are alive; down: {}",
-                        c.min_workers,
-                        down.join(", ")
-                    ),
-                ));
-            }
-        }
-        if alive > 0 {
-            for q in &obs.queues {
-                if let Some(age) = q.oldest_age.filter(|a| *a > c.stall_after) {
-                    let task = q
-                        .oldest_task
-                        .as_deref()
-                        .map(|t| format!(" ({t})"))
-                        .unwrap_or_default();
-                    warnings.push(format!(
-                        "queue {} is stalled: its oldest task{task} has waited {} at the front while {alive} worker(s) are alive: no worker consumes this queue (check the workers' -Q), or the workers lost their broker connection",
-                        q.name,
-                        human(age)
-                    ));
-                }
-            }
-        }
-        if obs.orphaned > 0 {
-            warnings.push(format!(
-                "{} reservation(s) are older than the visibility timeout ({}): left by a worker killed while holding prefetched tasks (SIGKILL, OOM); they go back to their queue only when a worker restores them",
-                obs.orphaned,
-                show(c.visibility_timeout)
+        } else if seen.down.is_empty() {
+            error = Some(Failure::new(
+                Reason::Other,
+                format!(
+                    "no Celery worker is alive: none was heard recently on the broker's event channels (are the workers running, and connected to {endpoint}?)"
+                ),
             ));
-        }
-        let status = if error.is_some() {
-            Status::Unhealthy
-        } else if warnings.is_empty() {
-            Status::Healthy
         } else {
-            Status::Degraded
-        };
-        (status, error, warnings)
+            error = Some(Failure::new(
+                Reason::Other,
+                format!(
+                    "only {alive} of the required {} Celery workers are alive; down: {}",
+                    c.min_workers,
+                    seen.down.join(", ")
+                ),
+            ));
+        }
     }
+    if obs.round_trip > slo {
+        warnings.push(format!(
+            "slow: the queue pipeline took {:.1}ms, over the {} latency SLO",
+            obs.round_trip.as_secs_f64() * 1e3,
+            show(slo)
+        ));
+    }
+    if alive > 0 {
+        for q in &obs.queues {
+            if let Some(age) = q.oldest_age.filter(|a| *a > c.stall_after) {
+                let task = q
+                    .oldest_task
+                    .as_deref()
+                    .map(|t| format!(" ({t})"))
+                    .unwrap_or_default();
+                warnings.push(format!(
+                    "queue {} is stalled: its oldest task{task} has waited {} at the front while {alive} worker(s) are alive: no worker consumes this queue (check the workers' -Q), or the workers lost their broker connection",
+                    q.name,
+                    human(age)
+                ));
+            }
+        }
+    }
+    if obs.orphaned > 0 {
+        warnings.push(format!(
+            "{} reservation(s) are older than the visibility timeout ({}): left by a worker killed while holding prefetched tasks (SIGKILL, OOM), or ETA/countdown tasks scheduled further out than the visibility timeout; kombu delivers such reservations again, so a task may run twice",
+            obs.orphaned,
+            human(c.visibility_timeout)
+        ));
+    }
+    let status = if error.is_some() {
+        Status::Unhealthy
+    } else if warnings.is_empty() {
+        Status::Healthy
+    } else {
+        Status::Degraded
+    };
+    (status, error, warnings)
 }
 
 fn round1(d: Duration) -> f64 {
@@ -406,6 +434,144 @@ pub fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::celery::queues::QueueState;
+
+    fn config() -> CeleryConfig {
+        crate::config::Config::from_settings(&crate::cli::Settings::default())
+            .unwrap()
+            .celery
+    }
+
+    fn obs() -> QueueObservation {
+        QueueObservation {
+            queues: vec![QueueState {
+                name: "celery".into(),
+                length: 1,
+                oldest_age: Some(Duration::from_secs(1)),
+                oldest_task: Some("tasks.add".into()),
+                error: None,
+            }],
+            unacked: 0,
+            oldest_reservation: None,
+            orphaned: 0,
+            round_trip: Duration::from_millis(1),
+            bad_messages: vec![],
+            left_out: 0,
+            discovered: true,
+        }
+    }
+
+    fn seen<'a>(alive: usize, down: &'a [&'a str]) -> Seen<'a> {
+        Seen {
+            subscribed: true,
+            cause: None,
+            in_grace: false,
+            alive,
+            down,
+        }
+    }
+
+    fn run(
+        s: &Seen,
+        o: Result<QueueObservation, Failure>,
+    ) -> (Status, Option<Failure>, Vec<String>) {
+        judge(
+            &config(),
+            "redis://h:6379/0",
+            Duration::from_millis(100),
+            &o,
+            s,
+        )
+    }
+
+    #[test]
+    fn healthy_with_enough_workers_and_moving_queues() {
+        let (status, error, warnings) = run(&seen(1, &[]), Ok(obs()));
+        assert_eq!((status, error, warnings.len()), (Status::Healthy, None, 0));
+    }
+
+    #[test]
+    fn an_unreadable_broker_is_unhealthy_with_its_cause() {
+        let f = Failure::new(Reason::Connect, "connection refused by h:6379");
+        let (status, error, _) = run(&seen(1, &[]), Err(f));
+        assert_eq!(status, Status::Unhealthy);
+        let error = error.unwrap();
+        assert_eq!(error.reason, Reason::Connect);
+        assert_eq!(
+            error.message,
+            "the broker cannot be read: connection refused by h:6379"
+        );
+    }
+
+    #[test]
+    fn too_few_workers() {
+        let (status, error, _) = run(&seen(0, &[]), Ok(obs()));
+        assert_eq!(status, Status::Unhealthy);
+        assert!(
+            error
+                .unwrap()
+                .message
+                .starts_with("no Celery worker is alive")
+        );
+        let (_, error, _) = run(&seen(0, &["w1@a", "w2@b"]), Ok(obs()));
+        assert_eq!(
+            error.unwrap().message,
+            "only 0 of the required 1 Celery workers are alive; down: w1@a, w2@b"
+        );
+        let mut s = seen(0, &[]);
+        s.in_grace = true;
+        let (status, _, warnings) = run(&s, Ok(obs()));
+        assert_eq!(status, Status::Degraded);
+        assert!(warnings[0].starts_with("waiting for worker heartbeats"));
+    }
+
+    #[test]
+    fn a_lost_subscription_is_stale_not_zero() {
+        let s = Seen {
+            subscribed: false,
+            cause: Some("NOPERM"),
+            in_grace: false,
+            alive: 0,
+            down: &[],
+        };
+        let (status, error, warnings) = run(&s, Ok(obs()));
+        assert_eq!((status, error), (Status::Degraded, None));
+        assert!(
+            warnings[0]
+                .starts_with("worker data is stale: the event subscription is down (NOPERM)")
+        );
+    }
+
+    #[test]
+    fn stalls_orphans_and_slowness_degrade() {
+        let mut o = obs();
+        o.queues[0].oldest_age = Some(Duration::from_secs(301));
+        let (status, _, warnings) = run(&seen(2, &[]), Ok(o.clone()));
+        assert_eq!(status, Status::Degraded);
+        assert!(
+            warnings[0].starts_with(
+                "queue celery is stalled: its oldest task (tasks.add) has waited 5m01s"
+            )
+        );
+        // No worker alive: not a stall (the worker count says it already).
+        let (_, _, warnings) = run(&seen(0, &["w"]), Ok(o));
+        assert!(warnings.iter().all(|w| !w.contains("stalled")));
+        let mut o = obs();
+        o.orphaned = 3;
+        let (status, _, warnings) = run(&seen(1, &[]), Ok(o));
+        assert_eq!(status, Status::Degraded);
+        assert!(
+            warnings[0]
+                .starts_with("3 reservation(s) are older than the visibility timeout (1h00m)"),
+            "{warnings:?}"
+        );
+        let mut o = obs();
+        o.round_trip = Duration::from_millis(250);
+        let (status, _, warnings) = run(&seen(1, &[]), Ok(o));
+        assert_eq!(status, Status::Degraded);
+        assert!(warnings[0].starts_with("slow: the queue pipeline took 250.0ms"));
+    }
 
     #[test]
     fn human_durations() {

@@ -12,7 +12,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::Shared;
 use super::event::{self, Event, WorkerKind};
-use super::kombu::Naming;
+use super::kombu::{DecodeError, Naming};
 use super::workers::Applied;
 use crate::failure::{Failure, Phase};
 use crate::metrics::Metrics;
@@ -175,35 +175,14 @@ impl Subscriber {
         let now = Instant::now();
         let events = match event::decode(payload) {
             Ok(events) => events,
-            Err(e) => {
-                self.metrics.celery.decode_error("events");
-                self.shared
-                    .lock()
-                    .expect("shared lock is never poisoned")
-                    .subscription
-                    .decode_errors += 1;
-                self.unlogged += 1;
-                if self
-                    .last_log
-                    .is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
-                {
-                    tracing::warn!(
-                        channel = %String::from_utf8_lossy(channel),
-                        kind = e.kind(),
-                        skipped = self.unlogged,
-                        "skipped undecodable messages on the Celery event channels (logged at most once a minute): {e}"
-                    );
-                    self.last_log = Some(now);
-                    self.unlogged = 0;
-                }
-                return;
-            }
+            Err(e) => return self.skip(channel, &e, now),
         };
         let mut changed = false;
+        let mut skipped = Vec::new();
         let mut shared = self.shared.lock().expect("shared lock is never poisoned");
         for e in events {
             match e {
-                Event::Worker(w) => {
+                Ok(Event::Worker(w)) => {
                     let was_alive = shared
                         .workers
                         .get(&w.hostname)
@@ -225,16 +204,45 @@ impl Subscriber {
                         Applied::Ignored => {}
                     }
                 }
-                Event::Task(t) => {
+                Ok(Event::Task(t)) => {
                     let count = shared.book.record(&t);
                     self.metrics.celery.record_task(&count);
                 }
-                Event::Other => {}
+                Ok(Event::Other) => {}
+                Err(e) => skipped.push(e),
             }
         }
         drop(shared);
+        for e in skipped {
+            self.skip(channel, &e, now);
+        }
         if changed {
             self.changed.notify_one();
+        }
+    }
+
+    /// Counts an undecodable message (or event of a batch); logs at most once a minute,
+    /// never the payload.
+    fn skip(&mut self, channel: &[u8], e: &DecodeError, now: Instant) {
+        self.metrics.celery.decode_error("events");
+        self.shared
+            .lock()
+            .expect("shared lock is never poisoned")
+            .subscription
+            .decode_errors += 1;
+        self.unlogged += 1;
+        if self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
+        {
+            tracing::warn!(
+                channel = %String::from_utf8_lossy(channel),
+                kind = e.kind(),
+                skipped = self.unlogged,
+                "skipped undecodable messages on the Celery event channels (logged at most once a minute): {e}"
+            );
+            self.last_log = Some(now);
+            self.unlogged = 0;
         }
     }
 }

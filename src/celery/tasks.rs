@@ -1,54 +1,61 @@
 //! The task book: turns task events into counter labels. Most events carry only the task
 //! id, so the name (from task-sent or task-received) and the queue (from task-sent only)
-//! are remembered per id, in a bounded map. Label values are capped too, so that garbage
-//! on the channel cannot grow the series without bound.
+//! are remembered per id, in a bounded map. Label values, and their combinations, are
+//! capped too, so that garbage on the channel cannot grow the series without bound.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use super::event::{TaskEvent, TaskKind};
 
-/// Task ids remembered at most (FIFO beyond that): the ones in flight in practice.
-pub const MAX_IDS: usize = 4096;
-/// Distinct task names, queue names and exception classes used as label values at most;
-/// beyond, `other`.
+/// Task ids remembered at most (oldest first out): those sent but not yet ended. With a
+/// backlog deeper than this, the oldest tasks' later events lose their queue label.
+pub const MAX_IDS: usize = 8192;
+/// Distinct task names, queue names and exception classes used as label values at most,
+/// and distinct (name, queue) and (name, queue, exception) combinations; beyond, `other`.
 pub const MAX_NAMES: usize = 500;
 pub const MAX_QUEUES: usize = 200;
 pub const MAX_EXCEPTIONS: usize = 100;
+pub const MAX_PAIRS: usize = 1000;
+pub const MAX_TRIPLES: usize = 1000;
 /// The label for what an event did not say and nothing remembered.
 pub const UNKNOWN: &str = "unknown";
 /// The label for a value beyond a cap.
 pub const OTHER: &str = "other";
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct Known {
-    name: Option<String>,
-    queue: Option<String>,
+    name: Option<Arc<str>>,
+    queue: Option<Arc<str>>,
+    /// Which entry of `order` is this id's, so a stale entry evicts nothing.
+    seq: u64,
 }
 
-/// A capped set of label values.
+/// A capped set of label values (or combinations of them).
 #[derive(Debug)]
-struct Labels {
-    seen: HashSet<String>,
+struct Capped<T> {
+    seen: HashSet<T>,
     cap: usize,
 }
 
-impl Labels {
-    fn new(cap: usize) -> Labels {
-        Labels {
+impl<T: std::hash::Hash + Eq + Clone> Capped<T> {
+    fn new(cap: usize) -> Capped<T> {
+        Capped {
             seen: HashSet::new(),
             cap,
         }
     }
 
-    fn admit(&mut self, value: &str) -> String {
+    /// True when `value` is (or may now be) one of the admitted values.
+    fn admit(&mut self, value: &T) -> bool {
         if self.seen.contains(value) {
-            return value.to_string();
+            return true;
         }
         if self.seen.len() < self.cap {
-            self.seen.insert(value.to_string());
-            return value.to_string();
+            self.seen.insert(value.clone());
+            return true;
         }
-        OTHER.to_string()
+        false
     }
 }
 
@@ -67,10 +74,13 @@ pub struct Count {
 #[derive(Debug)]
 pub struct TaskBook {
     known: HashMap<String, Known>,
-    order: VecDeque<String>,
-    names: Labels,
-    queues: Labels,
-    exceptions: Labels,
+    order: VecDeque<(String, u64)>,
+    next_seq: u64,
+    names: Capped<String>,
+    queues: Capped<String>,
+    exceptions: Capped<String>,
+    pairs: Capped<(String, String)>,
+    triples: Capped<(String, String, String)>,
 }
 
 impl Default for TaskBook {
@@ -78,10 +88,22 @@ impl Default for TaskBook {
         TaskBook {
             known: HashMap::new(),
             order: VecDeque::new(),
-            names: Labels::new(MAX_NAMES),
-            queues: Labels::new(MAX_QUEUES),
-            exceptions: Labels::new(MAX_EXCEPTIONS),
+            next_seq: 0,
+            names: Capped::new(MAX_NAMES),
+            queues: Capped::new(MAX_QUEUES),
+            exceptions: Capped::new(MAX_EXCEPTIONS),
+            pairs: Capped::new(MAX_PAIRS),
+            triples: Capped::new(MAX_TRIPLES),
         }
+    }
+}
+
+fn label(capped: &mut Capped<String>, value: Option<&str>) -> String {
+    let value = value.unwrap_or(UNKNOWN).to_string();
+    if capped.admit(&value) {
+        value
+    } else {
+        OTHER.to_string()
     }
 }
 
@@ -89,37 +111,69 @@ impl TaskBook {
     /// Records what the event says about its task and returns its labels.
     pub fn record(&mut self, e: &TaskEvent) -> Count {
         if !self.known.contains_key(&e.uuid) {
-            self.known.insert(e.uuid.clone(), Known::default());
-            self.order.push_back(e.uuid.clone());
-            while self.order.len() > MAX_IDS {
-                if let Some(old) = self.order.pop_front() {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.known.insert(
+                e.uuid.clone(),
+                Known {
+                    name: None,
+                    queue: None,
+                    seq,
+                },
+            );
+            self.order.push_back((e.uuid.clone(), seq));
+            while self.known.len() > MAX_IDS {
+                let Some((old, seq)) = self.order.pop_front() else {
+                    break;
+                };
+                if self.known.get(&old).is_some_and(|k| k.seq == seq) {
                     self.known.remove(&old);
                 }
             }
+            // Entries of ids that ended are stale; keep the queue from growing with them.
+            if self.order.len() > 2 * MAX_IDS {
+                let known = &self.known;
+                self.order
+                    .retain(|(id, seq)| known.get(id).is_some_and(|k| k.seq == *seq));
+            }
         }
-        let known = self.known.entry(e.uuid.clone()).or_default();
-        if e.name.is_some() {
-            known.name = e.name.clone();
+        let known = self.known.get_mut(&e.uuid).expect("inserted above");
+        if let Some(name) = &e.name {
+            known.name = Some(Arc::from(name.as_str()));
         }
-        if e.queue.is_some() {
-            known.queue = e.queue.clone();
+        if let Some(queue) = &e.queue {
+            known.queue = Some(Arc::from(queue.as_str()));
         }
         let (name, queue) = (known.name.clone(), known.queue.clone());
-        // A task that ended needs no more remembering (a retry is received again).
+        // A task that ended needs no more remembering; a failure may still be followed by
+        // its task-rejected, and a retry is received again under the same id.
         if matches!(
             e.kind,
-            TaskKind::Succeeded | TaskKind::Failed | TaskKind::Rejected | TaskKind::Revoked
+            TaskKind::Succeeded | TaskKind::Rejected | TaskKind::Revoked
         ) {
             self.known.remove(&e.uuid);
         }
+        let mut name = label(&mut self.names, name.as_deref());
+        let mut queue = label(&mut self.queues, queue.as_deref());
+        if !self.pairs.admit(&(name.clone(), queue.clone())) {
+            (name, queue) = (OTHER.to_string(), OTHER.to_string());
+        }
+        let exception = (e.kind == TaskKind::Failed).then(|| {
+            let exception = label(&mut self.exceptions, e.exception.as_deref());
+            if self
+                .triples
+                .admit(&(name.clone(), queue.clone(), exception.clone()))
+            {
+                exception
+            } else {
+                OTHER.to_string()
+            }
+        });
         Count {
             kind: e.kind,
-            name: self.names.admit(name.as_deref().unwrap_or(UNKNOWN)),
-            queue: self.queues.admit(queue.as_deref().unwrap_or(UNKNOWN)),
-            exception: (e.kind == TaskKind::Failed).then(|| {
-                self.exceptions
-                    .admit(e.exception.as_deref().unwrap_or(UNKNOWN))
-            }),
+            name,
+            queue,
+            exception,
             runtime: e.runtime,
         }
     }
@@ -178,6 +232,60 @@ mod tests {
         assert_eq!(c.exception.as_deref(), Some("ValueError"));
         let orphan = book.record(&ev(TaskKind::Started, "never-seen"));
         assert_eq!(orphan.name, UNKNOWN);
+    }
+
+    #[test]
+    fn a_rejection_after_a_failure_keeps_its_labels() {
+        let mut book = TaskBook::default();
+        let mut received = ev(TaskKind::Received, "t3");
+        received.name = Some("tasks.rejectme".into());
+        book.record(&received);
+        book.record(&ev(TaskKind::Failed, "t3"));
+        assert_eq!(
+            book.record(&ev(TaskKind::Rejected, "t3")).name,
+            "tasks.rejectme"
+        );
+        assert_eq!(book.remembered(), 0);
+    }
+
+    #[test]
+    fn combinations_are_capped_too() {
+        let mut book = TaskBook::default();
+        let mut others = 0;
+        for n in 0..100 {
+            for q in 0..20 {
+                let mut sent = ev(TaskKind::Sent, &format!("{n}-{q}"));
+                sent.name = Some(format!("n{n}"));
+                sent.queue = Some(format!("q{q}"));
+                let c = book.record(&sent);
+                if c.name == OTHER {
+                    assert_eq!(c.queue, OTHER);
+                    others += 1;
+                }
+            }
+        }
+        assert_eq!(others, 100 * 20 - MAX_PAIRS);
+    }
+
+    #[test]
+    fn a_re_sent_id_is_not_evicted_by_its_old_entry() {
+        let mut book = TaskBook::default();
+        let mut a = ev(TaskKind::Sent, "a");
+        a.queue = Some("q1".into());
+        book.record(&a);
+        book.record(&ev(TaskKind::Succeeded, "a"));
+        for i in 0..(MAX_IDS - 10) {
+            book.record(&ev(TaskKind::Sent, &format!("x{i}")));
+        }
+        // Sent again, late: its old entry still heads the queue.
+        let mut again = ev(TaskKind::Sent, "a");
+        again.queue = Some("q2".into());
+        book.record(&again);
+        for i in 0..20 {
+            book.record(&ev(TaskKind::Sent, &format!("y{i}")));
+        }
+        assert_eq!(book.remembered(), MAX_IDS);
+        assert_eq!(book.record(&ev(TaskKind::Started, "a")).queue, "q2");
     }
 
     #[test]

@@ -10,12 +10,16 @@ use super::event::{WorkerEvent, WorkerKind};
 
 /// The heartbeat interval assumed when a worker does not announce one (Celery's default).
 const DEFAULT_FREQ: f64 = 2.0;
+/// Announced intervals are taken within these bounds: a forged `freq` of hours would keep
+/// a phantom worker alive, and stretch the start-up grace, for hours.
+const MIN_FREQ: f64 = 0.1;
+const MAX_FREQ: f64 = 60.0;
 
 /// One worker, as its events described it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Worker {
     pub hostname: String,
-    /// Seconds between heartbeats (clamped to 0.1 s .. 1 h).
+    /// Seconds between heartbeats (clamped to 0.1 s .. 60 s).
     pub freq: f64,
     /// When its last event arrived, on our clock (workers' clocks are not trusted).
     pub last_heard: Instant,
@@ -60,7 +64,7 @@ impl Workers {
     }
 
     pub fn apply(&mut self, e: &WorkerEvent, now: Instant) -> Applied {
-        let freq = e.freq.unwrap_or(DEFAULT_FREQ).clamp(0.1, 3600.0);
+        let freq = e.freq.unwrap_or(DEFAULT_FREQ).clamp(MIN_FREQ, MAX_FREQ);
         if let Some(w) = self.table.get_mut(&e.hostname) {
             w.freq = freq;
             w.last_heard = now;
@@ -133,10 +137,11 @@ impl Workers {
         self.table.values().filter(|w| self.alive(w, now)).count()
     }
 
-    /// The longest heartbeat interval among known workers, or Celery's default.
-    pub fn longest_freq(&self) -> f64 {
+    /// The longest heartbeat interval among the workers alive at `now`, or Celery's default.
+    pub fn longest_freq(&self, now: Instant) -> f64 {
         self.table
             .values()
+            .filter(|w| self.alive(w, now))
             .map(|w| w.freq)
             .fold(DEFAULT_FREQ, f64::max)
     }
@@ -299,9 +304,9 @@ mod tests {
         e.freq = Some(10.0);
         w.apply(&e, t0);
         assert_eq!(w.alive_count(t0 + Duration::from_secs(19)), 1);
-        assert_eq!(w.longest_freq(), 10.0);
+        assert_eq!(w.longest_freq(t0), 10.0);
         e.freq = Some(1e9);
         w.apply(&e, t0);
-        assert_eq!(w.sorted()[0].freq, 3600.0);
+        assert_eq!(w.sorted()[0].freq, 60.0);
     }
 }

@@ -673,16 +673,30 @@ pub fn send(env: &[(&str, &str)], sends: &str) -> Vec<String> {
 /// Sends one raw Redis command and returns the first reply line: enough to PUBLISH test
 /// payloads without redis-cli's quoting getting in the way of binary bytes.
 pub fn redis_command(port: u16, args: &[&[u8]]) -> String {
+    redis_pipeline(port, &[args.to_vec()]).remove(0)
+}
+
+/// Sends many raw commands in one write on one connection, and returns the first line of
+/// each reply (for commands whose replies are one line: PUBLISH, SET, SADD...).
+pub fn redis_pipeline(port: u16, commands: &[Vec<&[u8]>]) -> Vec<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
-    let mut req = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        req.extend_from_slice(a);
-        req.extend_from_slice(b"\r\n");
+    let mut req = Vec::new();
+    for args in commands {
+        req.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a);
+            req.extend_from_slice(b"\r\n");
+        }
     }
     s.write_all(&req).expect("write to redis");
     let mut reader = BufReader::new(s);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("read from redis");
-    line.trim_end().to_string()
+    commands
+        .iter()
+        .map(|_| {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("read from redis");
+            line.trim_end().to_string()
+        })
+        .collect()
 }
