@@ -208,4 +208,98 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub celery_forget_after: Option<String>,
+    /// OTLP collector base URL (`/v1/traces` is added for http/protobuf).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_endpoint: Option<String>,
+    /// OTLP traces URL, used as is.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_traces_endpoint: Option<String>,
+    /// `http/protobuf` (default) or `grpc`.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_protocol: Option<String>,
+    /// Protocol for traces, over OTEL_EXPORTER_OTLP_PROTOCOL.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_traces_protocol: Option<String>,
+    /// `key=value,...` headers sent to the collector (often an API key).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_HEADERS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_headers: Option<String>,
+    /// Headers for traces, added to OTEL_EXPORTER_OTLP_HEADERS.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_traces_headers: Option<String>,
+    /// Export timeout in milliseconds (default 10000).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TIMEOUT",
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_timeout: Option<String>,
+    /// Export timeout for traces, over OTEL_EXPORTER_OTLP_TIMEOUT.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_traces_timeout: Option<String>,
+    /// `service.name` of the spans (default `redis-celery-sidecar`).
+    #[arg(long, env = "OTEL_SERVICE_NAME", global = true, hide_env_values = true)]
+    pub otel_service_name: Option<String>,
+    /// `key=value,...` resource attributes.
+    #[arg(
+        long,
+        env = "OTEL_RESOURCE_ATTRIBUTES",
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_resource_attributes: Option<String>,
+    /// `always_on`, `always_off`, `traceidratio`, `parentbased_*` (default `parentbased_always_on`).
+    #[arg(
+        long,
+        env = "OTEL_TRACES_SAMPLER",
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_traces_sampler: Option<String>,
+    /// The sampler's argument: the ratio for `traceidratio`.
+    #[arg(
+        long,
+        env = "OTEL_TRACES_SAMPLER_ARG",
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_traces_sampler_arg: Option<String>,
+    /// `true` turns OpenTelemetry off entirely.
+    #[arg(long, env = "OTEL_SDK_DISABLED", global = true, hide_env_values = true)]
+    pub otel_sdk_disabled: Option<String>,
 }

@@ -100,6 +100,87 @@ pub mod vars {
         "SIDECAR_CELERY_FORGET_AFTER",
         "celery-forget-after"
     );
+    var!(
+        OTEL_ENDPOINT,
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "otel-endpoint"
+    );
+    var!(
+        OTEL_TRACES_ENDPOINT,
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "otel-traces-endpoint"
+    );
+    var!(
+        OTEL_PROTOCOL,
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "otel-protocol"
+    );
+    var!(
+        OTEL_TRACES_PROTOCOL,
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "otel-traces-protocol"
+    );
+    var!(OTEL_HEADERS, "OTEL_EXPORTER_OTLP_HEADERS", "otel-headers");
+    var!(
+        OTEL_TRACES_HEADERS,
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "otel-traces-headers"
+    );
+    var!(OTEL_TIMEOUT, "OTEL_EXPORTER_OTLP_TIMEOUT", "otel-timeout");
+    var!(
+        OTEL_TRACES_TIMEOUT,
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "otel-traces-timeout"
+    );
+    var!(OTEL_SERVICE_NAME, "OTEL_SERVICE_NAME", "otel-service-name");
+    var!(
+        OTEL_RESOURCE_ATTRIBUTES,
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "otel-resource-attributes"
+    );
+    var!(
+        OTEL_TRACES_SAMPLER,
+        "OTEL_TRACES_SAMPLER",
+        "otel-traces-sampler"
+    );
+    var!(
+        OTEL_TRACES_SAMPLER_ARG,
+        "OTEL_TRACES_SAMPLER_ARG",
+        "otel-traces-sampler-arg"
+    );
+    var!(OTEL_SDK_DISABLED, "OTEL_SDK_DISABLED", "otel-sdk-disabled");
+}
+
+/// How traces are exported. `None` in `Config::otel` means no exporter at all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtelConfig {
+    /// The URL spans are sent to, resolved as the OTLP specification says.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// Sent with every export; values are secrets (API keys).
+    pub headers: Vec<(String, Secret)>,
+    pub timeout: Duration,
+    pub service_name: String,
+    /// Other resource attributes, from `OTEL_RESOURCE_ATTRIBUTES`.
+    pub resource: Vec<(String, String)>,
+    pub sampler: Sampler,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// `OTEL_TRACES_SAMPLER` and its argument.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampler {
+    AlwaysOn,
+    AlwaysOff,
+    Ratio(f64),
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedRatio(f64),
 }
 
 /// The name of the Celery check.
@@ -207,6 +288,8 @@ pub struct Config {
     /// `RUST_LOG`, already checked to parse.
     pub log_filter: String,
     pub celery: CeleryConfig,
+    /// Trace export; `None` without an endpoint or with `OTEL_SDK_DISABLED=true`.
+    pub otel: Option<OtelConfig>,
 }
 
 impl Config {
@@ -255,6 +338,7 @@ impl Config {
             });
         }
         let celery = celery(s, &targets)?;
+        let otel = otel(s)?;
         let ready_checks = ready_checks(s, &targets)?;
         let auth_token = match non_empty(vars::AUTH_TOKEN, &s.auth_token)? {
             None => None,
@@ -301,6 +385,7 @@ impl Config {
             log_format,
             log_filter,
             celery,
+            otel,
         })
     }
 
@@ -375,6 +460,29 @@ impl Config {
             ),
         );
         line("celery max workers", &c.max_workers.to_string());
+        match &self.otel {
+            None => line(
+                "traces",
+                "not exported (no OTLP endpoint, or OTEL_SDK_DISABLED)",
+            ),
+            Some(o) => {
+                let protocol = match o.protocol {
+                    OtlpProtocol::Grpc => "grpc",
+                    OtlpProtocol::HttpProtobuf => "http/protobuf",
+                };
+                line(
+                    "traces",
+                    &format!("{protocol} to {} (timeout {})", o.endpoint, show(o.timeout)),
+                );
+                line("service.name", &o.service_name);
+                let headers: Vec<String> =
+                    o.headers.iter().map(|(k, _)| format!("{k}=***")).collect();
+                if !headers.is_empty() {
+                    line("otlp headers", &headers.join(","));
+                }
+                line("sampler", &format!("{:?}", o.sampler));
+            }
+        }
         out
     }
 }
@@ -660,6 +768,186 @@ fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, ConfigError>
     })
 }
 
+fn otel(s: &Settings) -> Result<Option<OtelConfig>, ConfigError> {
+    let disabled = match non_empty(vars::OTEL_SDK_DISABLED, &s.otel_sdk_disabled)? {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(v) => {
+            return Err(invalid(
+                vars::OTEL_SDK_DISABLED,
+                Some(v),
+                "is not true or false",
+            ));
+        }
+    };
+    let protocol_var = if s.otel_traces_protocol.is_some() {
+        (vars::OTEL_TRACES_PROTOCOL, &s.otel_traces_protocol)
+    } else {
+        (vars::OTEL_PROTOCOL, &s.otel_protocol)
+    };
+    let protocol = match non_empty(protocol_var.0, protocol_var.1)? {
+        None => OtlpProtocol::HttpProtobuf,
+        Some("grpc") => OtlpProtocol::Grpc,
+        Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+        Some(v) => {
+            return Err(invalid(
+                protocol_var.0,
+                Some(v),
+                "is not supported; use grpc or http/protobuf",
+            ));
+        }
+    };
+    let url = |var: Var, text: &str| -> Result<String, ConfigError> {
+        let parsed = url::Url::parse(text)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        match parsed {
+            Some(u) if u.password().is_none() && u.username().is_empty() => Ok(text.to_string()),
+            Some(_) => Err(invalid(
+                var,
+                None,
+                "must not hold credentials; put them in OTEL_EXPORTER_OTLP_HEADERS",
+            )),
+            None => Err(invalid(var, None, "is not an http:// or https:// URL")),
+        }
+    };
+    let endpoint = match (
+        non_empty(vars::OTEL_TRACES_ENDPOINT, &s.otel_traces_endpoint)?,
+        non_empty(vars::OTEL_ENDPOINT, &s.otel_endpoint)?,
+    ) {
+        (Some(traces), _) => Some(url(vars::OTEL_TRACES_ENDPOINT, traces)?),
+        (None, Some(base)) => {
+            let base = url(vars::OTEL_ENDPOINT, base)?;
+            Some(match protocol {
+                // The signal path is added to the base URL for OTLP/HTTP, not for gRPC.
+                OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+                OtlpProtocol::Grpc => base,
+            })
+        }
+        (None, None) => None,
+    };
+    let mut headers = Vec::new();
+    for (var, value) in [
+        (vars::OTEL_HEADERS, &s.otel_headers),
+        (vars::OTEL_TRACES_HEADERS, &s.otel_traces_headers),
+    ] {
+        for (k, v) in key_values(var, value, true)? {
+            headers.retain(|(known, _): &(String, Secret)| !known.eq_ignore_ascii_case(&k));
+            headers.push((k.to_ascii_lowercase(), Secret(v)));
+        }
+    }
+    let timeout_var = if s.otel_traces_timeout.is_some() {
+        (vars::OTEL_TRACES_TIMEOUT, &s.otel_traces_timeout)
+    } else {
+        (vars::OTEL_TIMEOUT, &s.otel_timeout)
+    };
+    let timeout = match non_empty(timeout_var.0, timeout_var.1)? {
+        None => Duration::from_secs(10),
+        // The specification's unit is milliseconds; `5s` is taken too.
+        Some(text) => match text.parse::<u64>() {
+            Ok(ms) if ms > 0 => Duration::from_millis(ms),
+            _ => parse_duration(text)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    invalid(
+                        timeout_var.0,
+                        Some(text),
+                        "is not a timeout in milliseconds, such as 10000",
+                    )
+                })?,
+        },
+    };
+    let mut resource = key_values(
+        vars::OTEL_RESOURCE_ATTRIBUTES,
+        &s.otel_resource_attributes,
+        false,
+    )?;
+    let from_resource = resource
+        .iter()
+        .position(|(k, _)| k == "service.name")
+        .map(|i| resource.remove(i).1);
+    let service_name = match non_empty(vars::OTEL_SERVICE_NAME, &s.otel_service_name)? {
+        Some(name) => name.to_string(),
+        None => from_resource.unwrap_or_else(|| env!("CARGO_PKG_NAME").to_string()),
+    };
+    let ratio = || -> Result<f64, ConfigError> {
+        match non_empty(vars::OTEL_TRACES_SAMPLER_ARG, &s.otel_traces_sampler_arg)? {
+            None => Ok(1.0),
+            Some(text) => text
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| {
+                    invalid(
+                        vars::OTEL_TRACES_SAMPLER_ARG,
+                        Some(text),
+                        "is not a ratio from 0 to 1",
+                    )
+                }),
+        }
+    };
+    let sampler = match non_empty(vars::OTEL_TRACES_SAMPLER, &s.otel_traces_sampler)? {
+        None | Some("parentbased_always_on") => Sampler::ParentBasedAlwaysOn,
+        Some("always_on") => Sampler::AlwaysOn,
+        Some("always_off") => Sampler::AlwaysOff,
+        Some("traceidratio") => Sampler::Ratio(ratio()?),
+        Some("parentbased_always_off") => Sampler::ParentBasedAlwaysOff,
+        Some("parentbased_traceidratio") => Sampler::ParentBasedRatio(ratio()?),
+        Some(v) => {
+            return Err(invalid(
+                vars::OTEL_TRACES_SAMPLER,
+                Some(v),
+                "is not a sampler; use always_on, always_off, traceidratio or parentbased_always_on, parentbased_always_off, parentbased_traceidratio",
+            ));
+        }
+    };
+    match endpoint {
+        Some(endpoint) if !disabled => Ok(Some(OtelConfig {
+            endpoint,
+            protocol,
+            headers,
+            timeout,
+            service_name,
+            resource,
+            sampler,
+        })),
+        _ => Ok(None),
+    }
+}
+
+/// `key=value,key2=value2`, values percent-decoded (the W3C baggage format the OTLP
+/// variables use). With `secret`, errors never show a value.
+fn key_values(
+    var: Var,
+    value: &Option<String>,
+    secret: bool,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let Some(text) = value.as_deref().map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let shown = if secret { None } else { Some(item) };
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(invalid(var, shown, "is not a key=value list"));
+        };
+        let (k, v) = (k.trim(), crate::target::percent_decode(v.trim()));
+        let valid_key = !k.is_empty() && k.chars().all(|c| c.is_ascii_graphic() && c != '=');
+        match v {
+            Some(v) if valid_key => out.push((k.to_string(), v)),
+            _ => {
+                return Err(invalid(
+                    var,
+                    shown,
+                    "is not a key=value list with percent-encoded values",
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Reads `\xNN` escapes (and `\\`); everything else is taken as UTF-8 bytes.
 pub fn unescape(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
@@ -802,6 +1090,17 @@ mod tests {
                 "SIDECAR_CELERY_STALL_AFTER" => s.celery_stall_after = v,
                 "SIDECAR_CELERY_MAX_WORKERS" => s.celery_max_workers = v,
                 "SIDECAR_CELERY_FORGET_AFTER" => s.celery_forget_after = v,
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => s.otel_endpoint = v,
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => s.otel_traces_endpoint = v,
+                "OTEL_EXPORTER_OTLP_PROTOCOL" => s.otel_protocol = v,
+                "OTEL_EXPORTER_OTLP_HEADERS" => s.otel_headers = v,
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS" => s.otel_traces_headers = v,
+                "OTEL_EXPORTER_OTLP_TIMEOUT" => s.otel_timeout = v,
+                "OTEL_SERVICE_NAME" => s.otel_service_name = v,
+                "OTEL_RESOURCE_ATTRIBUTES" => s.otel_resource_attributes = v,
+                "OTEL_TRACES_SAMPLER" => s.otel_traces_sampler = v,
+                "OTEL_TRACES_SAMPLER_ARG" => s.otel_traces_sampler_arg = v,
+                "OTEL_SDK_DISABLED" => s.otel_sdk_disabled = v,
                 other => panic!("unknown variable {other}"),
             }
         }
@@ -921,6 +1220,80 @@ mod tests {
         assert_eq!(unescape("a\\x06\\x16b\\\\").unwrap(), b"a\x06\x16b\\");
         assert_eq!(unescape("\\x0"), None);
         assert_eq!(escape(&[0x06, 0x16, b':']), "\\x06\\x16:");
+    }
+
+    #[test]
+    fn otel_settings_follow_the_specification() {
+        let otel = |pairs: &[(&str, &str)]| Config::from_settings(&settings(pairs)).unwrap().otel;
+        assert_eq!(otel(&[]), None, "no endpoint: no exporter");
+        assert_eq!(
+            otel(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_SDK_DISABLED", "true")
+            ]),
+            None
+        );
+        let o = otel(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]).unwrap();
+        assert_eq!(o.endpoint, "http://c:4318/v1/traces");
+        assert_eq!(o.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(o.timeout, Duration::from_secs(10));
+        assert_eq!(o.service_name, "redis-celery-sidecar");
+        assert_eq!(o.sampler, Sampler::ParentBasedAlwaysOn);
+        let o = otel(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=from-attrs,team=a%20b",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-api-key=k1,Authorization=Bearer%20t",
+            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-api-key=k2"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ])
+        .unwrap();
+        assert_eq!(o.endpoint, "http://c:4317", "gRPC takes the endpoint as is");
+        assert_eq!(o.timeout, Duration::from_millis(2500));
+        assert_eq!(o.service_name, "from-attrs");
+        assert_eq!(o.resource, [("team".to_string(), "a b".to_string())]);
+        let headers: Vec<(&str, &str)> = o
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose()))
+            .collect();
+        assert_eq!(
+            headers,
+            [("authorization", "Bearer t"), ("x-api-key", "k2")]
+        );
+        assert_eq!(o.sampler, Sampler::ParentBasedRatio(0.25));
+        let o = otel(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://c/custom"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored"),
+            ("OTEL_SERVICE_NAME", "named"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.name=loses"),
+        ])
+        .unwrap();
+        assert_eq!(
+            o.endpoint, "https://c/custom",
+            "the traces endpoint is used as is"
+        );
+        assert_eq!(o.service_name, "named", "the environment's name wins");
+        let c = Config::from_settings(&settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=hunter2pw"),
+        ]))
+        .unwrap();
+        assert!(
+            c.describe().contains("otlp headers       x-api-key=***"),
+            "{}",
+            c.describe()
+        );
+        assert!(!c.describe().contains("hunter2pw"));
+        assert!(!format!("{c:?}").contains("hunter2pw"));
     }
 
     #[test]
@@ -1051,6 +1424,41 @@ mod tests {
             (
                 &[("SIDECAR_CELERY_MAX_WORKERS", "lots")],
                 "SIDECAR_CELERY_MAX_WORKERS (--celery-max-workers): \"lots\" is not a whole number",
+            ),
+            (
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT (--otel-endpoint): is not an http:// or https:// URL",
+            ),
+            (
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://u:hunter2@c")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT (--otel-endpoint): must not hold credentials",
+            ),
+            (
+                &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
+                "OTEL_EXPORTER_OTLP_PROTOCOL (--otel-protocol): \"http/json\" is not supported",
+            ),
+            (
+                &[("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key:hunter2")],
+                "OTEL_EXPORTER_OTLP_HEADERS (--otel-headers): is not a key=value list",
+            ),
+            (
+                &[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")],
+                "OTEL_EXPORTER_OTLP_TIMEOUT (--otel-timeout): \"soon\" is not a timeout",
+            ),
+            (
+                &[("OTEL_TRACES_SAMPLER", "sometimes")],
+                "OTEL_TRACES_SAMPLER (--otel-traces-sampler): \"sometimes\" is not a sampler",
+            ),
+            (
+                &[
+                    ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "2"),
+                ],
+                "OTEL_TRACES_SAMPLER_ARG (--otel-traces-sampler-arg): \"2\" is not a ratio",
+            ),
+            (
+                &[("OTEL_SDK_DISABLED", "yes")],
+                "OTEL_SDK_DISABLED (--otel-sdk-disabled): \"yes\" is not true or false",
             ),
             (
                 &[("RUST_LOG", "info,[")],

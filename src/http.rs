@@ -32,7 +32,7 @@ use crate::snapshot::{Snapshot, Status};
 /// A client gets this long to send a request's headers; then its connection is closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// In-flight requests get this long to finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Request head size cap (hyper's minimum buffer); a larger head gets 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
@@ -44,7 +44,7 @@ pub struct App {
 }
 
 /// Accepts connections until `shutdown` resolves, then stops accepting and lets in-flight
-/// requests finish (up to 1.5 s).
+/// requests finish (up to 1 s).
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -28,6 +28,7 @@ pub mod failure;
 pub mod http;
 pub mod info;
 pub mod metrics;
+pub mod otel;
 pub mod pool;
 pub mod probe;
 pub mod runner;

@@ -8,9 +8,13 @@ use clap::Parser;
 
 use redis_celery_sidecar::cli::{Cli, Command};
 use redis_celery_sidecar::config::{Config, ConfigError};
-use redis_celery_sidecar::{check, telemetry};
+use redis_celery_sidecar::{check, otel, telemetry};
 
 const NAME: &str = env!("CARGO_PKG_NAME");
+
+/// How long pending spans get to reach the collector at exit (the HTTP drain takes at
+/// most 1 s before it: the process is gone within 2 s).
+const SPAN_FLUSH: std::time::Duration = std::time::Duration::from_millis(800);
 
 /// How long the runtime waits, at exit, for work it cannot cancel: a DNS lookup on the
 /// blocking pool can hang for seconds and must not hold up the exit.
@@ -35,7 +39,7 @@ fn main() -> ExitCode {
         Command::Check { json } => {
             // check prints its own report; logs only when asked for with RUST_LOG.
             if cli.settings.log_level.is_some() {
-                telemetry::init(config.log_format, &config.log_filter);
+                telemetry::init(config.log_format, &config.log_filter, None);
             }
             let rt = runtime();
             let (code, report) = rt.block_on(check::check(&config, json));
@@ -44,9 +48,26 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
         Command::Serve => {
-            telemetry::init(config.log_format, &config.log_filter);
             let rt = runtime();
-            let code = rt.block_on(serve(config));
+            let code = rt.block_on(async {
+                // The exporter's task and gRPC channel live on the runtime.
+                let (exporting, tracer) = match config.otel.as_ref().map(otel::start) {
+                    None => (None, None),
+                    Some(Ok((exporting, tracer))) => (Some(exporting), Some(tracer)),
+                    Some(Err(problem)) => {
+                        eprintln!(
+                            "{NAME}: configuration error: OTEL_EXPORTER_OTLP_ENDPOINT: {problem}"
+                        );
+                        return ExitCode::from(2);
+                    }
+                };
+                telemetry::init(config.log_format, &config.log_filter, tracer);
+                let code = serve(config).await;
+                if let Some(exporting) = exporting {
+                    exporting.shutdown(SPAN_FLUSH).await;
+                }
+                code
+            });
             rt.shutdown_timeout(LINGER);
             code
         }

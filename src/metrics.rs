@@ -108,6 +108,10 @@ impl Metrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        let otel = &crate::otel::STATS;
+        for c in [&otel.exported, &otel.dropped, &otel.failed] {
+            registry.register(Box::new(c.clone()))?;
+        }
         Ok(Metrics {
             redis_up: gauge(
                 "redis_up",

@@ -17,7 +17,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::failure::{Failure, Phase, PhaseCell, Reason};
+use crate::otel;
 use crate::target::{Address, Target};
+use tracing::Instrument;
 
 /// Connections a target's pool may hold: the probe uses one at a time; the second lets a
 /// later probe (Celery's queue scan) run beside it.
@@ -213,27 +215,40 @@ impl TargetPool {
     /// command fails below Redis on a connection that had served before (it died since:
     /// Redis restarted), the connection is dropped and the next one tried, down to a fresh
     /// one, so a restart between probes is not reported as a failure.
+    /// `command` names the operation in the span (`PING`, or `PIPELINE` with `batch`).
     pub async fn first<T: redis::FromRedisValue>(
         &self,
         started: Instant,
         phase: &PhaseCell,
         command: &'static str,
+        batch: Option<usize>,
         pipe: &redis::Pipeline,
     ) -> Result<(bb8::PooledConnection<'_, Manager>, T, Duration), Failure> {
         for _ in 0..=MAX_CONNECTIONS {
             phase.set(Phase::Connect);
             let mut conn = self.checkout(started).await?;
             phase.set(Phase::Command(command));
+            let span = otel::command_span(&self.target, command, batch);
             let begun = Instant::now();
-            let reply = pipe.query_async::<T>(&mut conn.inner).await;
+            let reply = pipe
+                .query_async::<T>(&mut conn.inner)
+                .instrument(span.clone())
+                .await;
             let took = begun.elapsed();
             match reply {
                 Ok(v) => {
                     conn.used += 1;
                     return Ok((conn, v, took));
                 }
-                Err(e) if conn.used > 0 && connection_lost(&e) => conn.broken = true,
-                Err(e) => return Err(conn.fail(&e, &self.target)),
+                Err(e) if conn.used > 0 && connection_lost(&e) => {
+                    conn.broken = true;
+                    otel::fail(&span, &Failure::from_redis(&e, &self.target));
+                }
+                Err(e) => {
+                    let failure = conn.fail(&e, &self.target);
+                    otel::fail(&span, &failure);
+                    return Err(failure);
+                }
             }
         }
         Err(Failure::new(

@@ -8,8 +8,10 @@ use tokio::time::Instant;
 
 use crate::failure::{Failure, Phase, PhaseCell};
 use crate::info::{self, Info};
+use crate::otel;
 use crate::pool::{PoolState, TargetPool, connection_lost};
 use crate::target::Target;
+use tracing::Instrument;
 
 /// What one successful probe saw.
 #[derive(Debug, Clone)]
@@ -56,19 +58,34 @@ impl RedisProbe {
         let fail = |e: &RedisError| Failure::from_redis(e, self.target());
         let mut ping = redis::pipe();
         ping.cmd("PING");
-        let (mut conn, _pong, ping): (_, (String,), _) =
-            self.pool.first(started, &self.phase, "PING", &ping).await?;
+        let (mut conn, _pong, ping): (_, (String,), _) = self
+            .pool
+            .first(started, &self.phase, "PING", None, &ping)
+            .await?;
 
         self.phase.set(Phase::Command("INFO"));
         let mut pipe = redis::pipe();
         for section in info::SECTIONS {
             pipe.cmd("INFO").arg(section);
         }
-        let info = match pipe.query_async::<Vec<String>>(&mut conn.inner).await {
+        let span = otel::command_span(self.target(), "PIPELINE", Some(info::SECTIONS.len()));
+        let reply = pipe
+            .query_async::<Vec<String>>(&mut conn.inner)
+            .instrument(span.clone())
+            .await;
+        let info = match reply {
             Ok(texts) => Ok(info::parse(&texts.join("\n"))),
-            Err(e) if connection_lost(&e) => return Err(conn.fail(&e, self.target())),
+            Err(e) if connection_lost(&e) => {
+                let failure = conn.fail(&e, self.target());
+                otel::fail(&span, &failure);
+                return Err(failure);
+            }
             // The server answered, with a refusal: the probe half-worked.
-            Err(e) => Err(fail(&e)),
+            Err(e) => {
+                let failure = fail(&e);
+                otel::fail(&span, &failure);
+                Err(failure)
+            }
         };
         conn.used += 1;
         let pool = self.pool.state();

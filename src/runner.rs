@@ -11,10 +11,12 @@ use crate::config::show;
 use crate::failure::{Failure, Phase, Reason};
 use crate::info::Info;
 use crate::metrics::Metrics;
+use crate::otel;
 use crate::pool::{PoolState, TargetPool};
 use crate::probe::{Observation, RedisProbe};
 use crate::snapshot::{Publisher, Report, Status};
 use crate::target::Target;
+use tracing::Instrument;
 
 /// One check a target's probe reports under: a target that plays several roles is probed
 /// once and its report published under each role's check and `role` label.
@@ -88,14 +90,30 @@ impl Runner {
 
     /// One probe under the timeout; returns the report it published.
     pub async fn probe_once(&mut self) -> Arc<Report> {
+        let span = tracing::info_span!(
+            "probe",
+            otel.name = "probe redis",
+            check = %self.names,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            "error.type" = tracing::field::Empty,
+        );
         let started = Instant::now();
         let result = match &self.probe {
             Err(failure) => Err(failure.clone()),
-            Ok(probe) => match tokio::time::timeout(self.timeout, probe.probe()).await {
-                Ok(result) => result,
-                Err(_) => Err(Failure::timeout(&self.target, probe.phase(), self.timeout)),
-            },
+            Ok(probe) => {
+                let run = tokio::time::timeout(self.timeout, probe.probe());
+                match run.instrument(span.clone()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Failure::timeout(&self.target, probe.phase(), self.timeout)),
+                }
+            }
         };
+        if let Err(f) = &result {
+            otel::fail(&span, f);
+        }
+        // What follows logs inside the probe's span: its lines carry the trace id.
+        let _inside = span.enter();
         let elapsed = started.elapsed();
         let now = SystemTime::now();
         // A timeout while still waiting for a connection, from bb8 or from the runner.

@@ -296,7 +296,7 @@ fn parse_db(text: &str) -> Result<i64, UrlError> {
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+pub fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

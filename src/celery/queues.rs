@@ -30,7 +30,9 @@ use tokio::time::Instant;
 
 use super::kombu::{self, DecodeError, Naming};
 use crate::failure::{Failure, Phase, PhaseCell};
+use crate::otel;
 use crate::pool::TargetPool;
+use tracing::Instrument;
 
 /// How often a finished walk of the binding sets is started again.
 pub const DISCOVER_EVERY: Duration = Duration::from_secs(60);
@@ -191,7 +193,13 @@ impl QueueProbe {
             .arg(now_unix - self.visibility.as_secs_f64());
         let (mut conn, replies, round_trip): (_, Vec<Value>, _) = self
             .pool
-            .first(started, &self.phase, "PIPELINE", &depths)
+            .first(
+                started,
+                &self.phase,
+                "PIPELINE",
+                Some(depths.len()),
+                &depths,
+            )
             .await?;
         // A refusal that is not about one key (NOPERM, LOADING...) is the probe's failure.
         if let Some(e) = replies.iter().find_map(fatal) {
@@ -237,10 +245,19 @@ impl QueueProbe {
             for key in &waiting {
                 tails.cmd("LINDEX").arg(*key).arg(-1);
             }
-            let replies: Vec<Value> = tails
+            let span = otel::command_span(target, "PIPELINE", Some(waiting.len()));
+            let replies: Vec<Value> = match tails
                 .query_async(&mut conn.inner)
+                .instrument(span.clone())
                 .await
-                .map_err(|e| conn.fail(&e, target))?;
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let failure = conn.fail(&e, target);
+                    otel::fail(&span, &failure);
+                    return Err(failure);
+                }
+            };
             for (key, reply) in waiting.iter().zip(replies) {
                 if let Value::BulkString(bytes) = reply {
                     fetched.insert(*key, bytes);
@@ -364,6 +381,7 @@ impl QueueProbe {
                 .arg("COUNT")
                 .arg(SCAN_COUNT)
                 .query_async(conn)
+                .instrument(otel::command_span(self.pool.target(), "SCAN", None))
                 .await?;
             let mut d = self
                 .discovery
@@ -391,7 +409,14 @@ impl QueueProbe {
             for key in chunk {
                 pipe.cmd("SMEMBERS").arg(key);
             }
-            let members: Vec<Vec<Vec<u8>>> = pipe.query_async(conn).await?;
+            let members: Vec<Vec<Vec<u8>>> = pipe
+                .query_async(conn)
+                .instrument(otel::command_span(
+                    self.pool.target(),
+                    "PIPELINE",
+                    Some(chunk.len()),
+                ))
+                .await?;
             for (key, members) in chunk.iter().zip(members) {
                 queues.extend(
                     members

@@ -22,6 +22,7 @@ use crate::failure::{Failure, Reason};
 use crate::metrics::Metrics;
 use crate::runner::log_change;
 use crate::snapshot::{Publisher, Report, Status};
+use tracing::Instrument;
 
 /// How often workers are judged again between queue probes.
 const JUDGE_EVERY: Duration = Duration::from_secs(1);
@@ -106,13 +107,28 @@ impl CeleryRunner {
     }
 
     async fn probe_queues(&mut self) {
+        let span = tracing::info_span!(
+            "probe",
+            otel.name = "probe celery",
+            check = CELERY_CHECK,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            "error.type" = tracing::field::Empty,
+        );
         let result = match &self.probe {
             Err(f) => Err(f.clone()),
-            Ok(p) => match tokio::time::timeout(self.timeout, p.probe()).await {
-                Ok(r) => r,
-                Err(_) => Err(Failure::timeout(p.pool().target(), p.phase(), self.timeout)),
-            },
+            Ok(p) => {
+                let run = tokio::time::timeout(self.timeout, p.probe());
+                match run.instrument(span.clone()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Failure::timeout(p.pool().target(), p.phase(), self.timeout)),
+                }
+            }
         };
+        if let Err(f) = &result {
+            crate::otel::fail(&span, f);
+        }
+        let _inside = span.enter();
         let now = SystemTime::now();
         match &result {
             Ok(obs) => {

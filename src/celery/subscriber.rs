@@ -16,7 +16,9 @@ use super::kombu::{DecodeError, Naming};
 use super::workers::Applied;
 use crate::failure::{Failure, Phase};
 use crate::metrics::Metrics;
+use crate::otel;
 use crate::target::Target;
+use tracing::Instrument;
 
 /// How often the subscription is checked with a PING.
 const PING_EVERY: Duration = Duration::from_secs(2);
@@ -87,11 +89,37 @@ impl Subscriber {
             pubsub.psubscribe(pattern.as_slice()).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
-        let pubsub = match tokio::time::timeout(self.timeout, connect).await {
-            Err(_) => return Failure::timeout(&self.target, Phase::Connect, self.timeout),
-            Ok(Err(e)) => return Failure::from_redis(&e, &self.target),
+        let span = otel::command_span(&self.target, "PSUBSCRIBE", None);
+        {
+            // A reconnection is an event of the subscription's span.
+            let shared = self.shared.lock().expect("shared lock is never poisoned");
+            let s = &shared.subscription;
+            if let Some(previous) = &s.error {
+                tracing::info!(
+                    parent: &span,
+                    subscriptions = s.connects,
+                    previous_error = %previous,
+                    "pubsub.reconnect"
+                );
+            }
+        }
+        let pubsub = match tokio::time::timeout(self.timeout, connect)
+            .instrument(span.clone())
+            .await
+        {
+            Err(_) => {
+                let f = Failure::timeout(&self.target, Phase::Connect, self.timeout);
+                otel::fail(&span, &f);
+                return f;
+            }
+            Ok(Err(e)) => {
+                let f = Failure::from_redis(&e, &self.target);
+                otel::fail(&span, &f);
+                return f;
+            }
             Ok(Ok(p)) => p,
         };
+        drop(span);
         self.set_up();
         let (mut sink, mut stream) = pubsub.split();
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);

@@ -1,0 +1,338 @@
+//! OpenTelemetry traces: the tracer provider, a bounded batch processor that exports on
+//! the sidecar's runtime and never makes a probe wait, and the span helpers that follow
+//! the database semantic conventions.
+//!
+//! Why not the SDK's own `BatchSpanProcessor`: it exports from a thread of its own, where
+//! the async HTTP client panics with "no reactor running" (opentelemetry-rust #3125,
+//! #2673), and it does not tell how many spans it dropped. Here `on_end` only `try_send`s
+//! into a bounded channel (a full channel drops the span and counts it), and one task on
+//! the runtime batches and exports with the OTLP exporter (gRPC through tonic, or
+//! HTTP/protobuf through hyper), each export bounded by the OTLP timeout.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    Sampler as SdkSampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
+};
+use prometheus::IntCounter;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::config::{OtelConfig, OtlpProtocol, Sampler};
+use crate::target::{Address, Target};
+
+/// Finished spans waiting for export at most; beyond, spans are dropped and counted.
+const QUEUE: usize = 2048;
+/// Spans per export at most, and how long a span waits for its batch at most.
+const BATCH: usize = 512;
+const BATCH_EVERY: Duration = Duration::from_secs(2);
+/// A failing collector is reported at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// The export's own figures, registered in every `Metrics` registry.
+pub struct OtelStats {
+    pub exported: IntCounter,
+    pub dropped: IntCounter,
+    pub failed: IntCounter,
+}
+
+pub static STATS: LazyLock<OtelStats> = LazyLock::new(|| OtelStats {
+    exported: IntCounter::new(
+        "sidecar_otel_spans_exported_total",
+        "Spans the collector accepted.",
+    )
+    .expect("a valid metric"),
+    dropped: IntCounter::new(
+        "sidecar_otel_spans_dropped_total",
+        "Spans dropped: export queue full (collector slow or down), or a failed export's batch.",
+    )
+    .expect("a valid metric"),
+    failed: IntCounter::new(
+        "sidecar_otel_export_failures_total",
+        "Exports that failed or timed out.",
+    )
+    .expect("a valid metric"),
+});
+
+/// The running export: shut it down to flush what is pending.
+pub struct Exporting {
+    provider: SdkTracerProvider,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Receiver<()>>,
+}
+
+/// Builds the provider and starts the export task. Must run inside the runtime (the tonic
+/// channel and the export task live there).
+pub fn start(config: &OtelConfig) -> Result<(Exporting, opentelemetry_sdk::trace::Tracer), String> {
+    let exporter = exporter(config)?;
+    let mut resource = vec![KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))];
+    resource.extend(
+        config
+            .resource
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+    );
+    let resource = Resource::builder_empty()
+        .with_service_name(config.service_name.clone())
+        .with_attributes(resource)
+        .build();
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel();
+    let mut exporter = exporter;
+    exporter.set_resource(&resource);
+    tokio::spawn(export_loop(exporter, rx, stop_rx, done_tx, config.timeout));
+    let provider = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_sampler(sampler(config.sampler))
+        .with_span_processor(Bounded { tx })
+        .build();
+    let tracer = provider.tracer(env!("CARGO_PKG_NAME"));
+    Ok((
+        Exporting {
+            provider,
+            stop: Some(stop_tx),
+            done: Some(done_rx),
+        },
+        tracer,
+    ))
+}
+
+impl Exporting {
+    /// Exports what is pending, waiting at most `limit`; the process exits either way.
+    pub async fn shutdown(mut self, limit: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take()
+            && tokio::time::timeout(limit, done).await.is_err()
+        {
+            tracing::warn!("pending spans were not all exported within {limit:?} at shutdown");
+        }
+        let _ = self
+            .provider
+            .shutdown_with_timeout(Duration::from_millis(10));
+    }
+}
+
+fn sampler(s: Sampler) -> SdkSampler {
+    match s {
+        Sampler::AlwaysOn => SdkSampler::AlwaysOn,
+        Sampler::AlwaysOff => SdkSampler::AlwaysOff,
+        Sampler::Ratio(r) => SdkSampler::TraceIdRatioBased(r),
+        Sampler::ParentBasedAlwaysOn => SdkSampler::ParentBased(Box::new(SdkSampler::AlwaysOn)),
+        Sampler::ParentBasedAlwaysOff => SdkSampler::ParentBased(Box::new(SdkSampler::AlwaysOff)),
+        Sampler::ParentBasedRatio(r) => {
+            SdkSampler::ParentBased(Box::new(SdkSampler::TraceIdRatioBased(r)))
+        }
+    }
+}
+
+fn exporter(config: &OtelConfig) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    let built = match config.protocol {
+        OtlpProtocol::HttpProtobuf => {
+            let headers: HashMap<String, String> = config
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                .collect();
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(config.endpoint.clone())
+                .with_timeout(config.timeout)
+                .with_headers(headers)
+                .build()
+        }
+        OtlpProtocol::Grpc => {
+            let mut headers = hyper::HeaderMap::new();
+            for (k, v) in &config.headers {
+                let name = hyper::header::HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| format!("the header name {k} is not valid gRPC metadata"))?;
+                let value = hyper::header::HeaderValue::from_str(v.expose())
+                    .map_err(|_| format!("the value of header {k} is not valid gRPC metadata"))?;
+                headers.insert(name, value);
+            }
+            let metadata =
+                opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers);
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(config.endpoint.clone())
+                .with_timeout(config.timeout)
+                .with_metadata(metadata);
+            if config.endpoint.starts_with("https://") {
+                builder = builder.with_tls_config(
+                    opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
+                        .with_webpki_roots(),
+                );
+            }
+            builder.build()
+        }
+    };
+    built.map_err(|e| format!("cannot build the OTLP exporter: {e}"))
+}
+
+/// The span processor: hands finished spans to the export task without ever waiting.
+#[derive(Debug)]
+struct Bounded {
+    tx: mpsc::Sender<SpanData>,
+}
+
+/// When a drop or a failure was last logged (seconds since start, on a monotonic clock).
+static LAST_WARN: AtomicU64 = AtomicU64::new(u64::MAX);
+static CLOCK: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// True at most once a minute.
+fn may_warn() -> bool {
+    let now = CLOCK.elapsed().as_secs();
+    let last = LAST_WARN.load(Ordering::Relaxed);
+    if last != u64::MAX && now.saturating_sub(last) < WARN_EVERY.as_secs() {
+        return false;
+    }
+    LAST_WARN
+        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+}
+
+impl SpanProcessor for Bounded {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if self.tx.try_send(span).is_err() {
+            STATS.dropped.inc();
+            if may_warn() {
+                tracing::warn!(
+                    "spans dropped: the export queue ({QUEUE}) is full; the collector is slow or unreachable (logged at most once a minute, counted in sidecar_otel_spans_dropped_total)"
+                );
+            }
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// Batches spans and exports them, one export at a time, each bounded by `timeout`. On
+/// `stop`, exports what is queued and signals `done`.
+async fn export_loop(
+    exporter: opentelemetry_otlp::SpanExporter,
+    mut rx: mpsc::Receiver<SpanData>,
+    mut stop: oneshot::Receiver<()>,
+    done: oneshot::Sender<()>,
+    timeout: Duration,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut tick = tokio::time::interval(BATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            span = rx.recv() => match span {
+                Some(span) => {
+                    batch.push(span);
+                    if batch.len() >= BATCH {
+                        export(&exporter, &mut batch, timeout).await;
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                if !batch.is_empty() {
+                    export(&exporter, &mut batch, timeout).await;
+                }
+            }
+            _ = &mut stop => break,
+        }
+    }
+    while let Ok(span) = rx.try_recv() {
+        batch.push(span);
+        if batch.len() >= BATCH {
+            export(&exporter, &mut batch, timeout).await;
+        }
+    }
+    if !batch.is_empty() {
+        export(&exporter, &mut batch, timeout).await;
+    }
+    let _ = done.send(());
+}
+
+async fn export(
+    exporter: &opentelemetry_otlp::SpanExporter,
+    batch: &mut Vec<SpanData>,
+    timeout: Duration,
+) {
+    let spans = std::mem::take(batch);
+    let count = spans.len() as u64;
+    let result = tokio::time::timeout(timeout, exporter.export(spans)).await;
+    let problem = match result {
+        Ok(Ok(())) => {
+            STATS.exported.inc_by(count);
+            return;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {timeout:?}"),
+    };
+    STATS.failed.inc();
+    STATS.dropped.inc_by(count);
+    if may_warn() {
+        tracing::warn!(
+            spans = count,
+            "exporting spans to the OTLP collector failed: {}; the sidecar goes on (logged at most once a minute)",
+            problem.chars().take(300).collect::<String>()
+        );
+    }
+}
+
+/// A span around one Redis command or pipeline, with the database semantic conventions'
+/// attributes. `operation` is the command (`PING`) or `PIPELINE`.
+pub fn command_span(
+    target: &Target,
+    operation: &'static str,
+    batch: Option<usize>,
+) -> tracing::Span {
+    let (address, port) = match target.address() {
+        Address::Tcp { host, port, .. } => (host.clone(), Some(*port)),
+        Address::Unix { path } => (path.clone(), None),
+    };
+    let span = tracing::info_span!(
+        target: "redis_celery_sidecar::redis",
+        "redis command",
+        otel.name = operation,
+        otel.kind = "client",
+        "db.system.name" = "redis",
+        "db.operation.name" = operation,
+        "db.namespace" = target.db().to_string(),
+        "server.address" = address,
+        "server.port" = tracing::field::Empty,
+        "db.operation.batch.size" = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        "error.type" = tracing::field::Empty,
+    );
+    if let Some(port) = port {
+        span.record("server.port", i64::from(port));
+    }
+    if let Some(n) = batch {
+        span.record("db.operation.batch.size", n as i64);
+    }
+    span
+}
+
+/// Marks `span` failed, with the cause and its `reason` label as `error.type`.
+pub fn fail(span: &tracing::Span, failure: &crate::failure::Failure) {
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", failure.message.as_str());
+    span.record("error.type", failure.reason.as_str());
+}

@@ -1,0 +1,419 @@
+//! OTLP traces, received by collectors the tests run (HTTP/protobuf and gRPC, decoding the
+//! OTLP protobuf): probe spans with the database semantic conventions, an error span while
+//! Redis is frozen, no password in the bytes, nothing sent when disabled, and a dead or
+//! hung collector that costs the sidecar nothing.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use support::{FAST, Redis, Sidecar, sample, wait_for};
+
+const PASSWORD: &str = "Otel-pw-4f3e2d1c";
+
+/// What a collector received: the raw request bodies (OTLP protobuf).
+#[derive(Clone, Default)]
+struct Received(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Received {
+    fn requests(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().concat()
+    }
+
+    /// Every span received, with its resource's `service.name`.
+    fn spans(&self) -> Vec<(String, Span)> {
+        let mut out = Vec::new();
+        for body in self.0.lock().unwrap().iter() {
+            let req = ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP protobuf");
+            for rs in req.resource_spans {
+                let service = rs
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                    .and_then(|a| text(a.value.as_ref()?.value.as_ref()?))
+                    .unwrap_or_default();
+                for ss in rs.scope_spans {
+                    for span in ss.spans {
+                        out.push((service.clone(), span));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn text(v: &Any) -> Option<String> {
+    match v {
+        Any::StringValue(s) => Some(s.clone()),
+        Any::IntValue(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn attr(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| text(a.value.as_ref()?.value.as_ref()?))
+}
+
+/// An OTLP/HTTP collector: answers every POST with 200 and keeps the bodies.
+fn http_collector() -> (SocketAddr, Received) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Received::default();
+    let keep = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let keep = keep.clone();
+            std::thread::spawn(move || serve_http(stream, keep));
+        }
+    });
+    (addr, received)
+}
+
+fn serve_http(stream: TcpStream, keep: Received) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut length = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        keep.0.lock().unwrap().push(body);
+        let reply =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+        if writer.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// An OTLP/gRPC collector (HTTP/2, the gRPC frame stripped), on a runtime of its own.
+fn grpc_collector() -> (SocketAddr, Received) {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::{Bytes, Frame};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let received = Received::default();
+    let keep = received.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let keep = keep.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let keep = keep.clone();
+                        async move {
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            if body.len() >= 5 {
+                                keep.0.lock().unwrap().push(body[5..].to_vec());
+                            }
+                            let mut trailers = hyper::HeaderMap::new();
+                            trailers.insert("grpc-status", "0".parse().unwrap());
+                            let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+                                Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))),
+                                Ok(Frame::trailers(trailers)),
+                            ];
+                            let body = StreamBody::new(futures_util::stream::iter(frames));
+                            let mut resp = hyper::Response::new(body);
+                            resp.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    (addr, received)
+}
+
+fn env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut v = FAST.to_vec();
+    v.extend_from_slice(extra);
+    v
+}
+
+/// Waits for a span matching `ok`.
+fn wait_span(received: &Received, what: &str, ok: impl Fn(&Span) -> bool) -> (String, Span) {
+    wait_for(what, Duration::from_secs(20), || {
+        received.spans().into_iter().find(|(_, s)| ok(s))
+    })
+}
+
+fn probe_span_checks(received: &Received, redis: &Redis) {
+    let (service, probe) = wait_span(received, "a probe redis span", |s| s.name == "probe redis");
+    assert_eq!(service, "sidecar-under-test");
+    assert_eq!(attr(&probe, "check").as_deref(), Some("redis:cache"));
+    let spans = received.spans();
+    let child = |name: &str, op: &str| {
+        spans
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| {
+                s.name == name
+                    && s.parent_span_id == probe.span_id
+                    && attr(s, "db.operation.name").as_deref() == Some(op)
+            })
+            .unwrap_or_else(|| {
+                let names: Vec<_> = spans
+                    .iter()
+                    .map(|(_, s)| (&s.name, attr(s, "db.operation.name")))
+                    .collect();
+                panic!("no {name} child of the probe span among {names:?}")
+            })
+            .clone()
+    };
+    let ping = child("PING", "PING");
+    assert_eq!(ping.trace_id, probe.trace_id);
+    assert_eq!(attr(&ping, "db.system.name").as_deref(), Some("redis"));
+    assert_eq!(attr(&ping, "db.namespace").as_deref(), Some("0"));
+    assert_eq!(attr(&ping, "server.address").as_deref(), Some("127.0.0.1"));
+    assert_eq!(attr(&ping, "server.port"), Some(redis.port.to_string()));
+    let info = child("PIPELINE", "PIPELINE");
+    assert_eq!(attr(&info, "db.operation.batch.size").as_deref(), Some("6"));
+    // The Celery check's probe and its depths pipeline too.
+    let (_, celery) = wait_span(received, "a probe celery span", |s| {
+        s.name == "probe celery"
+    });
+    assert_eq!(attr(&celery, "check").as_deref(), Some("celery"));
+    wait_span(received, "the event subscription's span", |s| {
+        attr(s, "db.operation.name").as_deref() == Some("PSUBSCRIBE")
+    });
+}
+
+#[test]
+fn http_protobuf_carries_probe_spans_and_an_error_span_while_frozen() {
+    let redis = Redis::start(&["--requirepass", PASSWORD]);
+    let url = format!("redis://default:{PASSWORD}@127.0.0.1:{}/0", redis.port);
+    let (collector, received) = http_collector();
+    let endpoint = format!("http://{collector}");
+    let sidecar = Sidecar::start(&env(&[
+        ("REDIS_URL", url.as_str()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "sidecar-under-test"),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.name=ignored,deployment.environment=test",
+        ),
+    ]));
+    probe_span_checks(&received, &redis);
+
+    redis.freeze();
+    let (_, failed) = wait_span(&received, "an error span while Redis is frozen", |s| {
+        s.name == "probe redis" && s.status.as_ref().is_some_and(|st| st.code == 2)
+    });
+    let status = failed.status.clone().unwrap();
+    assert!(status.message.starts_with("timeout:"), "{}", status.message);
+    assert_eq!(attr(&failed, "error.type").as_deref(), Some("timeout"));
+    redis.thaw();
+
+    let bytes = received.bytes();
+    assert!(!bytes.is_empty());
+    assert!(
+        !bytes
+            .windows(PASSWORD.len())
+            .any(|w| w == PASSWORD.as_bytes()),
+        "the password is in the exported bytes"
+    );
+    let m = sidecar.get("/metrics").body;
+    assert!(sample(&m, "sidecar_otel_spans_exported_total").unwrap() > 0.0);
+}
+
+#[test]
+fn grpc_carries_the_same_spans() {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let (collector, received) = grpc_collector();
+    let endpoint = format!("http://{collector}");
+    let _sidecar = Sidecar::start(&env(&[
+        ("REDIS_URL", url.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "sidecar-under-test"),
+    ]));
+    probe_span_checks(&received, &redis);
+}
+
+#[test]
+fn json_log_lines_inside_a_probe_carry_its_trace_ids() {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let (collector, received) = http_collector();
+    let endpoint = format!("http://{collector}/v1/traces");
+    let sidecar = Sidecar::start(&env(&[
+        ("REDIS_URL", url.as_str()),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.as_str()),
+        ("SIDECAR_LOG_FORMAT", "json"),
+        ("RUST_LOG", "info,redis_celery_sidecar=debug"),
+    ]));
+    let line = wait_for(
+        "a probe's log line with ids",
+        Duration::from_secs(15),
+        || {
+            sidecar.logs().lines().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["message"] == "probe finished"
+                    && v["check"] == "redis:cache"
+                    && v["trace_id"].is_string())
+                .then_some(v)
+            })
+        },
+    );
+    assert_eq!(line["span"], "probe");
+    let trace_id = line["trace_id"].as_str().unwrap().to_string();
+    let span_id = line["span_id"].as_str().unwrap().to_string();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    wait_span(&received, "the span of that log line", |s| {
+        hex(&s.trace_id) == trace_id && hex(&s.span_id) == span_id && s.name == "probe redis"
+    });
+}
+
+#[test]
+fn disabled_or_without_endpoint_nothing_is_sent() {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let (collector, received) = http_collector();
+    let endpoint = format!("http://{collector}");
+    let disabled = Sidecar::start(&env(&[
+        ("REDIS_URL", url.as_str()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_SDK_DISABLED", "true"),
+    ]));
+    // Several probe intervals and export batches (2 s) go by.
+    disabled.wait_status("/readyz", 200);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(received.requests(), 0, "OTEL_SDK_DISABLED=true sent spans");
+    let m = disabled.get("/metrics").body;
+    assert_eq!(sample(&m, "sidecar_otel_spans_exported_total"), Some(0.0));
+    let out = support::run(
+        &["config"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_SDK_DISABLED", "TRUE"),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("traces             not exported"));
+    let out = support::run(&["config"], &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("traces             not exported"));
+}
+
+/// A collector that accepts connections and never answers.
+fn hung_collector() -> (SocketAddr, Arc<Mutex<Vec<TcpStream>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    (addr, held)
+}
+
+fn costs_nothing(endpoint: &str, protocol: &str) {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let mut sidecar = Sidecar::start(&env(&[
+        ("REDIS_URL", url.as_str()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+    ]));
+    sidecar.wait_status("/readyz", 200);
+    let stamp = |m: &str| {
+        sample(
+            m,
+            "sidecar_last_probe_timestamp_seconds{check=\"redis:cache\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let m = sidecar
+        .scrape_when("sidecar_otel_export_failures_total", 1.0)
+        .body;
+    let first = stamp(&m);
+    // Endpoints answer at once and probes keep their 1 s interval meanwhile.
+    for _ in 0..6 {
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            let started = Instant::now();
+            let r = sidecar.get(path);
+            assert_eq!(r.status, 200, "{path}");
+            assert!(
+                started.elapsed() < Duration::from_millis(800),
+                "{path} took {:?}",
+                started.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let m = sidecar.get("/metrics").body;
+    assert!(
+        stamp(&m) - first >= 1.5,
+        "probes slowed down: {first} then {}",
+        stamp(&m)
+    );
+    assert!(sample(&m, "sidecar_otel_export_failures_total").unwrap() >= 1.0);
+    let (status, took) = sidecar.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    let logs = sidecar.logs();
+    assert_eq!(
+        logs.matches("exporting spans to the OTLP collector failed")
+            .count(),
+        1,
+        "warned at most once a minute:\n{logs}"
+    );
+}
+
+#[test]
+fn a_collector_that_is_down_costs_nothing() {
+    let port = support::free_port();
+    costs_nothing(&format!("http://127.0.0.1:{port}"), "http/protobuf");
+    costs_nothing(&format!("http://127.0.0.1:{port}"), "grpc");
+}
+
+#[test]
+fn a_collector_that_hangs_costs_nothing() {
+    let (addr, _held) = hung_collector();
+    costs_nothing(&format!("http://{addr}"), "http/protobuf");
+    costs_nothing(&format!("http://{addr}"), "grpc");
+}
