@@ -902,6 +902,22 @@ fn otel(s: &Settings) -> Result<Option<OtelConfig>, ConfigError> {
             ));
         }
     };
+    if protocol == OtlpProtocol::HttpProtobuf
+        && endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("https://"))
+    {
+        let var = if s.otel_traces_endpoint.is_some() {
+            vars::OTEL_TRACES_ENDPOINT
+        } else {
+            vars::OTEL_ENDPOINT
+        };
+        return Err(invalid(
+            var,
+            None,
+            "https needs OTEL_EXPORTER_OTLP_PROTOCOL=grpc; http/protobuf is sent over plain http (a collector on the private network)",
+        ));
+    }
     match endpoint {
         Some(endpoint) if !disabled => Ok(Some(OtelConfig {
             endpoint,
@@ -1272,6 +1288,7 @@ mod tests {
         assert_eq!(o.sampler, Sampler::ParentBasedRatio(0.25));
         let o = otel(&[
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://c/custom"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored"),
             ("OTEL_SERVICE_NAME", "named"),
             ("OTEL_RESOURCE_ATTRIBUTES", "service.name=loses"),
@@ -1432,6 +1449,10 @@ mod tests {
             (
                 &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://u:hunter2@c")],
                 "OTEL_EXPORTER_OTLP_ENDPOINT (--otel-endpoint): must not hold credentials",
+            ),
+            (
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT (--otel-endpoint): https needs OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
             ),
             (
                 &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],

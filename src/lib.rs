@@ -13,7 +13,9 @@
 //! - [`failure`]: why a probe failed: a fixed `reason` label and a sentence to act on.
 //! - [`runner`]: interval, timeout, timing; writes each result to the snapshot and metrics.
 //! - [`snapshot`]: the latest report per check; freshness and status decided when read.
+//! - [`celery`]: Celery through the broker: queue probe, event subscriber, the check.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`otel`]: OTLP trace export through a bounded queue, and the command spans.
 //! - [`http`]: `/livez`, `/readyz`, `/healthz`, `/metrics`, answered from the snapshot only.
 //! - [`check`]: the `check` command, one probe per target.
 //! - [`telemetry`]: the log subscriber, text or JSON.
