@@ -237,6 +237,18 @@ fn http_protobuf_carries_probe_spans_and_an_error_span_while_frozen() {
     ]));
     probe_span_checks(&received, &redis);
 
+    // A cut subscription comes back; the reconnection is an event of its PSUBSCRIBE span.
+    redis.cli(Some(PASSWORD), &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let (_, resubscribed) = wait_span(&received, "a PSUBSCRIBE span with a reconnect event", |s| {
+        attr(s, "db.operation.name").as_deref() == Some("PSUBSCRIBE")
+            && s.events.iter().any(|e| e.name == "pubsub.reconnect")
+    });
+    assert_eq!(
+        resubscribed.status.as_ref().map_or(0, |st| st.code),
+        0,
+        "it worked"
+    );
+
     redis.freeze();
     let (_, failed) = wait_span(&received, "an error span while Redis is frozen", |s| {
         s.name == "probe redis" && s.status.as_ref().is_some_and(|st| st.code == 2)
