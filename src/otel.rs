@@ -27,7 +27,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{OtelConfig, OtlpProtocol, Sampler};
+use crate::failure::Failure;
 use crate::target::{Address, Target};
+
+/// The target of events meant only as span events (not log lines): the log filter turns
+/// it off, the trace layer keeps it.
+pub const SPAN_EVENT: &str = "redis_celery_sidecar::span_event";
 
 /// Finished spans waiting for export at most; beyond, spans are dropped and counted.
 const QUEUE: usize = 2048;
@@ -139,10 +144,11 @@ fn sampler(s: Sampler) -> SdkSampler {
 fn exporter(config: &OtelConfig) -> Result<opentelemetry_otlp::SpanExporter, String> {
     let built = match config.protocol {
         OtlpProtocol::HttpProtobuf => {
+            // The exporter percent-decodes these values once more: keep a literal `%`.
             let headers: HashMap<String, String> = config
                 .headers
                 .iter()
-                .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                .map(|(k, v)| (k.clone(), v.expose().replace('%', "%25")))
                 .collect();
             opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
@@ -186,33 +192,43 @@ struct Bounded {
     tx: mpsc::Sender<SpanData>,
 }
 
-/// When a drop or a failure was last logged (seconds since start, on a monotonic clock).
-static LAST_WARN: AtomicU64 = AtomicU64::new(u64::MAX);
-static CLOCK: LazyLock<Instant> = LazyLock::new(Instant::now);
+/// Logs at most once a minute, each kind of trouble on its own clock.
+struct Limiter(AtomicU64);
 
-/// True at most once a minute.
-fn may_warn() -> bool {
-    let now = CLOCK.elapsed().as_secs();
-    let last = LAST_WARN.load(Ordering::Relaxed);
-    if last != u64::MAX && now.saturating_sub(last) < WARN_EVERY.as_secs() {
-        return false;
+static CLOCK: LazyLock<Instant> = LazyLock::new(Instant::now);
+static DROPS: Limiter = Limiter(AtomicU64::new(u64::MAX));
+static FAILURES: Limiter = Limiter(AtomicU64::new(u64::MAX));
+
+impl Limiter {
+    /// True at most once a minute.
+    fn allow(&self) -> bool {
+        let now = CLOCK.elapsed().as_secs();
+        let last = self.0.load(Ordering::Relaxed);
+        if last != u64::MAX && now.saturating_sub(last) < WARN_EVERY.as_secs() {
+            return false;
+        }
+        self.0
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
-    LAST_WARN
-        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-        .is_ok()
 }
 
 impl SpanProcessor for Bounded {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
 
     fn on_end(&self, span: SpanData) {
-        if self.tx.try_send(span).is_err() {
-            STATS.dropped.inc();
-            if may_warn() {
-                tracing::warn!(
-                    "spans dropped: the export queue ({QUEUE}) is full; the collector is slow or unreachable (logged at most once a minute, counted in sidecar_otel_spans_dropped_total)"
-                );
+        match self.tx.try_send(span) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                STATS.dropped.inc();
+                if DROPS.allow() {
+                    tracing::warn!(
+                        "spans dropped: the export queue ({QUEUE}) is full; the collector is slow or unreachable (logged at most once a minute, counted in sidecar_otel_spans_dropped_total)"
+                    );
+                }
             }
+            // The export has stopped (shutdown): nothing more is sent.
+            Err(mpsc::error::TrySendError::Closed(_)) => STATS.dropped.inc(),
         }
     }
 
@@ -234,7 +250,7 @@ async fn export_loop(
     done: oneshot::Sender<()>,
     timeout: Duration,
 ) {
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch = Vec::new();
     let mut tick = tokio::time::interval(BATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -286,7 +302,7 @@ async fn export(
     };
     STATS.failed.inc();
     STATS.dropped.inc_by(count);
-    if may_warn() {
+    if FAILURES.allow() {
         tracing::warn!(
             spans = count,
             "exporting spans to the OTLP collector failed: {}; the sidecar goes on (logged at most once a minute)",
@@ -296,42 +312,77 @@ async fn export(
 }
 
 /// A span around one Redis command or pipeline, with the database semantic conventions'
-/// attributes. `operation` is the command (`PING`) or `PIPELINE`.
-pub fn command_span(
-    target: &Target,
-    operation: &'static str,
-    batch: Option<usize>,
-) -> tracing::Span {
-    let (address, port) = match target.address() {
-        Address::Tcp { host, port, .. } => (host.clone(), Some(*port)),
-        Address::Unix { path } => (path.clone(), None),
-    };
-    let span = tracing::info_span!(
-        target: "redis_celery_sidecar::redis",
-        "redis command",
-        otel.name = operation,
-        otel.kind = "client",
-        "db.system.name" = "redis",
-        "db.operation.name" = operation,
-        "db.namespace" = target.db().to_string(),
-        "server.address" = address,
-        "server.port" = tracing::field::Empty,
-        "db.operation.batch.size" = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-        "error.type" = tracing::field::Empty,
-    );
-    if let Some(port) = port {
-        span.record("server.port", i64::from(port));
+/// attributes. `operation` is the command (`PING`) or `PIPELINE`. Dropped before `ok` or
+/// `failed` (the probe's timeout cut the command short), it ends as a timeout error, so a
+/// frozen server shows on the command's span too, not only on the probe's.
+pub struct Command {
+    span: tracing::Span,
+    over: bool,
+}
+
+impl Command {
+    pub fn new(target: &Target, operation: &'static str, batch: Option<usize>) -> Command {
+        let (address, port) = match target.address() {
+            Address::Tcp { host, port, .. } => (host.clone(), Some(*port)),
+            Address::Unix { path } => (path.clone(), None),
+        };
+        let span = tracing::info_span!(
+            target: "redis_celery_sidecar::redis",
+            "redis command",
+            otel.name = operation,
+            otel.kind = "client",
+            "db.system.name" = "redis",
+            "db.operation.name" = operation,
+            "db.namespace" = target.db().to_string(),
+            "server.address" = address,
+            "server.port" = tracing::field::Empty,
+            "db.operation.batch.size" = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            "error.type" = tracing::field::Empty,
+        );
+        if let Some(port) = port {
+            span.record("server.port", i64::from(port));
+        }
+        // The conventions: a batch size is at least 2 (a pipeline of one is one command).
+        if let Some(n) = batch.filter(|n| *n >= 2) {
+            span.record("db.operation.batch.size", n as i64);
+        }
+        Command { span, over: false }
     }
-    if let Some(n) = batch {
-        span.record("db.operation.batch.size", n as i64);
+
+    /// The span, to instrument the command's future with.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
-    span
+
+    /// The command answered.
+    pub fn ok(mut self) {
+        self.over = true;
+    }
+
+    /// The command failed with `failure`.
+    pub fn failed(mut self, failure: &Failure) {
+        fail(&self.span, failure);
+        self.over = true;
+    }
+}
+
+impl Drop for Command {
+    fn drop(&mut self) {
+        if !self.over {
+            self.span.record("otel.status_code", "ERROR");
+            self.span.record(
+                "otel.status_description",
+                "cut short: the probe's timeout ran out while waiting for the reply",
+            );
+            self.span.record("error.type", "timeout");
+        }
+    }
 }
 
 /// Marks `span` failed, with the cause and its `reason` label as `error.type`.
-pub fn fail(span: &tracing::Span, failure: &crate::failure::Failure) {
+pub fn fail(span: &tracing::Span, failure: &Failure) {
     span.record("otel.status_code", "ERROR");
     span.record("otel.status_description", failure.message.as_str());
     span.record("error.type", failure.reason.as_str());

@@ -228,25 +228,26 @@ impl TargetPool {
             phase.set(Phase::Connect);
             let mut conn = self.checkout(started).await?;
             phase.set(Phase::Command(command));
-            let span = otel::command_span(&self.target, command, batch);
+            let span = otel::Command::new(&self.target, command, batch);
             let begun = Instant::now();
             let reply = pipe
                 .query_async::<T>(&mut conn.inner)
-                .instrument(span.clone())
+                .instrument(span.span().clone())
                 .await;
             let took = begun.elapsed();
             match reply {
                 Ok(v) => {
+                    span.ok();
                     conn.used += 1;
                     return Ok((conn, v, took));
                 }
                 Err(e) if conn.used > 0 && connection_lost(&e) => {
                     conn.broken = true;
-                    otel::fail(&span, &Failure::from_redis(&e, &self.target));
+                    span.failed(&Failure::from_redis(&e, &self.target));
                 }
                 Err(e) => {
                     let failure = conn.fail(&e, &self.target);
-                    otel::fail(&span, &failure);
+                    span.failed(&failure);
                     return Err(failure);
                 }
             }

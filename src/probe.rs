@@ -68,22 +68,25 @@ impl RedisProbe {
         for section in info::SECTIONS {
             pipe.cmd("INFO").arg(section);
         }
-        let span = otel::command_span(self.target(), "PIPELINE", Some(info::SECTIONS.len()));
+        let span = otel::Command::new(self.target(), "PIPELINE", Some(info::SECTIONS.len()));
         let reply = pipe
             .query_async::<Vec<String>>(&mut conn.inner)
-            .instrument(span.clone())
+            .instrument(span.span().clone())
             .await;
         let info = match reply {
-            Ok(texts) => Ok(info::parse(&texts.join("\n"))),
+            Ok(texts) => {
+                span.ok();
+                Ok(info::parse(&texts.join("\n")))
+            }
             Err(e) if connection_lost(&e) => {
                 let failure = conn.fail(&e, self.target());
-                otel::fail(&span, &failure);
+                span.failed(&failure);
                 return Err(failure);
             }
             // The server answered, with a refusal: the probe half-worked.
             Err(e) => {
                 let failure = fail(&e);
-                otel::fail(&span, &failure);
+                span.failed(&failure);
                 Err(failure)
             }
         };

@@ -28,7 +28,12 @@ use crate::snapshot::rfc3339;
 pub fn init(format: LogFormat, filter: &str, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
     let filter = EnvFilter::builder()
         .parse(filter)
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(
+            format!("{}=off", crate::otel::SPAN_EVENT)
+                .parse()
+                .expect("a valid directive"),
+        );
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false);
@@ -59,7 +64,7 @@ where
 {
     fn format_event(
         &self,
-        ctx: &FmtContext<'_, S, N>,
+        _ctx: &FmtContext<'_, S, N>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -69,9 +74,12 @@ where
         line.insert("level".into(), meta.level().as_str().into());
         line.insert("target".into(), meta.target().into());
         event.record(&mut Fields(&mut line));
-        if let Some(span) = ctx.lookup_current() {
-            line.insert("span".into(), span.name().into());
-            let context = tracing::Span::current().context();
+        // The current span whatever the log filter lets through (a warning inside an
+        // info-level probe span under RUST_LOG=warn still carries the probe's ids).
+        let current = tracing::Span::current();
+        if let Some(meta) = current.metadata() {
+            line.insert("span".into(), meta.name().into());
+            let context = current.context();
             let otel = opentelemetry::trace::TraceContextExt::span(&context);
             let ids = otel.span_context();
             if ids.is_valid() {

@@ -18,13 +18,18 @@ use support::{FAST, Redis, Sidecar, sample, wait_for};
 
 const PASSWORD: &str = "Otel-pw-4f3e2d1c";
 
-/// What a collector received: the raw request bodies (OTLP protobuf).
+/// What a collector received: the raw request bodies (OTLP protobuf), and for OTLP/HTTP
+/// the request heads.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<Vec<u8>>>>);
+struct Received(Arc<Mutex<Vec<Vec<u8>>>>, Arc<Mutex<Vec<String>>>);
 
 impl Received {
     fn requests(&self) -> usize {
         self.0.lock().unwrap().len()
+    }
+
+    fn heads(&self) -> String {
+        self.1.lock().unwrap().concat()
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -90,6 +95,7 @@ fn serve_http(stream: TcpStream, keep: Received) {
     loop {
         let mut length = 0;
         let mut line = String::new();
+        let mut head = String::new();
         loop {
             line.clear();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -98,10 +104,12 @@ fn serve_http(stream: TcpStream, keep: Received) {
             if line == "\r\n" {
                 break;
             }
+            head.push_str(&line);
             if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
                 length = v.trim().parse().unwrap_or(0);
             }
         }
+        keep.1.lock().unwrap().push(head);
         let mut body = vec![0; length];
         if reader.read_exact(&mut body).is_err() {
             return;
@@ -234,8 +242,27 @@ fn http_protobuf_carries_probe_spans_and_an_error_span_while_frozen() {
             "OTEL_RESOURCE_ATTRIBUTES",
             "service.name=ignored,deployment.environment=test",
         ),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=Key-9a8b7c%2C6d"),
+        ("RUST_LOG", "debug"),
     ]));
     probe_span_checks(&received, &redis);
+    // The header reaches the collector, decoded once; nothing else shows it.
+    let heads = received.heads().to_ascii_lowercase();
+    assert!(heads.contains("x-api-key: key-9a8b7c,6d"), "{heads}");
+    let first = received.0.lock().unwrap()[0].clone();
+    let req = ExportTraceServiceRequest::decode(first.as_slice()).unwrap();
+    let attrs = &req.resource_spans[0].resource.as_ref().unwrap().attributes;
+    let resource = |k: &str| {
+        attrs
+            .iter()
+            .find(|a| a.key == k)
+            .and_then(|a| text(a.value.as_ref()?.value.as_ref()?))
+    };
+    assert_eq!(resource("deployment.environment").as_deref(), Some("test"));
+    assert_eq!(
+        resource("service.version").as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
 
     // A cut subscription comes back; the reconnection is an event of its PSUBSCRIBE span.
     redis.cli(Some(PASSWORD), &["CLIENT", "KILL", "TYPE", "pubsub"]);
@@ -256,6 +283,13 @@ fn http_protobuf_carries_probe_spans_and_an_error_span_while_frozen() {
     let status = failed.status.clone().unwrap();
     assert!(status.message.starts_with("timeout:"), "{}", status.message);
     assert_eq!(attr(&failed, "error.type").as_deref(), Some("timeout"));
+    // The command the timeout cut short is an error too, under that probe.
+    let (_, cut) = wait_span(&received, "the cut-short PING", |s| {
+        s.parent_span_id == failed.span_id
+            && attr(s, "db.operation.name").as_deref() == Some("PING")
+    });
+    assert_eq!(cut.status.as_ref().map(|st| st.code), Some(2));
+    assert_eq!(attr(&cut, "error.type").as_deref(), Some("timeout"));
     redis.thaw();
 
     let bytes = received.bytes();
@@ -268,6 +302,11 @@ fn http_protobuf_carries_probe_spans_and_an_error_span_while_frozen() {
     );
     let m = sidecar.get("/metrics").body;
     assert!(sample(&m, "sidecar_otel_spans_exported_total").unwrap() > 0.0);
+    let logs = sidecar.logs();
+    assert!(
+        !logs.contains("Key-9a8b7c") && !logs.contains(PASSWORD),
+        "a secret in the logs"
+    );
 }
 
 #[test]
@@ -336,6 +375,24 @@ fn disabled_or_without_endpoint_nothing_is_sent() {
     assert_eq!(received.requests(), 0, "OTEL_SDK_DISABLED=true sent spans");
     let m = disabled.get("/metrics").body;
     assert_eq!(sample(&m, "sidecar_otel_spans_exported_total"), Some(0.0));
+    // Sampled out: spans are made but none is exported.
+    let sampled_out = Sidecar::start(&env(&[
+        ("REDIS_URL", url.as_str()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_TRACES_SAMPLER", "always_off"),
+    ]));
+    sampled_out.wait_status("/readyz", 200);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(received.requests(), 0, "always_off sent spans");
+    // No endpoint: no exporter, so no span is ever queued, exported or dropped.
+    let none = Sidecar::start(&env(&[("REDIS_URL", url.as_str())]));
+    none.wait_status("/readyz", 200);
+    std::thread::sleep(Duration::from_secs(3));
+    let m = none.get("/metrics").body;
+    for series in ["exported", "dropped"] {
+        let name = format!("sidecar_otel_spans_{series}_total");
+        assert_eq!(sample(&m, &name), Some(0.0), "{name}");
+    }
     let out = support::run(
         &["config"],
         &[
@@ -379,9 +436,10 @@ fn costs_nothing(endpoint: &str, protocol: &str) {
         )
         .unwrap_or(0.0)
     };
-    let m = sidecar
-        .scrape_when("sidecar_otel_export_failures_total", 1.0)
-        .body;
+    let m = wait_for("a failed export", Duration::from_secs(15), || {
+        let m = sidecar.get("/metrics").body;
+        (sample(&m, "sidecar_otel_export_failures_total") >= Some(1.0)).then_some(m)
+    });
     let first = stamp(&m);
     // Endpoints answer at once and probes keep their 1 s interval meanwhile.
     for _ in 0..6 {

@@ -245,16 +245,19 @@ impl QueueProbe {
             for key in &waiting {
                 tails.cmd("LINDEX").arg(*key).arg(-1);
             }
-            let span = otel::command_span(target, "PIPELINE", Some(waiting.len()));
+            let span = otel::Command::new(target, "PIPELINE", Some(waiting.len()));
             let replies: Vec<Value> = match tails
                 .query_async(&mut conn.inner)
-                .instrument(span.clone())
+                .instrument(span.span().clone())
                 .await
             {
-                Ok(r) => r,
+                Ok(r) => {
+                    span.ok();
+                    r
+                }
                 Err(e) => {
                     let failure = conn.fail(&e, target);
-                    otel::fail(&span, &failure);
+                    span.failed(&failure);
                     return Err(failure);
                 }
             };
@@ -357,6 +360,19 @@ impl QueueProbe {
         })
     }
 
+    /// Ends a command's span with its result.
+    fn traced<T>(
+        &self,
+        span: otel::Command,
+        result: Result<T, RedisError>,
+    ) -> Result<T, RedisError> {
+        match &result {
+            Ok(_) => span.ok(),
+            Err(e) => span.failed(&Failure::from_redis(e, self.pool.target())),
+        }
+        result
+    }
+
     /// A few SCAN pages of the binding-set walk; when the walk has covered the keyspace,
     /// SMEMBERS pipelines turn the sets into queue names. Progress is kept after each page,
     /// so a walk cut short by the time limit goes on where it stopped.
@@ -374,15 +390,17 @@ impl QueueProbe {
                 }
                 walk.cursor
             };
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            let span = otel::Command::new(self.pool.target(), "SCAN", None);
+            let page = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(SCAN_COUNT)
                 .query_async(conn)
-                .instrument(otel::command_span(self.pool.target(), "SCAN", None))
-                .await?;
+                .instrument(span.span().clone())
+                .await;
+            let (next, keys): (u64, Vec<Vec<u8>>) = self.traced(span, page)?;
             let mut d = self
                 .discovery
                 .lock()
@@ -409,14 +427,9 @@ impl QueueProbe {
             for key in chunk {
                 pipe.cmd("SMEMBERS").arg(key);
             }
-            let members: Vec<Vec<Vec<u8>>> = pipe
-                .query_async(conn)
-                .instrument(otel::command_span(
-                    self.pool.target(),
-                    "PIPELINE",
-                    Some(chunk.len()),
-                ))
-                .await?;
+            let span = otel::Command::new(self.pool.target(), "PIPELINE", Some(chunk.len()));
+            let reply = pipe.query_async(conn).instrument(span.span().clone()).await;
+            let members: Vec<Vec<Vec<u8>>> = self.traced(span, reply)?;
             for (key, members) in chunk.iter().zip(members) {
                 queues.extend(
                     members

@@ -89,13 +89,16 @@ impl Subscriber {
             pubsub.psubscribe(pattern.as_slice()).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
-        let span = otel::command_span(&self.target, "PSUBSCRIBE", None);
+        let command = otel::Command::new(&self.target, "PSUBSCRIBE", None);
+        let span = command.span().clone();
         {
             // A reconnection is an event of the subscription's span.
             let shared = self.shared.lock().expect("shared lock is never poisoned");
             let s = &shared.subscription;
             if let Some(previous) = &s.error {
+                // A span event only: the log already said the subscription was down.
                 tracing::info!(
+                    target: otel::SPAN_EVENT,
                     parent: &span,
                     subscriptions = s.connects,
                     previous_error = %previous,
@@ -109,15 +112,18 @@ impl Subscriber {
         {
             Err(_) => {
                 let f = Failure::timeout(&self.target, Phase::Connect, self.timeout);
-                otel::fail(&span, &f);
+                command.failed(&f);
                 return f;
             }
             Ok(Err(e)) => {
                 let f = Failure::from_redis(&e, &self.target);
-                otel::fail(&span, &f);
+                command.failed(&f);
                 return f;
             }
-            Ok(Ok(p)) => p,
+            Ok(Ok(p)) => {
+                command.ok();
+                p
+            }
         };
         drop(span);
         self.set_up();
