@@ -1,60 +1,144 @@
-//! The `check` command: probe every target once and say, per target, whether it works and
-//! if not, why.
+//! The `check` command: every target diagnosed once, step by step (see [`crate::diagnose`]),
+//! concurrently; a human report or JSON; exit 0 when everything is healthy, 1 otherwise.
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
-use tokio::time::Instant;
+use serde_json::{Map, json};
 
-use crate::config::Config;
-use crate::snapshot::Status;
+use crate::config::{CELERY_CHECK, Config};
+use crate::diagnose::{self, Diagnosis, Step, Verdict};
+use crate::failure::Reason;
 
-/// Probes every target once, concurrently. Returns the exit code (0 all healthy, 1
-/// otherwise) and the report to print: aligned text, or the `/healthz` JSON.
-pub async fn check(config: &Config, json: bool) -> (u8, String) {
-    // The Celery check needs to listen for heartbeats for a while; `check` probes Redis.
-    let parts = crate::assemble(config, false);
-    let snapshot = parts.snapshot;
+/// Diagnoses every target (the broker with Celery's steps; with `ping`, an active
+/// `inspect ping` too). Returns the exit code and the report to print.
+pub async fn check(config: &Config, json: bool, ping: bool) -> (u8, String) {
     let mut tasks = tokio::task::JoinSet::new();
-    for mut runner in parts.runners {
-        tasks.spawn(async move { runner.probe_once().await });
+    for (i, target) in config.targets.iter().enumerate() {
+        let (target, config) = (target.clone(), config.clone());
+        let broker = i == config.celery.broker;
+        tasks.spawn(async move {
+            (
+                i,
+                diagnose::diagnose(&target, &config, broker, broker && ping).await,
+            )
+        });
     }
-    while tasks.join_next().await.is_some() {}
-    let (overall, doc) = snapshot.healthz(Instant::now());
-    let code = u8::from(overall != Status::Healthy);
+    let mut done: Vec<(usize, Diagnosis)> = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(d) = joined {
+            done.push(d);
+        }
+    }
+    done.sort_by_key(|(i, _)| *i);
+    let mut sections: Vec<(Vec<String>, Diagnosis)> = Vec::new();
+    for (i, d) in done {
+        let (redis, celery) = split(d);
+        let broker = i == config.celery.broker;
+        let celery = broker.then(|| celery_part(&redis, celery));
+        sections.push((redis.target.check_names(), redis));
+        if let Some(c) = celery {
+            sections.push((vec![CELERY_CHECK.to_string()], c));
+        }
+    }
+    let worst = sections
+        .iter()
+        .map(|(_, d)| d.verdict())
+        .max()
+        .unwrap_or(Verdict::Ok);
+    let overall = status(worst);
+    let code = u8::from(overall != "healthy");
     if json {
+        let mut checks = Map::new();
+        for (names, d) in &sections {
+            for name in names {
+                checks.insert(name.clone(), diagnose::check_json(d));
+            }
+        }
+        let doc = json!({"status": overall, "checks": checks});
         let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
         text.push('\n');
         return (code, text);
     }
-    (code, human(&doc))
+    (code, human(&sections, overall))
 }
 
-/// The aligned text report.
-fn human(doc: &Value) -> String {
+/// A diagnosis's Redis steps and its Celery steps.
+fn split(d: Diagnosis) -> (Diagnosis, Vec<Step>) {
+    let (celery, redis): (Vec<Step>, Vec<Step>) = d
+        .steps
+        .iter()
+        .cloned()
+        .partition(|s| s.name.starts_with("celery"));
+    (Diagnosis { steps: redis, ..d }, celery)
+}
+
+/// The Celery check: its steps, or, when the broker itself failed, that failure.
+fn celery_part(redis: &Diagnosis, steps: Vec<Step>) -> Diagnosis {
+    let mut steps = steps;
+    if let Some(failed) = redis.failure() {
+        steps.insert(
+            0,
+            Step {
+                name: "celery broker",
+                verdict: Verdict::Fail,
+                detail: format!("the broker is not usable: {}", failed.detail),
+                fix: failed.fix.clone(),
+                reason: failed.reason.or(Some(Reason::Other)),
+                took: None,
+            },
+        );
+    }
+    Diagnosis {
+        target: redis.target.clone(),
+        steps,
+        ping: None,
+        info: None,
+    }
+}
+
+fn status(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Fail => "unhealthy",
+        Verdict::Warn => "degraded",
+        Verdict::Ok | Verdict::Skip => "healthy",
+    }
+}
+
+/// The aligned text report: per check a header line, then one line per step, `fix:` under
+/// a warning or a failure. Readable without colour.
+fn human(sections: &[(Vec<String>, Diagnosis)], overall: &str) -> String {
+    let width = sections
+        .iter()
+        .flat_map(|(_, d)| d.steps.iter().map(|s| s.name.len()))
+        .max()
+        .unwrap_or(0);
     let mut out = String::new();
-    let empty = serde_json::Map::new();
-    let checks = doc["checks"].as_object().unwrap_or(&empty);
-    let width = checks.keys().map(String::len).max().unwrap_or(0);
-    for (name, c) in checks {
-        let status = c["status"].as_str().unwrap_or("unknown");
-        let endpoint = c["endpoint"].as_str().unwrap_or("");
-        let _ = write!(out, "{name:<width$}  {status:<9}  {endpoint}");
-        if let Some(ms) = c["latency_ms"].as_f64() {
-            let _ = write!(out, "  PING {ms:.2}ms");
+    for (names, d) in sections {
+        let _ = writeln!(
+            out,
+            "{}  {}  {}",
+            names.join(", "),
+            status(d.verdict()),
+            d.target.redacted()
+        );
+        for s in &d.steps {
+            let took = match s.took {
+                Some(t) => format!(" ({:.1}ms)", t.as_secs_f64() * 1e3),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<width$}  {:<4}  {}{took}",
+                s.name,
+                s.verdict.as_str(),
+                s.detail
+            );
+            if let Some(fix) = &s.fix {
+                let _ = writeln!(out, "  {:<width$}        fix: {fix}", "");
+            }
         }
         out.push('\n');
-        if let Some(error) = c["error"].as_str() {
-            let _ = writeln!(out, "{:width$}  cause: {error}", "");
-        }
-        for w in c["warnings"].as_array().into_iter().flatten() {
-            let _ = writeln!(out, "{:width$}  warning: {}", "", w.as_str().unwrap_or(""));
-        }
     }
-    let _ = writeln!(
-        out,
-        "overall: {}",
-        doc["status"].as_str().unwrap_or("unknown")
-    );
+    let _ = writeln!(out, "overall: {overall}");
     out
 }

@@ -24,11 +24,15 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP server and the probes (the default).
     Serve,
-    /// Probe every target once, print status and cause, exit 0 when all are healthy.
+    /// Diagnose every target step by step, print each step and the cause of a failure
+    /// with its fix; exit 0 when all are healthy, 1 otherwise.
     Check {
         /// Print the result as JSON instead of aligned text.
         #[arg(long)]
         json: bool,
+        /// Also ping the Celery workers (`inspect ping` over Redis) and list who answered.
+        #[arg(long)]
+        ping: bool,
     },
     /// Print the effective configuration, secrets redacted, and exit.
     Config,

@@ -230,6 +230,15 @@ fn classify(err: &RedisError, target: &Target) -> Failure {
             ),
         );
     }
+    if detail.contains("without any password configured") {
+        return Failure::new(
+            Reason::Auth,
+            format!(
+                "{at} has no password, and refused the one sent: {}",
+                server_said()
+            ),
+        );
+    }
     if detail.contains("invalid password") || detail.contains("invalid username-password") {
         return Failure::new(
             Reason::Auth,

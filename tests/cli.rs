@@ -227,18 +227,41 @@ fn check_exits_0_when_healthy_and_1_naming_the_cause_otherwise() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(
-        text.starts_with("redis:cache  healthy    redis://127.0.0.1:"),
+        text.starts_with("redis:cache  healthy  redis://127.0.0.1:"),
         "{text}"
     );
+    // Every step, aligned: name, verdict, detail.
+    for line in [
+        "\n  url             ok    redis://127.0.0.1:",
+        "\n  dns             ok    127.0.0.1 is an address: no lookup\n",
+        "\n  tcp             ok    127.0.0.1:",
+        "\n  auth            skip  no password in the URL\n",
+        "\n  ping            ok    PONG in ",
+        "\n  info            ok    redis ",
+        "\ncelery  healthy  redis://127.0.0.1:",
+        "\n  celery queues   ok    celery 0; unacked 0, orphaned 0\n",
+        "\n  celery workers  skip  no worker required (SIDECAR_CELERY_MIN_WORKERS=0)\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in\n{text}");
+    }
     assert!(text.ends_with("overall: healthy\n"), "{text}");
 
     let dead = format!("redis://127.0.0.1:{}/0", support::free_port());
     let out = one_shot(&[("REDIS_URL", &url), ("CELERY_BROKER_URL", &dead)]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("redis:broker  unhealthy"), "{text}");
+    assert!(text.contains("\nredis:broker  unhealthy"), "{text}");
     assert!(
-        text.contains("cause: connection refused by 127.0.0.1:"),
+        text.contains("  tcp            FAIL  connection refused by 127.0.0.1:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("                       fix: start Redis"),
+        "{text}"
+    );
+    // The Celery check says why it cannot run.
+    assert!(
+        text.contains("  celery broker  FAIL  the broker is not usable: connection refused"),
         "{text}"
     );
     assert!(text.ends_with("overall: unhealthy\n"), "{text}");
@@ -246,7 +269,7 @@ fn check_exits_0_when_healthy_and_1_naming_the_cause_otherwise() {
     let out = one_shot(&[("REDIS_URL", "redis://no-such-host.invalid:6379")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stdout(&out).contains("cause: DNS lookup of no-such-host.invalid failed"),
+        stdout(&out).contains("  dns            FAIL  DNS lookup of no-such-host.invalid failed"),
         "{}",
         stdout(&out)
     );

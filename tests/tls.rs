@@ -90,6 +90,18 @@ fn plain_client_on_the_tls_port_is_told_to_use_rediss() {
     let error = c["error"].as_str().unwrap();
     assert!(error.contains("closed by the server"), "{error}");
     assert!(error.contains("use rediss://"), "{error}");
+    // TCP worked; the first command got the connection closed.
+    let steps = c["steps"].as_array().unwrap();
+    let last = steps.last().unwrap();
+    assert_eq!(
+        (&last["step"], &last["status"]),
+        (&"ping".into(), &"fail".into()),
+        "{c:#}"
+    );
+    assert!(
+        last["fix"].as_str().unwrap().contains("use rediss://"),
+        "{c:#}"
+    );
 }
 
 #[test]
@@ -106,4 +118,14 @@ fn tls_client_on_a_plain_port_is_told_to_try_redis() {
     assert_eq!(code, 1);
     assert_eq!(c["reason"], "timeout", "{c}");
     assert!(c["error"].as_str().unwrap().contains("try redis://"), "{c}");
+    let last = c["steps"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (&last["step"], &last["status"]),
+        (&"tls".into(), &"fail".into()),
+        "{c:#}"
+    );
+    assert!(
+        last["fix"].as_str().unwrap().contains("use redis://"),
+        "{c:#}"
+    );
 }

@@ -34,6 +34,21 @@ impl Naming {
         [self.prefix.as_slice(), name].concat()
     }
 
+    /// `name` with the key prefix (`global_keyprefix`) in front.
+    pub fn prefixed(&self, name: &[u8]) -> Vec<u8> {
+        self.key(name)
+    }
+
+    /// The separator between a binding's fields and before a priority step.
+    pub fn sep(&self) -> &[u8] {
+        &self.sep
+    }
+
+    /// The broker's db index.
+    pub fn db(&self) -> i64 {
+        self.db
+    }
+
     /// The keys that hold a queue's messages, one per priority step: the queue's name for
     /// step 0, `name SEP step` for the others (`celery`, `celery\x06\x163`, ...), as kombu
     /// names them.

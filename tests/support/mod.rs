@@ -30,6 +30,7 @@ pub const ONE_SHOT: &[(&str, &str)] = &[
     ("SIDECAR_PROBE_INTERVAL", "10s"),
     ("SIDECAR_PROBE_TIMEOUT", "5s"),
     ("SIDECAR_LATENCY_SLO", "4s"),
+    ("SIDECAR_CELERY_MIN_WORKERS", "0"),
 ];
 
 /// A directory under the system temp dir, removed on drop.

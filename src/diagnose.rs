@@ -1,0 +1,881 @@
+//! The `check` command's diagnosis: each target walked step by step (URL, DNS, TCP, TLS,
+//! AUTH, SELECT, PING, INFO; for the broker, Celery's queues and workers), each step ok or
+//! the failure with its cause and a concrete fix. The walk stops at the first failing
+//! step. It runs its own connections (a raw RESP client), never the server loop's pools.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::RedisError;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::config::{CeleryConfig, Config, show};
+use crate::failure::{Failure, Phase, Reason};
+use crate::info::{self, Info};
+use crate::resp::{Reply, Resp, Stream};
+use crate::target::{Address, Role, Target};
+
+/// How a step went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    Ok,
+    Skip,
+    Warn,
+    Fail,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::Skip => "skip",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        }
+    }
+}
+
+/// One step of a target's diagnosis.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    pub detail: String,
+    /// What to do about a warning or a failure.
+    pub fix: Option<String>,
+    /// The failure's `reason` label.
+    pub reason: Option<Reason>,
+    pub took: Option<Duration>,
+}
+
+impl Step {
+    fn ok(name: &'static str, detail: impl Into<String>) -> Step {
+        Step {
+            name,
+            verdict: Verdict::Ok,
+            detail: detail.into(),
+            fix: None,
+            reason: None,
+            took: None,
+        }
+    }
+
+    fn skip(name: &'static str, detail: impl Into<String>) -> Step {
+        Step {
+            verdict: Verdict::Skip,
+            ..Step::ok(name, detail)
+        }
+    }
+
+    fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Step {
+        Step {
+            verdict: Verdict::Warn,
+            fix: Some(fix.into()),
+            ..Step::ok(name, detail)
+        }
+    }
+
+    fn fail(name: &'static str, failure: Failure, fix: impl Into<String>) -> Step {
+        Step {
+            name,
+            verdict: Verdict::Fail,
+            detail: failure.message,
+            fix: Some(fix.into()),
+            reason: Some(failure.reason),
+            took: None,
+        }
+    }
+
+    fn took(mut self, d: Duration) -> Step {
+        self.took = Some(d);
+        self
+    }
+}
+
+/// One target's diagnosis.
+#[derive(Debug, Clone)]
+pub struct Diagnosis {
+    pub target: Target,
+    pub steps: Vec<Step>,
+    /// PING's round trip, when it answered.
+    pub ping: Option<Duration>,
+    pub info: Option<Info>,
+}
+
+impl Diagnosis {
+    pub fn verdict(&self) -> Verdict {
+        self.steps
+            .iter()
+            .map(|s| s.verdict)
+            .max()
+            .unwrap_or(Verdict::Ok)
+    }
+
+    /// The first failure, when there is one.
+    pub fn failure(&self) -> Option<&Step> {
+        self.steps.iter().find(|s| s.verdict == Verdict::Fail)
+    }
+}
+
+/// Walks one target. `celery`: also Celery's steps (the broker); `ping`: and an active
+/// `inspect ping` of the workers.
+pub async fn diagnose(target: &Target, config: &Config, celery: bool, ping: bool) -> Diagnosis {
+    let mut d = Diagnosis {
+        target: target.clone(),
+        steps: Vec::new(),
+        ping: None,
+        info: None,
+    };
+    let limit = config.probe_timeout;
+    let roles: Vec<&str> = target.roles().iter().map(|r| r.as_str()).collect();
+    d.steps.push(Step::ok(
+        "url",
+        format!("{} ({})", target.redacted(), roles.join(", ")),
+    ));
+    let Some(stream) = connect(&mut d, limit).await else {
+        return d;
+    };
+    let mut resp = Resp::new(stream);
+    if !session(&mut d, &mut resp, config).await {
+        return d;
+    }
+    if celery {
+        celery_steps(&mut d, &config.celery, config, ping).await;
+    }
+    d
+}
+
+/// DNS, TCP (each address, timed) and TLS: a stream ready for commands, or `None` with
+/// the failing step recorded.
+async fn connect(d: &mut Diagnosis, limit: Duration) -> Option<Box<dyn Stream>> {
+    let target = d.target.clone();
+    let (host, port, tls, verify) = match target.address() {
+        Address::Unix { path } => {
+            let began = Instant::now();
+            return match tokio::time::timeout(limit, tokio::net::UnixStream::connect(path)).await {
+                Ok(Ok(s)) => {
+                    d.steps.push(
+                        Step::ok("connect", format!("unix socket {path}")).took(began.elapsed()),
+                    );
+                    Some(Box::new(s))
+                }
+                Ok(Err(e)) => {
+                    let f = Failure::from_redis(&RedisError::from(e), &target);
+                    d.steps.push(Step::fail(
+                        "connect",
+                        f,
+                        "check the socket path against Redis's `unixsocket` setting, and that the sidecar's user may open it",
+                    ));
+                    None
+                }
+                Err(_) => {
+                    d.steps.push(Step::fail(
+                        "connect",
+                        Failure::timeout(&target, Phase::Connect, limit),
+                        "Redis does not accept on its socket: is it hung or overloaded?",
+                    ));
+                    None
+                }
+            };
+        }
+        Address::Tcp {
+            host,
+            port,
+            tls,
+            verify,
+        } => (host.clone(), *port, *tls, *verify),
+    };
+
+    // DNS: the answers, or why there are none.
+    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => {
+            d.steps
+                .push(Step::ok("dns", format!("{ip} is an address: no lookup")));
+            vec![SocketAddr::new(ip, port)]
+        }
+        Err(_) => {
+            let began = Instant::now();
+            match tokio::time::timeout(limit, tokio::net::lookup_host((host.as_str(), port))).await
+            {
+                Ok(Ok(found)) => {
+                    let mut addrs: Vec<SocketAddr> = Vec::new();
+                    for a in found {
+                        if !addrs.contains(&a) {
+                            addrs.push(a);
+                        }
+                    }
+                    let list: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+                    d.steps.push(
+                        Step::ok("dns", format!("{host} -> {}", list.join(", ")))
+                            .took(began.elapsed()),
+                    );
+                    addrs
+                }
+                Ok(Err(e)) => {
+                    let f = Failure::from_redis(&RedisError::from(e), &target);
+                    let fix = if host.ends_with(".railway.internal") {
+                        "*.railway.internal names resolve only inside Railway's private network: run the sidecar as a service of the same project, or from outside use the public URL (REDIS_PUBLIC_URL, the TCP proxy)"
+                    } else {
+                        "check the host name for typos; `getent hosts <host>` on this machine must answer"
+                    };
+                    d.steps.push(Step::fail("dns", f, fix));
+                    return None;
+                }
+                Err(_) => {
+                    d.steps.push(Step::fail(
+                        "dns",
+                        Failure::new(
+                            Reason::Dns,
+                            format!("DNS lookup of {host} did not answer within {}", show(limit)),
+                        ),
+                        "the resolver is slow or unreachable: check /etc/resolv.conf",
+                    ));
+                    return None;
+                }
+            }
+        }
+    };
+
+    // TCP: each address in turn, timed; the first that connects is used.
+    let mut tried = Vec::new();
+    let mut stream = None;
+    let mut last = None;
+    for addr in &addrs {
+        let began = Instant::now();
+        match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                tried.push(format!(
+                    "{addr} in {:.1}ms",
+                    began.elapsed().as_secs_f64() * 1e3
+                ));
+                let _ = s.set_nodelay(true);
+                stream = Some(s);
+                break;
+            }
+            Ok(Err(e)) => {
+                tried.push(format!("{addr}: {e}"));
+                last = Some(Failure::from_redis(&RedisError::from(e), &target));
+            }
+            Err(_) => {
+                tried.push(format!("{addr}: no answer within {}", show(limit)));
+                last = Some(Failure::timeout(&target, Phase::Connect, limit));
+            }
+        }
+    }
+    let Some(tcp) = stream else {
+        let f = last.unwrap_or_else(|| Failure::new(Reason::Dns, "no address to connect to"));
+        let fix = match f.reason {
+            Reason::Timeout => {
+                "packets are dropped or the host is down: check firewalls, security groups and that Redis listens on this interface (`bind`)"
+            }
+            _ => {
+                "start Redis, or fix the port (Railway's private Redis port is 6379); `protected-mode` and `bind` decide which interfaces Redis listens on"
+            }
+        };
+        let mut step = Step::fail("tcp", f, fix);
+        step.detail = format!("{} [{}]", step.detail, tried.join("; "));
+        d.steps.push(step);
+        return None;
+    };
+    d.steps.push(Step::ok("tcp", tried.join("; ")));
+    if !tls {
+        return Some(Box::new(tcp));
+    }
+
+    // TLS.
+    let began = Instant::now();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(verify)));
+    let name = match rustls::pki_types::ServerName::try_from(host.clone()) {
+        Ok(n) => n,
+        Err(_) => {
+            d.steps.push(Step::fail(
+                "tls",
+                Failure::new(Reason::Tls, format!("{host} is not a name TLS can check")),
+                "use the server's DNS name in the URL",
+            ));
+            return None;
+        }
+    };
+    match tokio::time::timeout(limit, connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => {
+            let version = s
+                .get_ref()
+                .1
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default();
+            let checked = if verify {
+                "certificate verified"
+            } else {
+                "certificate NOT verified (ssl_cert_reqs=none)"
+            };
+            d.steps
+                .push(Step::ok("tls", format!("{version}, {checked}")).took(began.elapsed()));
+            Some(Box::new(s))
+        }
+        Ok(Err(e)) => {
+            let f = Failure::from_redis(&RedisError::from(e), &target);
+            let fix = if f.message.contains("certificate") {
+                "the certificate is self-signed, expired or for another name: fix it, or write ?ssl_cert_reqs=none in the URL to encrypt without verifying (as the app's redis-py does with that setting)"
+            } else {
+                "this port does not speak TLS: use redis:// for it, or the TLS port (`tls-port`)"
+            };
+            d.steps.push(Step::fail("tls", f, fix));
+            None
+        }
+        Err(_) => {
+            d.steps.push(Step::fail(
+                "tls",
+                Failure::timeout(&target, Phase::Connect, limit),
+                "no TLS answer: a plain Redis port waits for a command and never answers a TLS hello: use redis:// for it",
+            ));
+            None
+        }
+    }
+}
+
+fn tls_config(verify: bool) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if verify {
+        return config;
+    }
+    let mut config = config;
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::new(NoVerification(
+            rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )));
+    config
+}
+
+/// `ssl_cert_reqs=none`: encrypted, certificate not checked (what the URL asks for).
+#[derive(Debug)]
+struct NoVerification(rustls::crypto::WebPkiSupportedAlgorithms);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// A server's error reply as the redis crate's error, so that it is classified (and
+/// scrubbed) like every other failure.
+fn server_error(text: &str) -> RedisError {
+    let (code, detail) = text.split_once(' ').unwrap_or((text, ""));
+    redis::make_extension_error(code.to_string(), Some(detail.to_string()))
+}
+
+/// One command under the time limit: its reply, or the failure (I/O or a timeout).
+async fn send(
+    resp: &mut Resp,
+    target: &Target,
+    limit: Duration,
+    command: &'static str,
+    args: &[&[u8]],
+) -> Result<Reply, Failure> {
+    match tokio::time::timeout(limit, resp.command(args)).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) => Err(Failure::from_redis(&RedisError::from(e), target)),
+        Err(_) => Err(Failure::timeout(target, Phase::Command(command), limit)),
+    }
+}
+
+/// AUTH, SELECT, PING, INFO. False when a step failed.
+async fn session(d: &mut Diagnosis, resp: &mut Resp, config: &Config) -> bool {
+    let target = d.target.clone();
+    let limit = config.probe_timeout;
+    let fail_io = |d: &mut Diagnosis, step: &'static str, f: Failure| {
+        let fix = if f.message.contains("closed by the server") {
+            "the server hung up: a TLS port (use rediss://), `maxclients` reached, or a proxy in between refusing the client"
+        } else {
+            "the server stopped answering: hung, paused, or overloaded"
+        };
+        d.steps.push(Step::fail(step, f, fix));
+        false
+    };
+
+    // AUTH.
+    match target.password() {
+        None => d.steps.push(Step::skip("auth", "no password in the URL")),
+        Some(pw) => {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(user) = target.user() {
+                args.push(user.as_bytes());
+            }
+            args.push(pw.as_bytes());
+            match send(resp, &target, limit, "AUTH", &args).await {
+                Err(f) => return fail_io(d, "auth", f),
+                Ok(Reply::Error(e)) => {
+                    let f = Failure::from_redis(&server_error(&e), &target);
+                    let fix = if e.contains("without any password configured") {
+                        "the server has no password: remove it from the URL"
+                    } else if e.starts_with("ERR max number of clients") {
+                        "raise maxclients, or find the client that leaks connections (CLIENT LIST)"
+                    } else {
+                        "the user or password in the URL (REDIS_URL, REDISUSER/REDISPASSWORD) is not the server's: on Railway reference ${{Redis.REDIS_URL}} rather than copying it"
+                    };
+                    d.steps.push(Step::fail("auth", f, fix));
+                    return false;
+                }
+                Ok(_) => d.steps.push(Step::ok(
+                    "auth",
+                    format!("as user {}", target.user().unwrap_or("default")),
+                )),
+            }
+        }
+    }
+
+    // SELECT.
+    if target.db() != 0 {
+        let db = target.db().to_string();
+        match send(resp, &target, limit, "SELECT", &[b"SELECT", db.as_bytes()]).await {
+            Err(f) => return fail_io(d, "select", f),
+            Ok(Reply::Error(e)) => {
+                let f = Failure::from_redis(&server_error(&e), &target);
+                d.steps.push(Step::fail(
+                    "select",
+                    f,
+                    "use a database below the server's `databases` (16 by default; Redis Cluster has only 0)",
+                ));
+                return false;
+            }
+            Ok(_) => d.steps.push(Step::ok("select", format!("database {db}"))),
+        }
+    }
+
+    // PING, timed.
+    let began = Instant::now();
+    match send(resp, &target, limit, "PING", &[b"PING"]).await {
+        Err(f) => return fail_io(d, "ping", f),
+        Ok(Reply::Error(e)) => {
+            let f = Failure::from_redis(&server_error(&e), &target);
+            let fix = if e.starts_with("NOAUTH") {
+                "Redis requires a password: put it in the URL (redis://default:PASSWORD@host:port) or in REDISPASSWORD"
+            } else if e.starts_with("LOADING") {
+                "wait: Redis is loading its dataset after a restart or failover; it answers when done"
+            } else if e.starts_with("NOPERM") {
+                "the ACL user may not run PING: grant it +ping (and +info) with ACL SETUSER"
+            } else if e.starts_with("ERR max number of clients") {
+                "raise maxclients, or find the client that leaks connections (CLIENT LIST)"
+            } else {
+                "see the server's answer"
+            };
+            d.steps.push(Step::fail("ping", f, fix));
+            return false;
+        }
+        Ok(_) => {
+            let took = began.elapsed();
+            d.ping = Some(took);
+            let detail = format!("PONG in {:.2}ms", took.as_secs_f64() * 1e3);
+            d.steps.push(if took > config.latency_slo {
+                Step::warn(
+                    "ping",
+                    format!("{detail}, over the {} latency SLO", show(config.latency_slo)),
+                    "Redis or the network is slow: check SLOWLOG, latency, and the distance to the server",
+                )
+            } else {
+                Step::ok("ping", detail)
+            });
+        }
+    }
+
+    // INFO, one section per command in one pipeline.
+    let sections: Vec<[&[u8]; 2]> = info::SECTIONS
+        .iter()
+        .map(|s| [b"INFO".as_slice(), s.as_bytes()])
+        .collect();
+    let commands: Vec<&[&[u8]]> = sections.iter().map(|c| c.as_slice()).collect();
+    let replies = match tokio::time::timeout(limit, resp.pipeline(&commands)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            return fail_io(
+                d,
+                "info",
+                Failure::from_redis(&RedisError::from(e), &target),
+            );
+        }
+        Err(_) => {
+            return fail_io(
+                d,
+                "info",
+                Failure::timeout(&target, Phase::Command("INFO"), limit),
+            );
+        }
+    };
+    if let Some(Reply::Error(e)) = replies.iter().find(|r| matches!(r, Reply::Error(_))) {
+        let f = Failure::from_redis(&server_error(e), &target);
+        d.steps.push(Step::warn(
+            "info",
+            format!(
+                "INFO failed, so clients, memory and evictions are unknown: {}",
+                f.message
+            ),
+            "grant the ACL user +info",
+        ));
+        return true;
+    }
+    let text: Vec<String> = replies.iter().filter_map(Reply::text).collect();
+    let info = info::parse(&text.join("\n"));
+    judge_info(d, &info);
+    d.info = Some(info);
+    true
+}
+
+/// The INFO step: role, loading, clients, memory, persistence.
+fn judge_info(d: &mut Diagnosis, i: &Info) {
+    let broker = d.target.roles().contains(&Role::Broker);
+    let mut summary = vec![format!(
+        "redis {}, {}",
+        i.redis_version.as_deref().unwrap_or("?"),
+        i.role.as_deref().unwrap_or("?")
+    )];
+    let mut warnings: Vec<(String, &str)> = Vec::new();
+    if let (Some(c), Some(m)) = (i.connected_clients, i.maxclients) {
+        summary.push(format!("clients {c}/{m}"));
+        if m > 0 && c * 10 >= m * 9 {
+            warnings.push((
+                format!("{c} of {m} clients: near maxclients"),
+                "raise maxclients, or find the client that leaks connections (CLIENT LIST)",
+            ));
+        }
+    }
+    if let Some(used) = i.used_memory_bytes {
+        let max = i.maxmemory_bytes.unwrap_or(0);
+        let policy = i.maxmemory_policy.as_deref().unwrap_or("?");
+        summary.push(if max == 0 {
+            format!("memory {} (no limit, {policy})", mib(used))
+        } else {
+            format!("memory {} of {} ({policy})", mib(used), mib(max))
+        });
+        if max > 0 && used * 10 >= max * 9 {
+            warnings.push(if policy == "noeviction" {
+                (
+                    format!(
+                        "memory {} of {}: near maxmemory with noeviction",
+                        mib(used),
+                        mib(max)
+                    ),
+                    "writes will fail with OOM when full: raise maxmemory or free keys",
+                )
+            } else {
+                (
+                    format!(
+                        "memory {} of {}: near maxmemory, keys are evicted ({policy})",
+                        mib(used),
+                        mib(max)
+                    ),
+                    "raise maxmemory; evicted keys are lost data",
+                )
+            });
+        }
+        if broker && max > 0 && policy != "noeviction" {
+            warnings.push((
+                format!("a Celery broker with maxmemory-policy {policy}"),
+                "queued tasks can be evicted and lost: a broker should use noeviction",
+            ));
+        }
+    }
+    for (name, status) in [
+        ("RDB save", &i.rdb_last_bgsave_status),
+        ("AOF write", &i.aof_last_write_status),
+    ] {
+        if status.as_deref() == Some("err") {
+            warnings.push((
+                format!("the last {name} failed"),
+                "with stop-writes-on-bgsave-error, Redis refuses writes (MISCONF): check the disk and the Redis log",
+            ));
+        }
+    }
+    if i.role.as_deref() == Some("slave") {
+        if broker {
+            d.steps.push(Step::fail(
+                "info",
+                Failure::new(
+                    Reason::Other,
+                    "a read-only replica is the Celery broker: workers and clients write (LPUSH, BRPOP, ZADD) and get READONLY errors",
+                ),
+                "point CELERY_BROKER_URL at the primary (on a managed Redis, its primary endpoint)",
+            ));
+            return;
+        }
+        warnings.push((
+            "a replica: reads work, writes fail with READONLY".to_string(),
+            "if the app writes here, use the primary's URL",
+        ));
+    }
+    if i.loading == Some(true) {
+        d.steps.push(Step::fail(
+            "info",
+            Failure::new(Reason::Other, "LOADING: Redis is loading its dataset"),
+            "wait: it answers when the dataset is loaded",
+        ));
+        return;
+    }
+    match warnings.first() {
+        None => d.steps.push(Step::ok("info", summary.join("; "))),
+        Some((first, fix)) => {
+            let all: Vec<&str> = warnings.iter().map(|(w, _)| w.as_str()).collect();
+            let mut step = Step::warn("info", all.join("; "), *fix);
+            step.detail = format!("{}; {}", step.detail, summary.join("; "));
+            let _ = first;
+            d.steps.push(step);
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Celery's steps on the broker: queues and reservations, workers heard, and with `ping`
+/// the workers' answers to `inspect ping`.
+async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping: bool) {
+    use crate::celery::kombu::Naming;
+    let target = d.target.clone();
+    let naming = Naming::new(c, target.db());
+    // Queues, with the server loop's own probe (one pass; discovery included).
+    let queues = match crate::pool::TargetPool::new(&target, config.probe_timeout) {
+        Err(f) => Err(f),
+        Ok(pool) => {
+            let probe = crate::celery::queues::QueueProbe::new(
+                pool,
+                naming.clone(),
+                c.queues.clone(),
+                c.visibility_timeout,
+                // Discovery gets a generous share: the check runs once.
+                config.probe_timeout * 4,
+            );
+            match probe.probe().await {
+                // The first pass discovered the queues; the second reads them all.
+                Ok(_) => probe.probe().await,
+                Err(f) => Err(f),
+            }
+        }
+    };
+    match queues {
+        Err(f) => d.steps.push(Step::fail(
+            "celery queues",
+            f,
+            "the broker's keys cannot be read: check the ACL (+@read on the broker's keys)",
+        )),
+        Ok(obs) => {
+            let list: Vec<String> = obs
+                .queues
+                .iter()
+                .map(|q| match q.oldest_age {
+                    Some(age) if q.length > 0 => {
+                        format!(
+                            "{} {} (front unmoved {})",
+                            q.name,
+                            q.length,
+                            crate::celery::runner::human(age)
+                        )
+                    }
+                    _ => format!("{} {}", q.name, q.length),
+                })
+                .collect();
+            let detail = format!(
+                "{}; unacked {}, orphaned {}",
+                list.join(", "),
+                obs.unacked,
+                obs.orphaned
+            );
+            d.steps.push(if obs.orphaned > 0 {
+                Step::warn(
+                    "celery queues",
+                    detail,
+                    "reservations older than the visibility timeout: a worker was killed holding them, or ETA tasks go beyond the timeout; kombu redelivers them",
+                )
+            } else {
+                Step::ok("celery queues", detail)
+            });
+        }
+    }
+    if c.min_workers == 0 && !ping {
+        d.steps.push(Step::skip(
+            "celery workers",
+            "no worker required (SIDECAR_CELERY_MIN_WORKERS=0)",
+        ));
+        return;
+    }
+    let window = Duration::from_millis(4500);
+    match workers_heard(&target, &naming, window, config.probe_timeout).await {
+        Err(f) => d.steps.push(Step::fail(
+            "celery workers",
+            f,
+            "the event channels cannot be subscribed: check the ACL (&* channels, +psubscribe)",
+        )),
+        Ok(heard) => {
+            let channel = String::from_utf8_lossy(&naming.events_pattern()).into_owned();
+            if heard.len() < c.min_workers as usize {
+                let detail = if heard.is_empty() {
+                    format!("no Celery worker heard on {channel} in {}", show(window))
+                } else {
+                    format!(
+                        "only {} of the required {} workers heard on {channel} in {}: {}",
+                        heard.len(),
+                        c.min_workers,
+                        show(window),
+                        heard.join(", ")
+                    )
+                };
+                d.steps.push(Step::fail(
+                    "celery workers",
+                    Failure::new(Reason::Other, detail),
+                    "are the workers running, with this broker URL and db (CELERY_BROKER_URL on the worker service), and the same key prefix (global_keyprefix = SIDECAR_CELERY_KEYPREFIX)?",
+                ));
+            } else if heard.is_empty() {
+                d.steps.push(Step::ok(
+                    "celery workers",
+                    format!("none heard on {channel} in {}, none required", show(window)),
+                ));
+            } else {
+                d.steps.push(Step::ok(
+                    "celery workers",
+                    format!(
+                        "heard {} in {}: {}",
+                        heard.len(),
+                        show(window),
+                        heard.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    // The ping runs even when no worker was heard: a worker with events disabled
+    // (no heartbeats reach this channel) still answers it.
+    if ping {
+        match crate::pidbox::ping(&target, &naming, Duration::from_secs(1), config.probe_timeout).await {
+            Err(f) => d.steps.push(Step::fail("celery ping", f, "the broker refused the ping's commands")),
+            Ok(replies) if replies.is_empty() => d.steps.push(Step::fail(
+                "celery ping",
+                Failure::new(Reason::Other, "no worker answered inspect ping within 1s"),
+                "workers that heartbeat but do not answer are stuck, or listen on another broker or db",
+            )),
+            Ok(replies) => {
+                let list: Vec<String> = replies
+                    .iter()
+                    .map(|(w, t)| format!("{w} in {:.1}ms", t.as_secs_f64() * 1e3))
+                    .collect();
+                d.steps.push(Step::ok("celery ping", list.join(", ")));
+            }
+        }
+    }
+}
+
+/// Hostnames of the workers whose events arrive within `window`.
+async fn workers_heard(
+    target: &Target,
+    naming: &crate::celery::kombu::Naming,
+    window: Duration,
+    limit: Duration,
+) -> Result<Vec<String>, Failure> {
+    use futures_util::StreamExt;
+    let fail = |e: &RedisError| Failure::from_redis(e, target);
+    let client = redis::Client::open(target.connection_info()).map_err(|e| fail(&e))?;
+    let subscribe = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub
+            .psubscribe(naming.events_pattern().as_slice())
+            .await?;
+        Ok::<_, RedisError>(pubsub)
+    };
+    let mut pubsub = match tokio::time::timeout(limit, subscribe).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return Err(fail(&e)),
+        Err(_) => {
+            return Err(Failure::timeout(
+                target,
+                Phase::Command("PSUBSCRIBE"),
+                limit,
+            ));
+        }
+    };
+    let mut heard: Vec<String> = Vec::new();
+    let until = Instant::now() + window;
+    let mut messages = pubsub.on_message();
+    while let Ok(Some(msg)) = tokio::time::timeout_at(until, messages.next()).await {
+        let Ok(events) = crate::celery::event::decode(msg.get_payload_bytes()) else {
+            continue;
+        };
+        for e in events.into_iter().flatten() {
+            if let crate::celery::event::Event::Worker(w) = e
+                && w.kind != crate::celery::event::WorkerKind::Offline
+                && !heard.contains(&w.hostname)
+            {
+                heard.push(w.hostname);
+            }
+        }
+    }
+    heard.sort();
+    Ok(heard)
+}
+
+/// The `/healthz`-like view of a diagnosis, for `check --json` and the exit code.
+pub fn check_json(d: &Diagnosis) -> Value {
+    let verdict = d.verdict();
+    let status = match verdict {
+        Verdict::Fail => "unhealthy",
+        Verdict::Warn => "degraded",
+        _ => "healthy",
+    };
+    let failure = d.failure();
+    let warnings: Vec<&str> = d
+        .steps
+        .iter()
+        .filter(|s| s.verdict == Verdict::Warn)
+        .map(|s| s.detail.as_str())
+        .collect();
+    json!({
+        "status": status,
+        "endpoint": d.target.redacted(),
+        "latency_ms": d.ping.map(|p| (p.as_secs_f64() * 1e6).round() / 1e3),
+        "error": failure.map(|s| s.detail.clone()),
+        "reason": failure.and_then(|s| s.reason).map(Reason::as_str),
+        "fix": failure.and_then(|s| s.fix.clone()),
+        "warnings": warnings,
+        "steps": d.steps.iter().map(|s| json!({
+            "step": s.name,
+            "status": s.verdict.as_str().to_ascii_lowercase(),
+            "detail": s.detail,
+            "fix": s.fix,
+            "ms": s.took.map(|t| (t.as_secs_f64() * 1e6).round() / 1e3),
+        })).collect::<Vec<_>>(),
+    })
+}
