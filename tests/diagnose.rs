@@ -1,7 +1,7 @@
 //! `check` against a zoo of real faults: each exits 1, stops at the step that failed and
 //! names the cause with a fix. And `check --ping` against two real Celery workers.
 //! (Wrong and missing passwords are also in auth.rs, LOADING and a unix socket in
-//! faults.rs, TLS against plain and plain against TLS in tls.rs.)
+//! faults.rs, TLS against plain and plain against TLS, and certificates, in tls.rs.)
 
 mod support;
 
@@ -183,11 +183,15 @@ fn a_database_out_of_range_fails_select() {
         "ERR DB index is out of range",
         "use a database below the server's `databases`",
     );
+    let error = doc["checks"]["redis:cache"]["error"].as_str().unwrap();
+    assert!(error.contains("has no database 99"), "{error}");
 }
 
 #[test]
 fn max_clients_reached_is_named_with_its_fix() {
     let redis = Redis::start(&["--maxclients", "1"]);
+    // Take the only client slot and keep it (retried: Redis may still count a client that
+    // just closed). Accepted: the server says nothing; refused: it writes the error.
     let holder = support::wait_for("the only client slot", Duration::from_secs(5), || {
         let mut s = TcpStream::connect(("127.0.0.1", redis.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
