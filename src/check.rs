@@ -24,9 +24,12 @@ pub async fn check(config: &Config, json: bool, ping: bool) -> (u8, String) {
         });
     }
     let mut done: Vec<(usize, Diagnosis)> = Vec::new();
+    // A diagnosis that panicked (a bug) must not vanish from the report: it fails the check.
+    let mut crashed = 0;
     while let Some(joined) = tasks.join_next().await {
-        if let Ok(d) = joined {
-            done.push(d);
+        match joined {
+            Ok(d) => done.push(d),
+            Err(_) => crashed += 1,
         }
     }
     done.sort_by_key(|(i, _)| *i);
@@ -40,11 +43,14 @@ pub async fn check(config: &Config, json: bool, ping: bool) -> (u8, String) {
             sections.push((vec![CELERY_CHECK.to_string()], c));
         }
     }
-    let worst = sections
+    let mut worst = sections
         .iter()
         .map(|(_, d)| d.verdict())
         .max()
         .unwrap_or(Verdict::Ok);
+    if crashed > 0 {
+        worst = Verdict::Fail;
+    }
     let overall = status(worst);
     let code = u8::from(overall != "healthy");
     if json {
@@ -54,12 +60,21 @@ pub async fn check(config: &Config, json: bool, ping: bool) -> (u8, String) {
                 checks.insert(name.clone(), diagnose::check_json(d));
             }
         }
-        let doc = json!({"status": overall, "checks": checks});
+        let mut doc = json!({"status": overall, "checks": checks});
+        if crashed > 0 {
+            doc["crashed"] = json!(crashed);
+        }
         let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
         text.push('\n');
         return (code, text);
     }
-    (code, human(&sections, overall))
+    let mut text = human(&sections, overall);
+    if crashed > 0 {
+        text.push_str(&format!(
+            "{crashed} diagnosis(es) crashed: a bug, please report it (RUST_LOG=debug shows more)\n"
+        ));
+    }
+    (code, text)
 }
 
 /// A diagnosis's Redis steps and its Celery steps.

@@ -239,13 +239,19 @@ async fn connect(d: &mut Diagnosis, limit: Duration) -> Option<Box<dyn Stream>> 
         }
     };
 
-    // TCP: each address in turn, timed; the first that connects is used.
+    // TCP: each address in turn, timed, all within one timeout (as the server's own
+    // connects); the first that connects is used.
     let mut tried = Vec::new();
     let mut stream = None;
     let mut last = None;
+    let until = Instant::now() + limit;
     for addr in &addrs {
         let began = Instant::now();
-        match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+        if began >= until {
+            tried.push(format!("{addr}: not tried, no time left"));
+            continue;
+        }
+        match tokio::time::timeout_at(until, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
                 tried.push(format!(
                     "{addr} in {:.1}ms",
@@ -439,7 +445,16 @@ async fn session(d: &mut Diagnosis, resp: &mut Resp, config: &Config) -> bool {
                 args.push(user.as_bytes());
             }
             args.push(pw.as_bytes());
-            match send(resp, &target, limit, "AUTH", &args).await {
+            let mut reply = send(resp, &target, limit, "AUTH", &args).await;
+            // Redis before 6 knows AUTH with a password only; redis-py then retries without
+            // the user, and so does this.
+            if let Ok(Reply::Error(e)) = &reply
+                && e.contains("wrong number of arguments")
+                && args.len() == 3
+            {
+                reply = send(resp, &target, limit, "AUTH", &[b"AUTH", pw.as_bytes()]).await;
+            }
+            match reply {
                 Err(f) => return fail_io(d, "auth", f),
                 Ok(Reply::Error(e)) => {
                     let f = Failure::from_redis(&server_error(&e), &target);
@@ -554,7 +569,8 @@ async fn session(d: &mut Diagnosis, resp: &mut Resp, config: &Config) -> bool {
     let info = info::parse(&text.join("\n"));
     judge_info(d, &info);
     d.info = Some(info);
-    true
+    // A replica as the broker, or LOADING: the walk stops there.
+    d.failure().is_none()
 }
 
 /// The INFO step: role, loading, clients, memory, persistence.
@@ -604,7 +620,8 @@ fn judge_info(d: &mut Diagnosis, i: &Info) {
                 )
             });
         }
-        if broker && max > 0 && policy != "noeviction" {
+        // kombu's lists have no TTL: only allkeys-* policies can evict them.
+        if broker && max > 0 && policy.starts_with("allkeys-") {
             warnings.push((
                 format!("a Celery broker with maxmemory-policy {policy}"),
                 "queued tasks can be evicted and lost: a broker should use noeviction",
@@ -681,10 +698,28 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
                 // Discovery gets a generous share: the check runs once.
                 config.probe_timeout * 4,
             );
-            match probe.probe().await {
-                // The first pass discovered the queues; the second reads them all.
-                Ok(_) => probe.probe().await,
-                Err(f) => Err(f),
+            // Passes until the walk of the binding sets is done (a large keyspace takes
+            // several), then one that reads every queue found; all under one deadline.
+            let limit = config.probe_timeout * 4;
+            let passes = async {
+                loop {
+                    let obs = probe.probe().await?;
+                    if obs.discovered {
+                        return probe.probe().await.map(|obs| (obs, true));
+                    }
+                }
+            };
+            match tokio::time::timeout(limit, passes).await {
+                Ok(result) => result,
+                // Out of time: what one more pass sees, said to be incomplete.
+                Err(_) => match tokio::time::timeout(config.probe_timeout, probe.probe()).await {
+                    Ok(result) => result.map(|obs| (obs, false)),
+                    Err(_) => Err(Failure::timeout(
+                        &target,
+                        Phase::Command("LLEN"),
+                        config.probe_timeout,
+                    )),
+                },
             }
         }
     };
@@ -694,29 +729,33 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
             f,
             "the broker's keys cannot be read: check the ACL (+@read on the broker's keys)",
         )),
-        Ok(obs) => {
+        Ok((obs, discovered)) => {
+            // Depths only: how long a queue's front has not moved needs watching over time
+            // (the server's /healthz has it).
             let list: Vec<String> = obs
                 .queues
                 .iter()
-                .map(|q| match q.oldest_age {
-                    Some(age) if q.length > 0 => {
-                        format!(
-                            "{} {} (front unmoved {})",
-                            q.name,
-                            q.length,
-                            crate::celery::runner::human(age)
-                        )
-                    }
-                    _ => format!("{} {}", q.name, q.length),
-                })
+                .map(|q| format!("{} {}", q.name, q.length))
                 .collect();
-            let detail = format!(
+            let mut detail = format!(
                 "{}; unacked {}, orphaned {}",
                 list.join(", "),
                 obs.unacked,
                 obs.orphaned
             );
-            d.steps.push(if obs.orphaned > 0 {
+            if let Some(age) = obs.oldest_reservation {
+                detail.push_str(&format!(
+                    ", oldest reservation {}",
+                    crate::celery::runner::human(age)
+                ));
+            }
+            d.steps.push(if !discovered {
+                Step::warn(
+                    "celery queues",
+                    format!("{detail}; the walk of the binding sets did not finish in time, so queues may be missing"),
+                    "name the app's queues in SIDECAR_CELERY_QUEUES, or run check again (a large keyspace takes several passes)",
+                )
+            } else if obs.orphaned > 0 {
                 Step::warn(
                     "celery queues",
                     detail,
@@ -781,18 +820,44 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
     // The ping runs even when no worker was heard: a worker with events disabled
     // (no heartbeats reach this channel) still answers it.
     if ping {
+        let heard_some = d
+            .steps
+            .last()
+            .is_some_and(|s| s.detail.starts_with("heard ") || s.detail.starts_with("only "));
         match crate::pidbox::ping(&target, &naming, Duration::from_secs(1), config.probe_timeout).await {
             Err(f) => d.steps.push(Step::fail("celery ping", f, "the broker refused the ping's commands")),
             Ok(replies) if replies.is_empty() => d.steps.push(Step::fail(
                 "celery ping",
                 Failure::new(Reason::Other, "no worker answered inspect ping within 1s"),
-                "workers that heartbeat but do not answer are stuck, or listen on another broker or db",
+                if heard_some {
+                    "workers that heartbeat but do not answer are stuck (a busy solo or threads pool answers only between tasks), or listen on another broker or db"
+                } else {
+                    "are the workers running, with this broker URL and db, and the same key prefix?"
+                },
             )),
             Ok(replies) => {
                 let list: Vec<String> = replies
                     .iter()
                     .map(|(w, t)| format!("{w} in {:.1}ms", t.as_secs_f64() * 1e3))
                     .collect();
+                // Workers that answer are alive, whatever their heartbeats said.
+                if replies.len() >= c.min_workers as usize
+                    && let Some(workers) = d
+                        .steps
+                        .iter_mut()
+                        .find(|s| s.name == "celery workers" && s.verdict == Verdict::Fail)
+                {
+                    workers.verdict = Verdict::Warn;
+                    workers.reason = None;
+                    workers.detail = format!(
+                        "{}, but {} answered inspect ping",
+                        workers.detail,
+                        replies.len()
+                    );
+                    workers.fix = Some(
+                        "their heartbeats do not reach the event channel: a busy solo-pool worker pauses them, --without-heartbeat turns them off; the server's celery check counts workers by heartbeat".into(),
+                    );
+                }
                 d.steps.push(Step::ok("celery ping", list.join(", ")));
             }
         }

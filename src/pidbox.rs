@@ -175,10 +175,11 @@ async fn exchange(
     window: Duration,
     limit: Duration,
 ) -> Result<Vec<(String, Duration)>, RedisError> {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
+    // The deadline in the server's time, as kombu's script does: with the sidecar's own
+    // clock behind the server's, it could be written already overdue, and kombu's sweep
+    // would delete the whole reply binding table mid-request.
+    let (secs, micros): (u64, u64) = timed(limit, redis::cmd("TIME").query_async(conn)).await?;
+    let now_ms = u128::from(secs) * 1000 + u128::from(micros) / 1000;
     let mut bind = redis::pipe();
     bind.cmd("SADD").arg(&r.binding).arg(&r.member).ignore();
     // As kombu does: an overdue deadline makes the sweep delete the whole binding table.

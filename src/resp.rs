@@ -9,6 +9,10 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 /// Replies larger than this are refused: a diagnosis never needs them.
 const MAX_BULK: usize = 16 * 1024 * 1024;
 const MAX_ITEMS: usize = 1024 * 1024;
+/// A reply's header line (`+OK`, `-ERR ...`, `$5`) longer than this is not Redis.
+const MAX_LINE: u64 = 64 * 1024;
+/// Arrays nested deeper than this are refused (a hostile server cannot exhaust the stack).
+const MAX_DEPTH: usize = 8;
 
 /// A reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,13 +76,26 @@ impl Resp {
         Ok(replies.remove(0))
     }
 
-    /// Reads one reply (boxed: replies nest).
-    pub fn read(
+    /// Reads one reply.
+    pub async fn read(&mut self) -> io::Result<Reply> {
+        self.read_nested(0).await
+    }
+
+    /// Reads one reply at nesting `depth` (boxed: replies nest).
+    #[allow(clippy::type_complexity)]
+    fn read_nested(
         &mut self,
+        depth: usize,
     ) -> std::pin::Pin<Box<dyn Future<Output = io::Result<Reply>> + Send + '_>> {
         Box::pin(async move {
+            if depth > MAX_DEPTH {
+                return Err(invalid("arrays nested too deep"));
+            }
             let mut line = Vec::new();
-            let n = self.io.read_until(b'\n', &mut line).await?;
+            let n = (&mut self.io)
+                .take(MAX_LINE)
+                .read_until(b'\n', &mut line)
+                .await?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -107,6 +124,9 @@ impl Resp {
                     }
                     let mut data = vec![0; len + 2];
                     self.io.read_exact(&mut data).await?;
+                    if !data.ends_with(b"\r\n") {
+                        return Err(invalid("a bulk reply without CRLF"));
+                    }
                     data.truncate(len);
                     Ok(Reply::Bulk(Some(data)))
                 }
@@ -121,7 +141,7 @@ impl Resp {
                     }
                     let mut items = Vec::with_capacity(len.min(1024));
                     for _ in 0..len {
-                        items.push(self.read().await?);
+                        items.push(self.read_nested(depth + 1).await?);
                     }
                     Ok(Reply::Array(Some(items)))
                 }
@@ -183,6 +203,8 @@ mod tests {
             b"$99999999999\r\n",
             b":x\r\n",
             b"+no crlf",
+            b"$3\r\nabcde",
+            &b"*1\r\n".repeat(20),
         ] {
             let (client, mut server) = tokio::io::duplex(1024);
             server.write_all(bytes).await.unwrap();

@@ -260,6 +260,16 @@ fn a_replica_as_the_broker_is_a_failure_and_as_a_cache_a_warning() {
         "a read-only replica is the Celery broker",
         "point CELERY_BROKER_URL at the primary",
     );
+    // The walk stops there: the Celery check does not read a replica's queues.
+    let celery = &doc["checks"]["celery"];
+    assert_eq!(celery["steps"].as_array().unwrap().len(), 1, "{celery:#}");
+    assert!(
+        celery["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("the broker is not usable: a read-only replica is the Celery broker"),
+        "{celery:#}"
+    );
     // The same replica as a cache only: degraded, exit 1, with the warning.
     let (code, doc) = check(&[], &[("REDIS_URL", &replica.url())]);
     assert_eq!(code, 1);
@@ -292,7 +302,7 @@ fn a_backlog_with_no_worker_names_the_missing_workers() {
     let queues = step(&doc, "celery", "celery queues");
     assert_eq!(queues["status"], "ok");
     assert!(
-        queues["detail"].as_str().unwrap().starts_with("celery 3 "),
+        queues["detail"].as_str().unwrap() == "celery 3; unacked 0, orphaned 0",
         "{queues:#}"
     );
     failed_at(
@@ -402,7 +412,45 @@ fn ping_with_no_worker_fails_and_cleans_up() {
         "celery ping",
         "other",
         "no worker answered inspect ping within 1s",
-        "stuck",
+        "are the workers running",
     );
     assert_eq!(keys(&redis), before, "check --ping left keys behind");
+}
+
+#[test]
+fn a_worker_without_heartbeats_is_found_by_ping() {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let app = [("BROKER_URL", url.as_str())];
+    // No heartbeats (and so no worker-online): invisible on the event channel, but it
+    // answers inspect ping.
+    let w = Worker::start(&app, "quiet@zoo", &["-P", "solo", "--without-heartbeat"]);
+    w.wait_ready();
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("SIDECAR_CELERY_MIN_WORKERS", "1"),
+    ];
+    let (code, doc) = check(&[], &env);
+    assert_eq!(code, 1);
+    assert_eq!(doc["checks"]["celery"]["status"], "unhealthy", "{doc:#}");
+    let (code, doc) = check(&["--ping"], &env);
+    assert_eq!(code, 1, "degraded is not healthy: {doc:#}");
+    let c = &doc["checks"]["celery"];
+    assert_eq!(c["status"], "degraded", "{doc:#}");
+    let workers = step(&doc, "celery", "celery workers");
+    assert_eq!(workers["status"], "warn", "{workers:#}");
+    assert!(
+        workers["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("but 1 answered inspect ping"),
+        "{workers:#}"
+    );
+    assert!(
+        step(&doc, "celery", "celery ping")["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("quiet@zoo in "),
+        "{doc:#}"
+    );
 }
