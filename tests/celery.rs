@@ -365,7 +365,16 @@ fn task_events_are_counted_by_name_and_outcome() {
         r#"[{"task": "add", "args": [2, 3]}, {"task": "add", "args": [4, 5]}, {"task": "boom"}, {"task": "retry_once"}]"#,
     );
     let series = "celery_task_succeeded_total{name=\"tasks.retry_once\",queue_name=\"celery\"}";
-    let m = sidecar.scrape_when(series, 1.0).body;
+    sidecar.scrape_when(series, 1.0);
+    // task-sent comes from the client process, not the worker: wait for both of its
+    // tasks.add events too rather than assume they were in before the worker's last one
+    // (once, under a loaded full run, only one of the two was).
+    let m = sidecar
+        .scrape_when(
+            "celery_task_sent_total{name=\"tasks.add\",queue_name=\"celery\"}",
+            2.0,
+        )
+        .body;
     let value = |s: &str| sample(&m, s).unwrap_or_else(|| panic!("no {s} in\n{m}"));
     assert_eq!(
         value("celery_task_sent_total{name=\"tasks.add\",queue_name=\"celery\"}"),
