@@ -96,8 +96,27 @@ fn handle(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         req.uri().path(),
         req.uri().query(),
         req.headers().get(header::AUTHORIZATION),
+        accepts_gzip(req.headers().get(header::ACCEPT_ENCODING)),
         Instant::now(),
     )
+}
+
+/// True when `Accept-Encoding` lists gzip (or `*`) without `q=0`.
+pub fn accepts_gzip(header: Option<&HeaderValue>) -> bool {
+    let Some(text) = header.and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    text.split(',').any(|item| {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or("").trim();
+        let refused = parts.any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+    })
 }
 
 /// The whole routing table, as a pure function of the request and the snapshot.
@@ -107,6 +126,7 @@ pub fn respond(
     path: &str,
     query: Option<&str>,
     authorization: Option<&HeaderValue>,
+    gzip: bool,
     now: Instant,
 ) -> Response<Full<Bytes>> {
     let known = matches!(path, "/livez" | "/readyz" | "/healthz" | "/metrics")
@@ -158,11 +178,22 @@ pub fn respond(
             body.push(b'\n');
             response(code, "application/json", Bytes::from(body))
         }
-        "/metrics" => response(
-            StatusCode::OK,
-            metrics::CONTENT_TYPE,
-            app.metrics.exposition(),
-        ),
+        "/metrics" => {
+            let body = app.metrics.exposition();
+            // The gzip copy was made with the rendering; empty only if compressing failed.
+            let gzip = gzip && !body.gzip.is_empty();
+            let mut r = response(
+                StatusCode::OK,
+                metrics::CONTENT_TYPE,
+                if gzip { body.gzip } else { body.plain },
+            );
+            let h = r.headers_mut();
+            h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+            if gzip {
+                h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            r
+        }
         _ => {
             let name = &path["/readyz/".len()..];
             let Some(check) = snapshot.find(name) else {
@@ -297,20 +328,31 @@ mod tests {
         };
         let auth = auth.map(|a| HeaderValue::from_str(a).unwrap());
         app.metrics.render(&app.snapshot, Instant::now());
-        let r = respond(app, &method, path, query, auth.as_ref(), Instant::now());
+        let r = respond(
+            app,
+            &method,
+            path,
+            query,
+            auth.as_ref(),
+            false,
+            Instant::now(),
+        );
         let body = futures_body(&r);
         (r.status(), body, r)
     }
 
-    fn futures_body(r: &Response<Full<Bytes>>) -> String {
+    fn body_bytes(r: &Response<Full<Bytes>>) -> Bytes {
         let body = r.body().clone();
-        let bytes = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
             .block_on(body.collect())
             .unwrap()
-            .to_bytes();
-        String::from_utf8(bytes.to_vec()).unwrap()
+            .to_bytes()
+    }
+
+    fn futures_body(r: &Response<Full<Bytes>>) -> String {
+        String::from_utf8(body_bytes(r).to_vec()).unwrap()
     }
 
     #[test]
@@ -400,6 +442,85 @@ mod tests {
         }
         assert_eq!(get(&a, Method::GET, "/livez", None).0, StatusCode::OK);
         assert_eq!(get(&a, Method::GET, "/readyz", None).0, StatusCode::OK);
+    }
+
+    #[test]
+    fn accept_encoding_is_read_as_rfc_9110_says() {
+        let yes = [
+            "gzip",
+            "gzip, deflate",
+            "deflate, GZIP;q=0.5",
+            "*",
+            "br;q=1.0, gzip;q=0.8",
+        ];
+        let no = [
+            "",
+            "deflate",
+            "gzip;q=0",
+            "gzip; q=0.0",
+            "identity",
+            "x-gzip2",
+        ];
+        for h in yes {
+            assert!(accepts_gzip(Some(&HeaderValue::from_static(h))), "{h}");
+        }
+        for h in no {
+            assert!(!accepts_gzip(Some(&HeaderValue::from_static(h))), "{h}");
+        }
+        assert!(!accepts_gzip(None));
+    }
+
+    #[test]
+    fn metrics_are_served_gzipped_to_who_asks() {
+        use std::io::Read;
+        let a = app(None, Some(Status::Healthy));
+        a.metrics.render(&a.snapshot, Instant::now());
+        let plain = respond(
+            &a,
+            &Method::GET,
+            "/metrics",
+            None,
+            None,
+            false,
+            Instant::now(),
+        );
+        let zipped = respond(
+            &a,
+            &Method::GET,
+            "/metrics",
+            None,
+            None,
+            true,
+            Instant::now(),
+        );
+        assert_eq!(zipped.headers()[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(zipped.headers()[header::VARY], "Accept-Encoding");
+        assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+        assert_eq!(plain.headers()[header::VARY], "Accept-Encoding");
+        let plain = futures_body(&plain);
+        let raw = body_bytes(&zipped);
+        assert!(
+            raw.len() * 3 < plain.len(),
+            "{} vs {}",
+            raw.len(),
+            plain.len()
+        );
+        let mut unzipped = String::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_string(&mut unzipped)
+            .unwrap();
+        assert_eq!(unzipped, plain);
+        // Other paths are never compressed.
+        let r = respond(
+            &a,
+            &Method::GET,
+            "/healthz",
+            None,
+            None,
+            true,
+            Instant::now(),
+        );
+        assert!(r.headers().get(header::CONTENT_ENCODING).is_none());
     }
 
     #[test]

@@ -109,6 +109,30 @@ fn healthy_redis_is_ready_with_fields_and_clean_metrics() {
     );
     assert!(sample(m, "process_resident_memory_bytes").unwrap() > 0.0);
     promtool_check_metrics(m);
+
+    // Asked for gzip (as Prometheus does), the same page, compressed.
+    let zipped = sidecar.request("GET", "/metrics", "Accept-Encoding: gzip\r\n");
+    assert_eq!(zipped.status, 200);
+    assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+    assert_eq!(zipped.header("vary"), Some("Accept-Encoding"));
+    let length: usize = zipped.header("content-length").unwrap().parse().unwrap();
+    assert_eq!(length, zipped.raw.len());
+    let mut unzipped = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&zipped.raw[..]),
+        &mut unzipped,
+    )
+    .expect("a gzip body");
+    assert!(
+        zipped.raw.len() * 3 < unzipped.len(),
+        "{} bytes",
+        zipped.raw.len()
+    );
+    promtool_check_metrics(&unzipped);
+    assert!(
+        sample(&unzipped, "redis_up{role=\"cache\"}") == Some(1.0),
+        "{unzipped}"
+    );
 }
 
 #[test]

@@ -241,6 +241,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// The body's bytes as received (before any chunked decoding).
+    pub raw: Vec<u8>,
 }
 
 impl Reply {
@@ -267,6 +269,11 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, extra: &str) -> std::io:
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
+    let raw_body = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| raw[at + 4..].to_vec())
+        .unwrap_or_default();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
     let status = lines
@@ -290,6 +297,7 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, extra: &str) -> std::io:
         status,
         headers,
         body,
+        raw: raw_body,
     })
 }
 
