@@ -121,6 +121,14 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub auth_token: Option<String>,
+    /// Open HTTP connections at most (default 1024); more are closed at once.
+    #[arg(
+        long,
+        env = "SIDECAR_MAX_CONNECTIONS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub max_connections: Option<String>,
     /// `text` (default) or `json`.
     #[arg(
         long,

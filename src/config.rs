@@ -12,6 +12,30 @@ use crate::target::{Role, Target};
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 /// The port served when neither `SIDECAR_LISTEN_ADDR` nor `PORT` is set.
 pub const DEFAULT_PORT: u16 = 9811;
+/// Open HTTP connections at most, by default: far above what scrapers and health checkers
+/// use, far below a default file descriptor limit's worth of idle attackers.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// A whole number from `min` to `max`, `default` when unset.
+fn count(
+    var: Var,
+    value: &Option<String>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    match non_empty(var, value)? {
+        None => Ok(default),
+        Some(text) => match text.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(invalid(
+                var,
+                Some(text),
+                &format!("is not a whole number from {min} to {max}"),
+            )),
+        },
+    }
+}
 
 /// A setting's two names, for error messages: `SIDECAR_PROBE_INTERVAL (--probe-interval)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +80,11 @@ pub mod vars {
     var!(LATENCY_SLO, "SIDECAR_LATENCY_SLO", "latency-slo");
     var!(READY_CHECKS, "SIDECAR_READY_CHECKS", "ready-checks");
     var!(AUTH_TOKEN, "SIDECAR_AUTH_TOKEN", "auth-token");
+    var!(
+        MAX_CONNECTIONS,
+        "SIDECAR_MAX_CONNECTIONS",
+        "max-connections"
+    );
     var!(LOG_FORMAT, "SIDECAR_LOG_FORMAT", "log-format");
     var!(RUST_LOG, "RUST_LOG", "log-level");
     var!(CELERY_QUEUES, "SIDECAR_CELERY_QUEUES", "celery-queues");
@@ -284,6 +313,8 @@ pub struct Config {
     /// Check names that gate `/readyz`.
     pub ready_checks: Vec<String>,
     pub auth_token: Option<Secret>,
+    /// Open HTTP connections at most; more are closed at once.
+    pub max_connections: usize,
     pub log_format: LogFormat,
     /// `RUST_LOG`, already checked to parse.
     pub log_filter: String,
@@ -351,6 +382,13 @@ impl Config {
             }
             Some(t) => Some(Secret(t.to_string())),
         };
+        let max_connections = count(
+            vars::MAX_CONNECTIONS,
+            &s.max_connections,
+            DEFAULT_MAX_CONNECTIONS as u64,
+            1,
+            1_000_000,
+        )? as usize;
         let log_format = match non_empty(vars::LOG_FORMAT, &s.log_format)? {
             None => LogFormat::Text,
             Some(f) if f.eq_ignore_ascii_case("text") => LogFormat::Text,
@@ -382,6 +420,7 @@ impl Config {
             latency_slo,
             ready_checks,
             auth_token,
+            max_connections,
             log_format,
             log_filter,
             celery,
@@ -410,6 +449,7 @@ impl Config {
         line("probe timeout", &show(self.probe_timeout));
         line("latency SLO", &show(self.latency_slo));
         line("ready checks", &self.ready_checks.join(","));
+        line("max connections", &self.max_connections.to_string());
         line(
             "auth token",
             if self.auth_token.is_some() {
@@ -649,20 +689,6 @@ fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, ConfigError>
             }
         }
     }
-    let count =
-        |var: Var, value: &Option<String>, default: u64, min: u64, max: u64| match non_empty(
-            var, value,
-        )? {
-            None => Ok(default),
-            Some(text) => match text.parse::<u64>() {
-                Ok(n) if (min..=max).contains(&n) => Ok(n),
-                _ => Err(invalid(
-                    var,
-                    Some(text),
-                    &format!("is not a whole number from {min} to {max}"),
-                )),
-            },
-        };
     let min_workers = count(
         vars::CELERY_MIN_WORKERS,
         &s.celery_min_workers,
@@ -1094,6 +1120,7 @@ mod tests {
                 "SIDECAR_LATENCY_SLO" => s.latency_slo = v,
                 "SIDECAR_READY_CHECKS" => s.ready_checks = v,
                 "SIDECAR_AUTH_TOKEN" => s.auth_token = v,
+                "SIDECAR_MAX_CONNECTIONS" => s.max_connections = v,
                 "SIDECAR_LOG_FORMAT" => s.log_format = v,
                 "RUST_LOG" => s.log_level = v,
                 "SIDECAR_CELERY_QUEUES" => s.celery_queues = v,

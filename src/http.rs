@@ -41,7 +41,12 @@ pub struct App {
     pub snapshot: Snapshot,
     pub metrics: Arc<Metrics>,
     pub auth_token: Option<Secret>,
+    /// Open connections at most; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
 }
+
+/// A warning about the connection cap at most this often.
+const CAP_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Accepts connections until `shutdown` resolves, then stops accepting and lets in-flight
 /// requests finish (up to 1 s).
@@ -54,21 +59,43 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    // A permit per open connection. Past the cap a connection is accepted and closed at
+    // once (not left in the kernel's backlog, where a scraper would wait without an
+    // answer); idle and slow connections free their permit within HEADER_READ_TIMEOUT.
+    let permits = Arc::new(tokio::sync::Semaphore::new(app.max_connections));
+    let mut warned: Option<Instant> = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        app.metrics.http_rejected.inc();
+                        if warned.is_none_or(|at| at.elapsed() >= CAP_WARN_EVERY) {
+                            warned = Some(Instant::now());
+                            tracing::warn!(
+                                max = app.max_connections,
+                                %peer,
+                                "too many open HTTP connections: new ones are closed at once (SIDECAR_MAX_CONNECTIONS); counted in sidecar_http_connections_rejected_total"
+                            );
+                        }
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
+                    let open = app.metrics.http_connections.clone();
                     let app = app.clone();
                     let service = hyper::service::service_fn(move |req| {
                         let app = app.clone();
                         async move { Ok::<_, Infallible>(handle(&app, &req)) }
                     });
                     let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                    open.inc();
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "HTTP connection ended with an error");
                         }
+                        open.dec();
+                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -304,6 +331,7 @@ mod tests {
         App {
             snapshot,
             metrics: Arc::new(Metrics::new().unwrap()),
+            max_connections: 8,
             auth_token: token.map(|t| {
                 crate::config::Config::from_settings(&crate::cli::Settings {
                     auth_token: Some(t.into()),

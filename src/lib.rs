@@ -77,6 +77,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         snapshot: parts.snapshot,
         metrics: parts.metrics,
         auth_token: config.auth_token.clone(),
+        max_connections: config.max_connections,
     });
     let renderer = app.clone();
     tasks.spawn(async move { renderer.metrics.render_loop(&renderer.snapshot).await });

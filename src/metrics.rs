@@ -49,6 +49,9 @@ pub struct Metrics {
     checkout_timeouts: IntCounterVec,
     check_status: IntGaugeVec,
     ready: IntGauge,
+    /// Open HTTP connections, and those closed at once for the cap.
+    pub http_connections: IntGauge,
+    pub http_rejected: IntCounter,
     last_probe: GaugeVec,
     probe_duration: GaugeVec,
     /// Celery's families.
@@ -123,6 +126,16 @@ impl Metrics {
         registry.register(Box::new(ping.clone()))?;
         let ready = IntGauge::new("sidecar_ready", "1 when /readyz answers 200, else 0.")?;
         registry.register(Box::new(ready.clone()))?;
+        let http_connections = IntGauge::new(
+            "sidecar_http_connections",
+            "Open HTTP connections to the sidecar.",
+        )?;
+        registry.register(Box::new(http_connections.clone()))?;
+        let http_rejected = IntCounter::new(
+            "sidecar_http_connections_rejected_total",
+            "HTTP connections closed at once because SIDECAR_MAX_CONNECTIONS were open.",
+        )?;
+        registry.register(Box::new(http_rejected.clone()))?;
         let build_info = gauge(
             "sidecar_build_info",
             "Always 1; the version label says which build runs.",
@@ -181,6 +194,8 @@ impl Metrics {
                 &["check"],
             )?,
             ready,
+            http_connections,
+            http_rejected,
             last_probe: float(
                 "sidecar_last_probe_timestamp_seconds",
                 "Unix time the last probe of this check finished.",

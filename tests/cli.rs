@@ -33,6 +33,11 @@ fn bad_settings_exit_2_naming_the_variable() {
             "REDIS_URL (--redis-url): database \"db1\"",
         ),
         (
+            "SIDECAR_MAX_CONNECTIONS",
+            "0",
+            "SIDECAR_MAX_CONNECTIONS (--max-connections): \"0\" is not a whole number from 1 to 1000000",
+        ),
+        (
             "REDISPORT",
             "six",
             "REDISPORT (--redis-port): \"six\" is not a port",
