@@ -66,11 +66,15 @@ use crate::snapshot::Snapshot;
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let parts = assemble(&config, true);
     let mut tasks = tokio::task::JoinSet::new();
-    for runner in parts.runners {
-        tasks.spawn(runner.run(config.probe_interval));
+    // The probers take turns within the interval (see runner::ticks).
+    let probers = parts.runners.len() + usize::from(parts.celery.is_some());
+    let offset = |k| runner::offset(config.probe_interval, k, probers);
+    let runners = parts.runners.len();
+    for (k, runner) in parts.runners.into_iter().enumerate() {
+        tasks.spawn(runner.run(config.probe_interval, offset(k)));
     }
     if let Some((celery, subscriber)) = parts.celery {
-        tasks.spawn(celery.run());
+        tasks.spawn(celery.run(offset(runners)));
         tasks.spawn(subscriber.run());
     }
     let app = Arc::new(http::App {

@@ -77,11 +77,11 @@ impl Runner {
         }
     }
 
-    /// Probes every `interval` (the first at once) until the task is aborted. A probe that
-    /// overruns delays the next one rather than stacking them.
-    pub async fn run(mut self, interval: Duration) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    /// Probes at once, then every `interval`, `offset` into it (see [`ticks`]), until the
+    /// task is aborted.
+    pub async fn run(mut self, interval: Duration, offset: Duration) {
+        let mut ticker = ticks(interval, offset);
+        self.probe_once().await;
         loop {
             ticker.tick().await;
             self.probe_once().await;
@@ -181,6 +181,22 @@ impl Runner {
         }
         report
     }
+}
+
+/// The ticks of a prober after its first probe, made at once: every `interval`, starting
+/// one interval plus `offset` from now. The sidecar's probers get offsets spread over the
+/// interval, so that they take turns on its one thread instead of all waking together: work
+/// done between another probe's PING and its reply would be counted in that PING. A probe
+/// that overruns delays the next one rather than stacking them.
+pub fn ticks(interval: Duration, offset: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval_at(Instant::now() + interval + offset, interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
+
+/// The offset of prober `k` of `n` within `interval`: `k / n` of it.
+pub fn offset(interval: Duration, k: usize, n: usize) -> Duration {
+    interval.mul_f64(k as f64 / n.max(1) as f64)
 }
 
 /// The status of a successful probe, and why it is degraded: PING slower than the SLO, or
@@ -290,6 +306,19 @@ pub fn log_change(names: &str, endpoint: &str, prev: Option<&Report>, next: &Rep
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probers_are_spread_over_the_interval() {
+        let i = Duration::from_secs(4);
+        let offsets: Vec<_> = (0..4).map(|k| offset(i, k, 4)).collect();
+        assert_eq!(offsets, [0, 1000, 2000, 3000].map(Duration::from_millis));
+        assert_eq!(offset(i, 0, 1), Duration::ZERO);
+        assert_eq!(
+            offset(i, 0, 0),
+            Duration::ZERO,
+            "no probers: no division by zero"
+        );
+    }
 
     fn obs(ping_ms: u64, info: Result<Info, Failure>) -> Observation {
         Observation {

@@ -89,11 +89,14 @@ impl CeleryRunner {
         }
     }
 
-    /// Probes the queues every interval and judges the workers every second, until aborted.
-    pub async fn run(mut self) {
-        let mut probe_tick = tokio::time::interval(self.interval);
-        probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut judge_tick = tokio::time::interval(JUDGE_EVERY);
+    /// Probes the queues at once, then every interval, `offset` into it (see
+    /// [`crate::runner::ticks`]); judges workers every second and when one comes or goes.
+    pub async fn run(mut self, offset: Duration) {
+        let mut probe_tick = crate::runner::ticks(self.interval, offset);
+        self.probe_queues().await;
+        self.publish();
+        // In step with this prober's own ticks, not with the first prober's PINGs.
+        let mut judge_tick = tokio::time::interval_at(Instant::now() + offset, JUDGE_EVERY);
         judge_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let changed = self.changed.clone();
         loop {

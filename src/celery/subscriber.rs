@@ -25,8 +25,24 @@ const PING_EVERY: Duration = Duration::from_secs(2);
 /// Reconnection backoff: from 250 ms, doubling, up to 10 s.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A subscription that held this long (one PING interval) starts the backoff over.
+const BACKOFF_RESET: Duration = PING_EVERY;
 /// Undecodable messages are logged at most this often (they are all counted).
 const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// How long to wait before resubscribing, and the backoff after that, given the current
+/// backoff and how long the lost subscription held (`None`: it never subscribed). One that
+/// held for a PING interval was a working session, lost to a restart or a kill: retry soon,
+/// so that a broker back in a second is not watched blind for 10 s. One that failed, or
+/// dropped at once, doubles the wait, so a refusing or flapping server is not hammered.
+fn next_backoff(current: Duration, held: Option<Duration>) -> (Duration, Duration) {
+    let wait = if held.is_some_and(|h| h >= BACKOFF_RESET) {
+        BACKOFF_FIRST
+    } else {
+        current
+    };
+    (wait, (wait * 2).min(BACKOFF_MAX))
+}
 
 pub struct Subscriber {
     target: Target,
@@ -38,6 +54,8 @@ pub struct Subscriber {
     timeout: Duration,
     last_log: Option<Instant>,
     unlogged: u64,
+    /// When the current session's PSUBSCRIBE was confirmed; `None` before.
+    subscribed_at: Option<Instant>,
 }
 
 impl Subscriber {
@@ -58,6 +76,7 @@ impl Subscriber {
             timeout,
             last_log: None,
             unlogged: 0,
+            subscribed_at: None,
         }
     }
 
@@ -65,15 +84,13 @@ impl Subscriber {
     pub async fn run(mut self) {
         let mut backoff = BACKOFF_FIRST;
         loop {
-            let up_at = Instant::now();
+            self.subscribed_at = None;
             let lost = self.session().await;
             self.set_down(&lost);
-            // A session that lasted resets the backoff; a failing one doubles it.
-            if up_at.elapsed() > 4 * BACKOFF_MAX {
-                backoff = BACKOFF_FIRST;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let held = self.subscribed_at.map(|t| t.elapsed());
+            let wait;
+            (wait, backoff) = next_backoff(backoff, held);
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -126,6 +143,7 @@ impl Subscriber {
             }
         };
         drop(span);
+        self.subscribed_at = Some(Instant::now());
         self.set_up();
         let (mut sink, mut stream) = pubsub.split();
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
@@ -278,5 +296,34 @@ impl Subscriber {
             self.last_log = Some(now);
             self.unlogged = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn failures_double_the_wait_up_to_the_cap() {
+        let mut backoff = BACKOFF_FIRST;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let wait;
+            (wait, backoff) = next_backoff(backoff, None);
+            waits.push(wait.as_millis());
+        }
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 8000, 10000, 10000]);
+    }
+
+    #[test]
+    fn a_subscription_that_held_starts_over_and_one_dropped_at_once_does_not() {
+        // Many short sessions (a broker restarted again and again): each retried at once.
+        let (wait, next) = next_backoff(BACKOFF_MAX, Some(BACKOFF_RESET));
+        assert_eq!((wait, next), (BACKOFF_FIRST, MS(500)));
+        // Subscribed, then dropped within the PING interval (a flapping server): keeps doubling.
+        let (wait, next) = next_backoff(MS(4000), Some(MS(10)));
+        assert_eq!((wait, next), (MS(4000), MS(8000)));
     }
 }
