@@ -127,8 +127,12 @@ def envelope(body):
 
 
 class Procs:
+    """Processes started by a script, all stopped by `stop_all` (in a `finally`). A SIGTERM
+    to the script becomes SystemExit, so that the `finally` runs for it too."""
+
     def __init__(self):
         self.procs = []
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def start(self, args, **kw):
         kw.setdefault("stdout", subprocess.DEVNULL)
@@ -148,12 +152,20 @@ class Procs:
                 p.wait()
 
 
+def redis_server(procs, tmp, name="redis", port=None, pin=()):
+    """A redis-server on loopback (`port`, or a free one) that keeps nothing on disk, in
+    tmp/name, started with the `pin` prefix (taskset...), answering PING: (process, port)."""
+    port = port or free_port()
+    d = os.path.join(tmp, name)
+    os.makedirs(d, exist_ok=True)
+    p = procs.start([*pin, "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", d])
+    wait_for(f"redis-server {name}", lambda: Redis(port).call("PING") == b"PONG")
+    return p, port
+
+
 def start_redis(procs, tmp):
-    port = free_port()
-    procs.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", tmp])
-    wait_for("redis-server", lambda: Redis(port).call("PING") == b"PONG")
-    return port
+    return redis_server(procs, tmp)[1]
 
 
 def start_sidecar(procs, tmp, redis_port, extra=None):
