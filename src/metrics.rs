@@ -22,10 +22,11 @@ use crate::snapshot::Snapshot;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-/// A rendered exposition older than this is rendered again even without a probe.
-pub const RENDER_EVERY: Duration = Duration::from_secs(1);
-/// How long after a probe finishes the exposition is rendered (see `render_loop`).
-pub const RENDER_SETTLE: Duration = Duration::from_millis(25);
+/// A rendered exposition older than this is rendered again even without a probe (the
+/// staleness of checks depends on the time). Not a whole second: a render is timed from the
+/// last one, which follows a probe, so with a whole-second period it would fall on the next
+/// probe of a whole-second interval, between its PING and the reply, and be counted in it.
+pub const RENDER_EVERY: Duration = Duration::from_millis(1100);
 
 /// `redis_ping_duration_seconds` buckets: 100 µs to 2.5 s.
 const PING_BUCKETS: [f64; 14] = [
@@ -335,23 +336,14 @@ impl Metrics {
         });
     }
 
-    /// Renders shortly after recorded probes, and at least every second; runs until aborted.
-    ///
-    /// A finished probe does not render at once: the other probes of the same tick are
-    /// usually still waiting on Redis, and a render (formatting, gzip, /proc reads) run on
-    /// this one thread between their request and its reply would be counted in the PING
-    /// they time. After `RENDER_SETTLE` they are done, and one render covers them all.
+    /// Renders at once after every recorded probe, so that `/metrics` never lags `/healthz`,
+    /// and at least every `RENDER_EVERY`; runs until aborted. The probers take turns within
+    /// the interval (see `runner::ticks`), so a render rarely falls between a PING and its
+    /// reply.
     pub async fn render_loop(&self, snapshot: &Snapshot) {
         loop {
             self.render(snapshot, Instant::now());
-            if tokio::time::timeout(RENDER_EVERY, self.updated.notified())
-                .await
-                .is_ok()
-            {
-                tokio::time::sleep(RENDER_SETTLE).await;
-                // Probes that finished meanwhile left a wake-up: this render covers them.
-                let _ = tokio::time::timeout(Duration::ZERO, self.updated.notified()).await;
-            }
+            let _ = tokio::time::timeout(RENDER_EVERY, self.updated.notified()).await;
         }
     }
 
@@ -656,45 +648,11 @@ fn mirror(counter: &IntCounterVec, role: &str, value: Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn text(m: &Metrics) -> String {
         let (snapshot, _) = Snapshot::new(vec![], &[], Duration::from_secs(5));
         m.render(&snapshot, Instant::now());
         String::from_utf8(m.exposition().plain.to_vec()).unwrap()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn probes_finishing_together_make_one_render_after_the_settle() {
-        let m = Arc::new(Metrics::new().unwrap());
-        let (snapshot, _) = Snapshot::new(vec![], &[], Duration::from_secs(5));
-        let mut renders = m.body.subscribe();
-        let r = m.clone();
-        let task = tokio::spawn(async move { r.render_loop(&snapshot).await });
-        renders.changed().await.unwrap(); // the first render, at once
-        renders.borrow_and_update();
-        // Three probes finish 5 ms apart: nothing is rendered while they do.
-        for _ in 0..3 {
-            m.record_probe("redis:cache", 0.0, 0.001);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(
-            !renders.has_changed().unwrap(),
-            "rendered before the settle"
-        );
-        tokio::time::sleep(RENDER_SETTLE).await;
-        assert!(renders.has_changed().unwrap(), "no render after the settle");
-        assert!(
-            String::from_utf8_lossy(&renders.borrow_and_update().plain)
-                .contains("sidecar_last_probe_timestamp_seconds{check=\"redis:cache\"}")
-        );
-        // One render for the three: the wake-ups they left do not make a second one.
-        tokio::time::sleep(RENDER_EVERY / 2).await;
-        assert!(
-            !renders.has_changed().unwrap(),
-            "a second render for the same probes"
-        );
-        task.abort();
     }
 
     #[test]

@@ -254,8 +254,17 @@ fn a_lost_subscription_makes_worker_data_stale_not_zero() {
     });
     assert_eq!(c["status"], "unhealthy");
     assert_eq!(c["reason"], "connect");
-    let m = sidecar.scrape_when("sidecar_celery_subscribed", 0.0).body;
-    assert!(!m.contains("celery_queue_length{"), "{m}");
+    // /metrics is rendered from the same reports, just after: wait for the page, not a sleep.
+    wait_for(
+        "the queue series dropped, unsubscribed",
+        Duration::from_secs(15),
+        || {
+            let m = sidecar.get("/metrics").body;
+            (sample(&m, "sidecar_celery_subscribed") == Some(0.0)
+                && !m.contains("celery_queue_length{"))
+            .then_some(())
+        },
+    );
 }
 
 /// Tasks with every priority, and to a second queue, sent with no worker running.

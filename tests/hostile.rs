@@ -71,7 +71,7 @@ fn a_thousand_idle_connections_starve_nobody_and_are_cut() {
             "{said}"
         );
     }
-    // The page is rendered at least every second.
+    // The page is rendered at least every 1.1 s.
     support::wait_for("the gauge to come down", Duration::from_secs(5), || {
         let m = sidecar.get("/metrics").body;
         (sample(&m, "sidecar_http_connections").unwrap_or(f64::MAX) < 5.0).then_some(())
@@ -102,7 +102,7 @@ fn past_the_cap_a_connection_is_closed_at_once_and_counted() {
     assert!(said.is_empty(), "{said}");
     // Once the held ones time out, the sidecar answers again and says what it did.
     drop(held);
-    // (The page is rendered at least every second.)
+    // (The page is rendered at least every 1.1 s.)
     support::wait_for("a free slot and the count", Duration::from_secs(15), || {
         let r = support::http(sidecar.addr, "GET", "/metrics", "").ok()?;
         (sample(&r.body, "sidecar_http_connections_rejected_total")? >= 1.0).then_some(())
