@@ -168,13 +168,21 @@ def start_redis(procs, tmp):
     return redis_server(procs, tmp)[1]
 
 
-def start_sidecar(procs, tmp, redis_port, extra=None):
+def sidecar(procs, tmp, env, pin=(), **kw):
+    """The release sidecar on a free port with `env` (over PATH, the port and RUST_LOG=warn),
+    started with the `pin` prefix and `kw` for Popen, once /livez answers: (process, port)."""
     port = free_port()
-    env = {"PATH": os.environ.get("PATH", ""),
-           "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
-           "SIDECAR_LISTEN_ADDR": f"127.0.0.1:{port}", "RUST_LOG": "warn"}
-    env.update(extra or {})
-    p = procs.start([BIN], env=env, cwd=tmp)
+    full = {"PATH": os.environ.get("PATH", ""), "SIDECAR_LISTEN_ADDR": f"127.0.0.1:{port}",
+            "RUST_LOG": "warn"}
+    full.update(env)
+    p = procs.start([*pin, BIN], env=full, cwd=tmp, **kw)
+    wait_for("the sidecar", lambda: http_status(port, "/livez") == 200)
+    return p, port
+
+
+def start_sidecar(procs, tmp, redis_port, extra=None):
+    """A sidecar on a broker at `redis_port`, once its celery check has reported."""
+    p, port = sidecar(procs, tmp, {"CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0", **(extra or {})})
     wait_for("the sidecar's celery check", lambda: http_get(port, "/healthz")[1].find('"celery"') > 0)
     return p, port
 

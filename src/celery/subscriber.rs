@@ -54,8 +54,6 @@ pub struct Subscriber {
     timeout: Duration,
     last_log: Option<Instant>,
     unlogged: u64,
-    /// When the current session's PSUBSCRIBE was confirmed; `None` before.
-    subscribed_at: Option<Instant>,
 }
 
 impl Subscriber {
@@ -76,7 +74,6 @@ impl Subscriber {
             timeout,
             last_log: None,
             unlogged: 0,
-            subscribed_at: None,
         }
     }
 
@@ -84,10 +81,9 @@ impl Subscriber {
     pub async fn run(mut self) {
         let mut backoff = BACKOFF_FIRST;
         loop {
-            self.subscribed_at = None;
             let lost = self.session().await;
+            let held = self.held();
             self.set_down(&lost);
-            let held = self.subscribed_at.map(|t| t.elapsed());
             let wait;
             (wait, backoff) = next_backoff(backoff, held);
             tokio::time::sleep(wait).await;
@@ -143,7 +139,6 @@ impl Subscriber {
             }
         };
         drop(span);
-        self.subscribed_at = Some(Instant::now());
         self.set_up();
         let (mut sink, mut stream) = pubsub.split();
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
@@ -171,6 +166,14 @@ impl Subscriber {
                 }
             }
         }
+    }
+
+    /// How long the subscription has been up, before `set_down` records its loss; `None`
+    /// when this session never subscribed.
+    fn held(&self) -> Option<Duration> {
+        let shared = self.shared.lock().expect("shared lock is never poisoned");
+        let s = &shared.subscription;
+        s.since.filter(|_| s.up).map(|t| t.elapsed())
     }
 
     fn set_up(&self) {
