@@ -89,12 +89,10 @@ fn workers_come_up_and_go_down_by_sigkill_and_sigterm() {
     w2.wait_ready();
     let ready_at = Instant::now();
     let c = wait_celery(&sidecar, "two workers alive", |c| c["workers_alive"] == 2);
-    let took = ready_at.elapsed();
-    eprintln!("both workers alive {took:?} after the later one was ready");
-    // Up within three heartbeats (their worker-online comes even before "ready").
-    assert!(
-        took < Duration::from_secs(6),
-        "workers heard after {took:?}"
+    // How soon is a benchmark figure (scripts/bench-report), not asserted here.
+    eprintln!(
+        "both workers alive {:?} after the later one was ready",
+        ready_at.elapsed()
     );
     // With celery among the ready checks, /readyz follows it.
     assert_eq!(sidecar.get("/readyz?verbose").status, 200);
@@ -112,13 +110,18 @@ fn workers_come_up_and_go_down_by_sigkill_and_sigterm() {
     let c = wait_celery(&sidecar, "w1 down after SIGKILL", |c| {
         c["workers_alive"] == 1
     });
-    let took = killed_at.elapsed();
-    eprintln!("SIGKILL to down: {took:?}");
+    eprintln!("SIGKILL to down: {:?}", killed_at.elapsed());
+    // Down by the rule, not sooner: silent for its whole window, 2 heartbeats of 2 s. (How
+    // soon after the window is a benchmark figure: scripts/bench-report.)
+    let w1 = worker(&c, "w1@test");
+    assert_eq!(w1["alive"], false);
+    assert_eq!(w1["freq"], 2.0);
+    let silent = w1["heartbeat_age_seconds"].as_f64().unwrap();
+    eprintln!("silent for {silent} s when reported down");
     assert!(
-        took < Duration::from_secs(8),
-        "SIGKILL noticed after {took:?}"
+        silent >= 4.0 - 0.1,
+        "down after only {silent} s of silence: {c:#}"
     );
-    assert_eq!(worker(&c, "w1@test")["alive"], false);
     assert_eq!(worker(&c, "w2@test")["alive"], true);
     assert_eq!(c["status"], "healthy", "one alive is enough: {c:#}");
 
