@@ -111,15 +111,17 @@ fn workers_come_up_and_go_down_by_sigkill_and_sigterm() {
         c["workers_alive"] == 1
     });
     eprintln!("SIGKILL to down: {:?}", killed_at.elapsed());
-    // Down by the rule, not sooner: silent for its whole window, 2 heartbeats of 2 s. (How
-    // soon after the window is a benchmark figure: scripts/bench-report.)
+    // Down by the rule, not sooner: silent for its whole window, 2 heartbeats of 2 s (the
+    // age is rounded to 0.1 s, and is over 4 s once the window has passed). Not later
+    // either is the unit test heartbeats_keep_a_worker_alive_for_freq_times_misses; how
+    // soon after the window is a benchmark figure (scripts/bench-report).
     let w1 = worker(&c, "w1@test");
     assert_eq!(w1["alive"], false);
     assert_eq!(w1["freq"], 2.0);
     let silent = w1["heartbeat_age_seconds"].as_f64().unwrap();
     eprintln!("silent for {silent} s when reported down");
     assert!(
-        silent >= 4.0 - 0.1,
+        silent >= 4.0,
         "down after only {silent} s of silence: {c:#}"
     );
     assert_eq!(worker(&c, "w2@test")["alive"], true);
