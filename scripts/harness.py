@@ -1,6 +1,7 @@
-"""Shared by the benchmark and soak scripts (scripts/bench-celery, scripts/soak): free
-ports, a raw RESP client, HTTP GETs, /proc readings, kombu envelopes, and processes that are
-all killed at the end. Not used by the tests (tests/support/mod.rs is their harness).
+"""Shared by the benchmark and soak scripts (scripts/bench, bench-celery, bench-otel,
+bench-report, soak): free ports, a raw RESP client, HTTP GETs, /proc readings, kombu
+envelopes, Redis servers, the sidecar and wrk runs, and processes that are all killed at the
+end. Not used by the tests (tests/support/mod.rs is their harness).
 """
 
 import base64

@@ -130,9 +130,6 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// One worker thread: a sidecar should leave the app its cores. Measured on 2 cores, one
-/// worker serves /metrics at about 110k requests/s; the accept loop and shutdown run on the
-/// main thread in `block_on`, DNS lookups on tokio's blocking pool.
 /// glibc's malloc, set for a small process that lives long: one arena (the sidecar does its
 /// work on one thread; an arena per thread only keeps more freed memory), and blocks from
 /// 128 KiB up (a rendered exposition of many queues, its gzip state) mapped on their own and
@@ -158,6 +155,9 @@ fn tune_malloc() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_malloc() {}
 
+/// One worker thread: a sidecar should leave the app its cores. Measured on 2 cores, one
+/// worker serves /metrics at about 110k requests/s; the accept loop and shutdown run on the
+/// main thread in `block_on`, DNS lookups on tokio's blocking pool.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
