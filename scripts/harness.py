@@ -103,6 +103,24 @@ def celery_check(port):
     return json.loads(body)["checks"]["celery"]
 
 
+def thread_schedstat(pid):
+    """Each thread's /proc/PID/task/TID/schedstat, in ns: {tid: (time on a core, time waiting,
+    runnable, for one)}. Exact to the nanosecond; a thread that has ended is not in it."""
+    stats = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return stats
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                run, wait = f.read().split()[:2]
+            stats[int(tid)] = (int(run), int(wait))
+        except (OSError, ValueError):
+            pass
+    return stats
+
+
 def proc_cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
