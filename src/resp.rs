@@ -114,14 +114,9 @@ impl Resp {
                     .map(Reply::Int)
                     .map_err(|_| invalid("an integer reply that is not a number")),
                 b'$' => {
-                    let len: i64 = body.parse().map_err(|_| invalid("a bad bulk length"))?;
-                    if len < 0 {
+                    let Some(len) = length(&body, MAX_BULK, "a bulk reply over 16 MiB")? else {
                         return Ok(Reply::Bulk(None));
-                    }
-                    let len = usize::try_from(len).unwrap_or(usize::MAX);
-                    if len > MAX_BULK {
-                        return Err(invalid("a bulk reply over 16 MiB"));
-                    }
+                    };
                     let mut data = vec![0; len + 2];
                     self.io.read_exact(&mut data).await?;
                     if !data.ends_with(b"\r\n") {
@@ -131,14 +126,9 @@ impl Resp {
                     Ok(Reply::Bulk(Some(data)))
                 }
                 b'*' => {
-                    let len: i64 = body.parse().map_err(|_| invalid("a bad array length"))?;
-                    if len < 0 {
+                    let Some(len) = length(&body, MAX_ITEMS, "an array reply too long")? else {
                         return Ok(Reply::Array(None));
-                    }
-                    let len = usize::try_from(len).unwrap_or(usize::MAX);
-                    if len > MAX_ITEMS {
-                        return Err(invalid("an array reply too long"));
-                    }
+                    };
                     let mut items = Vec::with_capacity(len.min(1024));
                     for _ in 0..len {
                         items.push(self.read_nested(depth + 1).await?);
@@ -148,6 +138,19 @@ impl Resp {
                 _ => Err(invalid("not the Redis protocol")),
             }
         })
+    }
+}
+
+/// The length in a bulk or array header: `None` for a null reply (a negative length), an
+/// error past `max` (`too_long` says what was refused).
+fn length(header: &str, max: usize, too_long: &str) -> io::Result<Option<usize>> {
+    let len: i64 = header.parse().map_err(|_| invalid("a bad length"))?;
+    if len < 0 {
+        return Ok(None);
+    }
+    match usize::try_from(len) {
+        Ok(len) if len <= max => Ok(Some(len)),
+        _ => Err(invalid(too_long)),
     }
 }
 
