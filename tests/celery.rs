@@ -371,22 +371,36 @@ fn task_events_are_counted_by_name_and_outcome() {
     let url = redis.url();
     let app = [("BROKER_URL", url.as_str())];
     let sidecar = Sidecar::start(&env(&url, &[]));
-    let w = Worker::start(&app, "w5@test", &["-P", "solo", "-E"]);
-    w.wait_ready();
-    wait_celery(&sidecar, "w5 alive", |c| c["workers_alive"] == 1);
+    wait_celery(&sidecar, "the subscription", |c| {
+        c["details"]["events"]["subscribed"] == true
+    });
+    // task-sent, the only event that names the queue, comes from the client on a connection
+    // of its own: a worker already running can publish its events for a task before the
+    // client's task-sent reaches the sidecar (seen under load), and those are counted under
+    // `unknown`. So the tasks are sent and their task-sent events heard first, then the
+    // worker starts and takes them from the queue.
     send(
         &app,
         r#"[{"task": "add", "args": [2, 3]}, {"task": "add", "args": [4, 5]}, {"task": "boom"}, {"task": "retry_once"}]"#,
     );
-    let series = "celery_task_succeeded_total{name=\"tasks.retry_once\",queue_name=\"celery\"}";
-    sidecar.scrape_when(series, 1.0);
-    // task-sent comes from the client process, not the worker: wait for both of its
-    // tasks.add events too rather than assume they were in before the worker's last one
-    // (once, under a loaded full run, only one of the two was).
+    sidecar.scrape_when(
+        "celery_task_sent_total{name=\"tasks.add\",queue_name=\"celery\"}",
+        2.0,
+    );
+    sidecar.scrape_when(
+        "celery_task_sent_total{name=\"tasks.retry_once\",queue_name=\"celery\"}",
+        1.0,
+    );
+    sidecar.scrape_when(
+        "celery_task_sent_total{name=\"tasks.boom\",queue_name=\"celery\"}",
+        1.0,
+    );
+    let w = Worker::start(&app, "w5@test", &["-P", "solo", "-E"]);
+    w.wait_ready();
     let m = sidecar
         .scrape_when(
-            "celery_task_sent_total{name=\"tasks.add\",queue_name=\"celery\"}",
-            2.0,
+            "celery_task_succeeded_total{name=\"tasks.retry_once\",queue_name=\"celery\"}",
+            1.0,
         )
         .body;
     let value = |s: &str| sample(&m, s).unwrap_or_else(|| panic!("no {s} in\n{m}"));
