@@ -89,7 +89,7 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub probe_interval: Option<String>,
-    /// Bound on one probe, connect included, e.g. `1s`.
+    /// Bound on one probe, connect included, e.g. `1s` (default: 1s, or 80% of a shorter interval).
     #[arg(
         long,
         env = "SIDECAR_PROBE_TIMEOUT",
@@ -97,6 +97,14 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub probe_timeout: Option<String>,
+    /// How often a fresh connection re-checks each target's credentials, e.g. `30s`.
+    #[arg(
+        long,
+        env = "SIDECAR_AUTH_RECHECK",
+        global = true,
+        hide_env_values = true
+    )]
+    pub auth_recheck: Option<String>,
     /// A Redis round trip slower than this makes the check degraded, e.g. `100ms`.
     #[arg(
         long,
@@ -196,7 +204,7 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub celery_heartbeat_misses: Option<String>,
-    /// A queue whose oldest task waits longer than this, with workers alive, is stalled (default 5m).
+    /// A queue from which nothing has been taken for this long, while it holds tasks, is stalled (default 5m).
     #[arg(
         long,
         env = "SIDECAR_CELERY_STALL_AFTER",

@@ -78,6 +78,7 @@ pub mod vars {
     var!(PROBE_INTERVAL, "SIDECAR_PROBE_INTERVAL", "probe-interval");
     var!(PROBE_TIMEOUT, "SIDECAR_PROBE_TIMEOUT", "probe-timeout");
     var!(LATENCY_SLO, "SIDECAR_LATENCY_SLO", "latency-slo");
+    var!(AUTH_RECHECK, "SIDECAR_AUTH_RECHECK", "auth-recheck");
     var!(READY_CHECKS, "SIDECAR_READY_CHECKS", "ready-checks");
     var!(AUTH_TOKEN, "SIDECAR_AUTH_TOKEN", "auth-token");
     var!(
@@ -310,6 +311,9 @@ pub struct Config {
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
     pub latency_slo: Duration,
+    /// How often a fresh connection to each target proves the credentials still work
+    /// (pooled connections stay logged in after a password or ACL change).
+    pub auth_recheck: Duration,
     /// Check names that gate `/readyz`.
     pub ready_checks: Vec<String>,
     pub auth_token: Option<Secret>,
@@ -329,8 +333,6 @@ impl Config {
         let (targets, default_target, ignored) = targets(s)?;
         let listen = listen_addr(s)?;
         let probe_interval = duration_or(vars::PROBE_INTERVAL, &s.probe_interval, "5s")?;
-        let probe_timeout = duration_or(vars::PROBE_TIMEOUT, &s.probe_timeout, "1s")?;
-        let latency_slo = duration_or(vars::LATENCY_SLO, &s.latency_slo, "100ms")?;
         if probe_interval < Duration::from_millis(50) || probe_interval > Duration::from_secs(3600)
         {
             return Err(invalid(
@@ -339,6 +341,16 @@ impl Config {
                 "must be between 50ms and 1h",
             ));
         }
+        // Unset, the timeout and the SLO follow what they must be shorter than, so that a
+        // short interval alone never trips over a default the user did not write.
+        let probe_timeout = match non_empty(vars::PROBE_TIMEOUT, &s.probe_timeout)? {
+            None => Duration::from_secs(1).min(probe_interval * 4 / 5),
+            Some(_) => duration_or(vars::PROBE_TIMEOUT, &s.probe_timeout, "1s")?,
+        };
+        let latency_slo = match non_empty(vars::LATENCY_SLO, &s.latency_slo)? {
+            None => Duration::from_millis(100).min(probe_timeout * 4 / 5),
+            Some(_) => duration_or(vars::LATENCY_SLO, &s.latency_slo, "100ms")?,
+        };
         if probe_timeout < Duration::from_millis(10) {
             return Err(invalid(
                 vars::PROBE_TIMEOUT,
@@ -367,6 +379,14 @@ impl Config {
                     vars::PROBE_TIMEOUT.env
                 ),
             });
+        }
+        let auth_recheck = duration_or(vars::AUTH_RECHECK, &s.auth_recheck, "30s")?;
+        if auth_recheck < Duration::from_secs(1) {
+            return Err(invalid(
+                vars::AUTH_RECHECK,
+                s.auth_recheck.as_deref(),
+                "must be at least 1s",
+            ));
         }
         let celery = celery(s, &targets)?;
         let otel = otel(s)?;
@@ -418,6 +438,7 @@ impl Config {
             probe_interval,
             probe_timeout,
             latency_slo,
+            auth_recheck,
             ready_checks,
             auth_token,
             max_connections,
@@ -448,6 +469,7 @@ impl Config {
         line("probe interval", &show(self.probe_interval));
         line("probe timeout", &show(self.probe_timeout));
         line("latency SLO", &show(self.latency_slo));
+        line("auth recheck", &show(self.auth_recheck));
         line("ready checks", &self.ready_checks.join(","));
         line("max connections", &self.max_connections.to_string());
         line(
@@ -546,7 +568,9 @@ fn non_empty(var: Var, value: &Option<String>) -> Result<Option<&str>, ConfigErr
 
 fn targets(s: &Settings) -> Result<(Vec<Target>, bool, Vec<String>), ConfigError> {
     let url = |var: Var, role: Role, text: &str| {
-        Target::parse(role, text).map_err(|e| invalid(var, None, &e.0))
+        Target::parse(role, text)
+            .map(|t| t.with_source(var.env))
+            .map_err(|e| invalid(var, None, &e.0))
     };
     let mut ignored = Vec::new();
     let mut wanted = Vec::new();
@@ -1118,6 +1142,7 @@ mod tests {
                 "SIDECAR_PROBE_INTERVAL" => s.probe_interval = v,
                 "SIDECAR_PROBE_TIMEOUT" => s.probe_timeout = v,
                 "SIDECAR_LATENCY_SLO" => s.latency_slo = v,
+                "SIDECAR_AUTH_RECHECK" => s.auth_recheck = v,
                 "SIDECAR_READY_CHECKS" => s.ready_checks = v,
                 "SIDECAR_AUTH_TOKEN" => s.auth_token = v,
                 "SIDECAR_MAX_CONNECTIONS" => s.max_connections = v,
@@ -1161,6 +1186,7 @@ mod tests {
         assert_eq!(c.probe_interval, Duration::from_secs(5));
         assert_eq!(c.probe_timeout, Duration::from_secs(1));
         assert_eq!(c.latency_slo, Duration::from_millis(100));
+        assert_eq!(c.auth_recheck, Duration::from_secs(30));
         assert_eq!(c.ready_checks, vec!["redis:cache"]);
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.log_filter, "info");
@@ -1340,6 +1366,37 @@ mod tests {
         assert!(!format!("{c:?}").contains("hunter2pw"));
     }
 
+    /// A short interval alone starts: the timeout and the SLO the user did not set follow it.
+    #[test]
+    fn unset_timeout_and_slo_follow_the_interval() {
+        let c = |pairs: &[(&str, &str)]| Config::from_settings(&settings(pairs)).unwrap();
+        let ms = Duration::from_millis;
+        for (interval, timeout, slo) in [
+            ("5s", ms(1000), ms(100)),
+            ("1s", ms(800), ms(100)),
+            ("500ms", ms(400), ms(100)),
+            ("100ms", ms(80), ms(64)),
+            ("50ms", ms(40), ms(32)),
+        ] {
+            let got = c(&[("SIDECAR_PROBE_INTERVAL", interval)]);
+            assert_eq!(
+                (got.probe_timeout, got.latency_slo),
+                (timeout, slo),
+                "{interval}"
+            );
+        }
+        // An explicit timeout: the unset SLO follows it.
+        let got = c(&[("SIDECAR_PROBE_TIMEOUT", "50ms")]);
+        assert_eq!(got.latency_slo, ms(40));
+        // Explicit values are kept as written.
+        let got = c(&[
+            ("SIDECAR_PROBE_INTERVAL", "1s"),
+            ("SIDECAR_PROBE_TIMEOUT", "900ms"),
+            ("SIDECAR_LATENCY_SLO", "500ms"),
+        ]);
+        assert_eq!((got.probe_timeout, got.latency_slo), (ms(900), ms(500)));
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
@@ -1424,6 +1481,17 @@ mod tests {
             (
                 &[("SIDECAR_LATENCY_SLO", "2s")],
                 "SIDECAR_LATENCY_SLO (--latency-slo): 2s must be above 0 and shorter than the probe timeout 1s",
+            ),
+            (
+                &[
+                    ("SIDECAR_PROBE_INTERVAL", "1s"),
+                    ("SIDECAR_PROBE_TIMEOUT", "1s"),
+                ],
+                "SIDECAR_PROBE_TIMEOUT (--probe-timeout): 1s must be shorter than the probe interval 1s",
+            ),
+            (
+                &[("SIDECAR_AUTH_RECHECK", "100ms")],
+                "SIDECAR_AUTH_RECHECK (--auth-recheck): \"100ms\" must be at least 1s",
             ),
             (
                 &[("SIDECAR_READY_CHECKS", "redis:nope")],

@@ -459,11 +459,15 @@ async fn session(d: &mut Diagnosis, resp: &mut Resp, config: &Config) -> bool {
                 Ok(Reply::Error(e)) => {
                     let f = Failure::from_redis(&server_error(&e), &target);
                     let fix = if e.contains("without any password configured") {
-                        "the server has no password: remove it from the URL"
+                        "the server has no password: remove it from the URL".to_string()
                     } else if e.starts_with("ERR max number of clients") {
                         "raise maxclients, or find the client that leaks connections (CLIENT LIST)"
+                            .to_string()
                     } else {
-                        "the user or password in the URL (REDIS_URL, REDISUSER/REDISPASSWORD) is not the server's: on Railway reference ${{Redis.REDIS_URL}} rather than copying it"
+                        format!(
+                            "the user or password in {} is not the server's: on Railway reference ${{{{Redis.REDIS_URL}}}} rather than copying it",
+                            target.credentials_home()
+                        )
                     };
                     d.steps.push(Step::fail("auth", f, fix));
                     return false;
@@ -500,8 +504,10 @@ async fn session(d: &mut Diagnosis, resp: &mut Resp, config: &Config) -> bool {
         Err(f) => return fail_io(d, "ping", f),
         Ok(Reply::Error(e)) => {
             let f = Failure::from_redis(&server_error(&e), &target);
+            let noauth;
             let fix = if e.starts_with("NOAUTH") {
-                "Redis requires a password: put it in the URL (redis://default:PASSWORD@host:port) or in REDISPASSWORD"
+                noauth = format!("Redis requires a password: {}", target.password_fix());
+                noauth.as_str()
             } else if e.starts_with("LOADING") {
                 "wait: Redis is loading its dataset after a restart or failover; it answers when done"
             } else if e.starts_with("NOPERM") {

@@ -179,7 +179,8 @@ fn classify(err: &RedisError, target: &Target) -> Failure {
             return Failure::new(
                 Reason::Auth,
                 format!(
-                    "WRONGPASS: {at} refused the credentials: {detail} (check the user and password in the URL)"
+                    "WRONGPASS: {at} refused the credentials: {detail} (check the user and password in {})",
+                    target.credentials_home()
                 ),
             );
         }
@@ -187,7 +188,8 @@ fn classify(err: &RedisError, target: &Target) -> Failure {
             return Failure::new(
                 Reason::Auth,
                 format!(
-                    "NOAUTH: {at} requires a password and none was sent (put it in the URL: redis://default:PASSWORD@host:port)"
+                    "NOAUTH: {at} requires a password and none was sent: {}",
+                    target.password_fix()
                 ),
             );
         }

@@ -14,7 +14,7 @@
 //! - [`runner`]: interval, timeout, timing; writes each result to the snapshot and metrics.
 //! - [`snapshot`]: the latest report per check; freshness and status decided when read.
 //! - [`celery`]: Celery through the broker: queue probe, event subscriber, the check.
-//! - [`metrics`]: the Prometheus registry.
+//! - [`metrics`]: the Prometheus registry; [`process`]: the `process_*` metrics.
 //! - [`otel`]: OTLP trace export through a bounded queue, and the command spans.
 //! - [`http`]: `/livez`, `/readyz`, `/healthz`, `/metrics`, answered from the snapshot only.
 //! - [`check`]: the `check` command, one probe per target.
@@ -35,6 +35,7 @@ pub mod otel;
 pub mod pidbox;
 pub mod pool;
 pub mod probe;
+pub mod process;
 pub mod resp;
 pub mod runner;
 pub mod snapshot;

@@ -147,9 +147,7 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        registry.register(Box::new(crate::process::ProcessCollector::new()?))?;
         let otel = &crate::otel::STATS;
         for c in [&otel.exported, &otel.dropped, &otel.failed] {
             registry.register(Box::new(c.clone()))?;

@@ -292,12 +292,17 @@ pub fn log_change(names: &str, endpoint: &str, prev: Option<&Report>, next: &Rep
             next.warnings.join("; ")
         ),
         _ => match prev {
-            Some(p) if p.status == Status::Unhealthy => tracing::info!(
-                check = names,
-                endpoint,
-                "{who} {verb} healthy again after {} failed probe(s)",
-                p.consecutive_failures
-            ),
+            Some(p) if p.status == Status::Unhealthy && p.consecutive_failures > 0 => {
+                tracing::info!(
+                    check = names,
+                    endpoint,
+                    "{who} {verb} healthy again after {} failed probe(s)",
+                    p.consecutive_failures
+                )
+            }
+            Some(p) if p.status != Status::Healthy => {
+                tracing::info!(check = names, endpoint, "{who} {verb} healthy again")
+            }
             _ => tracing::info!(check = names, endpoint, "{who} {verb} healthy"),
         },
     }

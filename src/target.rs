@@ -66,6 +66,9 @@ pub struct Target {
     /// Kept out of `Debug` and `Display`; only `connection_info` hands it to the redis crate.
     password: Option<String>,
     redacted: String,
+    /// The variables this target came from (`REDIS_URL`, `REDISHOST`...), for fixes that
+    /// name what the user set; empty for the local default.
+    sources: Vec<&'static str>,
 }
 
 /// Why a URL was refused; the caller adds the variable's name.
@@ -77,6 +80,18 @@ impl Target {
     ///
     /// Error texts never contain the URL itself, which may hold a password.
     pub fn parse(role: Role, input: &str) -> Result<Target, UrlError> {
+        Target::parse_url(role, input).map_err(|e| {
+            if unencoded_userinfo(input) {
+                UrlError(
+                    "the URL's user or password seems to hold a /, ?, # or @ that is not percent-encoded, so the URL is cut there: percent-encode the password (/ as %2F, ? as %3F, # as %23, @ as %40, : as %3A)".into(),
+                )
+            } else {
+                e
+            }
+        })
+    }
+
+    fn parse_url(role: Role, input: &str) -> Result<Target, UrlError> {
         let url = Url::parse(input.trim()).map_err(|e| {
             UrlError(format!(
                 "not a valid URL ({e}); expected redis://[user:password@]host:port/db"
@@ -163,7 +178,56 @@ impl Target {
             user,
             password,
             redacted,
+            sources: Vec::new(),
         })
+    }
+
+    /// The target, remembering the variable that gave it.
+    pub fn with_source(mut self, variable: &'static str) -> Target {
+        self.sources = vec![variable];
+        self
+    }
+
+    /// Where the user writes this target's credentials, for a fix: `REDISPASSWORD`, `the
+    /// URL in CELERY_BROKER_URL`, or both joined.
+    pub fn credentials_home(&self) -> String {
+        if self.sources.is_empty() {
+            return "REDIS_URL (no Redis variable is set)".to_string();
+        }
+        let homes: Vec<String> = self
+            .sources
+            .iter()
+            .map(|s| match *s {
+                "REDISHOST" => "REDISUSER/REDISPASSWORD".to_string(),
+                url => format!("the URL in {url}"),
+            })
+            .collect();
+        homes.join(" and ")
+    }
+
+    /// How to send a password that is missing: in the URL of each URL variable, or in
+    /// REDISPASSWORD.
+    pub fn password_fix(&self) -> String {
+        let urls: Vec<&str> = self
+            .sources
+            .iter()
+            .copied()
+            .filter(|s| *s != "REDISHOST")
+            .collect();
+        let mut ways = Vec::new();
+        if self.sources.contains(&"REDISHOST") {
+            ways.push("set REDISPASSWORD".to_string());
+        }
+        if !urls.is_empty() {
+            ways.push(format!(
+                "put it in the URL of {} (redis://default:PASSWORD@host:port)",
+                urls.join(" and ")
+            ));
+        }
+        if ways.is_empty() {
+            ways.push("set REDIS_URL with it (redis://default:PASSWORD@host:port)".into());
+        }
+        ways.join("; ")
     }
 
     /// Builds the cache URL from Railway's `REDISHOST`/`REDISPORT`/`REDISUSER`/`REDISPASSWORD`.
@@ -188,6 +252,7 @@ impl Target {
             user,
             password,
             redacted,
+            sources: vec!["REDISHOST"],
         }
     }
 
@@ -239,6 +304,11 @@ impl Target {
             }
         }
         self.roles.sort();
+        for source in &other.sources {
+            if !self.sources.contains(source) {
+                self.sources.push(source);
+            }
+        }
     }
 
     /// What the redis crate needs to connect, password included.
@@ -279,6 +349,18 @@ impl fmt::Debug for Target {
             .field("roles", &self.roles)
             .field("url", &self.redacted)
             .finish()
+    }
+}
+
+/// True when a URL's text has an `@` after a `/`, `?` or `#` that follows the scheme: a
+/// password holding one of those, unencoded, which cut the URL short (`redis://:pa/ss@h`).
+fn unencoded_userinfo(input: &str) -> bool {
+    let Some((_, rest)) = input.trim().split_once("://") else {
+        return false;
+    };
+    match rest.rfind('@') {
+        Some(at) => rest[..at].contains(['/', '?', '#']),
+        None => false,
     }
 }
 
@@ -421,7 +503,17 @@ mod tests {
             ("hunter2", "not a valid URL"),
             ("redis+unix://", "no path"),
             ("redis://u:hunter2@h:0", "port 0"),
-            ("redis://u:123/hunter2@h", "percent-encoded"),
+            ("redis://u:123/hunter2@h", "percent-encode the password"),
+            (
+                "redis://default:hunter2/w@h:6379/0",
+                "percent-encode the password",
+            ),
+            ("redis://:hunter2#x@h:6379/0", "percent-encode the password"),
+            ("redis://:hun?ter2@h:6379", "percent-encode the password"),
+            (
+                "redis://u:hunter2@h:6379/0/w@x",
+                "percent-encode the password",
+            ),
         ];
         for (input, want) in cases {
             let err = Target::parse(Role::Cache, input).unwrap_err();
@@ -442,6 +534,35 @@ mod tests {
         broker.absorb(&cache);
         assert_eq!(broker.roles(), [Role::Cache, Role::Broker]);
         assert_eq!(broker.check_names(), ["redis:cache", "redis:broker"]);
+    }
+
+    #[test]
+    fn an_unencoded_at_sign_alone_is_read_as_the_app_reads_it() {
+        // The last @ ends the user information, as in Python's urllib.
+        let t = Target::parse(Role::Cache, "redis://default:p@ss@h:6379/0").unwrap();
+        assert_eq!(t.password(), Some("p@ss"));
+        assert_eq!(t.redacted(), "redis://default:***@h:6379/0");
+    }
+
+    #[test]
+    fn fixes_name_the_variables_that_were_set() {
+        let url = Target::parse(Role::Cache, "redis://h").unwrap();
+        assert_eq!(
+            url.clone().with_source("REDIS_URL").password_fix(),
+            "put it in the URL of REDIS_URL (redis://default:PASSWORD@host:port)"
+        );
+        let mut parts = Target::from_parts("h", 6379, None, None);
+        assert_eq!(parts.password_fix(), "set REDISPASSWORD");
+        assert_eq!(parts.credentials_home(), "REDISUSER/REDISPASSWORD");
+        parts.absorb(&url.with_source("CELERY_BROKER_URL"));
+        assert_eq!(
+            parts.password_fix(),
+            "set REDISPASSWORD; put it in the URL of CELERY_BROKER_URL (redis://default:PASSWORD@host:port)"
+        );
+        assert_eq!(
+            parts.credentials_home(),
+            "REDISUSER/REDISPASSWORD and the URL in CELERY_BROKER_URL"
+        );
     }
 
     #[test]

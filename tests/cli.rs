@@ -33,6 +33,11 @@ fn bad_settings_exit_2_naming_the_variable() {
             "REDIS_URL (--redis-url): database \"db1\"",
         ),
         (
+            "REDIS_URL",
+            "redis://default:Secret-91/x@h:6379/0",
+            "REDIS_URL (--redis-url): the URL's user or password seems to hold a /, ?, # or @ that is not percent-encoded, so the URL is cut there: percent-encode the password",
+        ),
+        (
             "SIDECAR_MAX_CONNECTIONS",
             "0",
             "SIDECAR_MAX_CONNECTIONS (--max-connections): \"0\" is not a whole number from 1 to 1000000",
@@ -124,6 +129,32 @@ fn flags_win_over_variables() {
     let out = run(&["--probe-interval", "nope", "config"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("SIDECAR_PROBE_INTERVAL (--probe-interval)"));
+}
+
+/// Only a short interval set (as on Railway with `ON_FAILURE` restarts, where an exit is a
+/// crash loop): it starts, with a timeout and an SLO that follow it.
+#[test]
+fn a_short_interval_alone_starts() {
+    for (interval, timeout, slo) in [("1s", "800ms", "100ms"), ("100ms", "80ms", "64ms")] {
+        let out = run(&["config"], &[("SIDECAR_PROBE_INTERVAL", interval)]);
+        assert_eq!(out.status.code(), Some(0), "{interval}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            text.contains(&format!("probe timeout      {timeout}\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("latency SLO        {slo}\n")),
+            "{text}"
+        );
+    }
+    let redis = Redis::start(&[]);
+    let sidecar = support::Sidecar::start(&[
+        ("REDIS_URL", &redis.url()),
+        ("SIDECAR_PROBE_INTERVAL", "1s"),
+        ("SIDECAR_CELERY_MIN_WORKERS", "0"),
+    ]);
+    sidecar.wait_status("/readyz", 200);
 }
 
 #[test]
