@@ -123,12 +123,7 @@ impl Diagnosis {
 /// Walks one target. `celery`: also Celery's steps (the broker); `ping`: and an active
 /// `inspect ping` of the workers.
 pub async fn diagnose(target: &Target, config: &Config, celery: bool, ping: bool) -> Diagnosis {
-    let mut d = Diagnosis {
-        target: target.clone(),
-        steps: Vec::new(),
-        ping: None,
-        info: None,
-    };
+    let mut d = Diagnosis::new(target);
     let limit = config.probe_timeout;
     let roles: Vec<&str> = target.roles().iter().map(|r| r.as_str()).collect();
     d.steps.push(Step::ok(
@@ -402,7 +397,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 
 /// A server's error reply as the redis crate's error, so that it is classified (and
 /// scrubbed) like every other failure.
-fn server_error(text: &str) -> RedisError {
+pub(crate) fn server_error(text: &str) -> RedisError {
     let (code, detail) = text.split_once(' ').unwrap_or((text, ""));
     redis::make_extension_error(code.to_string(), Some(detail.to_string()))
 }
@@ -422,19 +417,80 @@ async fn send(
     }
 }
 
+/// A step that failed below Redis (I/O, no answer in time): recorded with its fix.
+fn fail_io(d: &mut Diagnosis, step: &'static str, f: Failure) -> bool {
+    let fix = if f.message.contains("closed by the server") {
+        "the server hung up: a TLS port (use rediss://), `maxclients` reached, or a proxy in between refusing the client"
+    } else {
+        "the server stopped answering: hung, paused, or overloaded"
+    };
+    d.steps.push(Step::fail(step, f, fix));
+    false
+}
+
+impl Diagnosis {
+    fn new(target: &Target) -> Diagnosis {
+        Diagnosis {
+            target: target.clone(),
+            steps: Vec::new(),
+            ping: None,
+            info: None,
+        }
+    }
+
+    /// The first failed step as a failure: its reason and its words.
+    fn as_failure(&self) -> Failure {
+        match self.failure() {
+            Some(step) => Failure::new(step.reason.unwrap_or(Reason::Other), step.detail.clone()),
+            None => Failure::new(Reason::Other, "the connection failed"),
+        }
+    }
+}
+
+/// A raw connection to `target` as `check` makes it (DNS, TCP, TLS, AUTH, SELECT, named in
+/// CLIENT LIST), for the Celery event subscription: a failure is told in the words of the
+/// `check` step that failed. `limit` bounds each step.
+pub async fn link(target: &Target, limit: Duration) -> Result<Resp, Failure> {
+    let mut d = Diagnosis::new(target);
+    let Some(stream) = connect(&mut d, limit).await else {
+        return Err(d.as_failure());
+    };
+    let mut resp = Resp::new(stream);
+    if !login(&mut d, &mut resp, limit).await {
+        return Err(d.as_failure());
+    }
+    match name(&mut resp, target, limit).await {
+        Ok(()) => Ok(resp),
+        Err(f) => Err(f),
+    }
+}
+
+/// Names the connection in CLIENT LIST (`CLIENT SETNAME`). A refusal of the command itself
+/// (an ACL without it, a server without it) is ignored, as the pool does; any other error,
+/// such as "max number of clients reached" written before a close, is the failure.
+async fn name(resp: &mut Resp, target: &Target, limit: Duration) -> Result<(), Failure> {
+    let name: [&[u8]; 3] = [b"CLIENT", b"SETNAME", crate::pool::CLIENT_NAME.as_bytes()];
+    match send(resp, target, limit, "CLIENT", &name).await? {
+        Reply::Error(e) if !(e.starts_with("NOPERM") || e.contains("unknown")) => {
+            Err(Failure::from_redis(&server_error(&e), target))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// AUTH, SELECT, PING, INFO. False when a step failed.
 async fn session(d: &mut Diagnosis, resp: &mut Resp, config: &Config) -> bool {
+    if !login(d, resp, config.probe_timeout).await || !probe(d, resp, config).await {
+        return false;
+    }
+    // Named once it answered PING, whose step says why a server refuses a client.
+    let _ = name(resp, &d.target, config.probe_timeout).await;
+    true
+}
+
+/// AUTH and SELECT. False when a step failed.
+async fn login(d: &mut Diagnosis, resp: &mut Resp, limit: Duration) -> bool {
     let target = d.target.clone();
-    let limit = config.probe_timeout;
-    let fail_io = |d: &mut Diagnosis, step: &'static str, f: Failure| {
-        let fix = if f.message.contains("closed by the server") {
-            "the server hung up: a TLS port (use rediss://), `maxclients` reached, or a proxy in between refusing the client"
-        } else {
-            "the server stopped answering: hung, paused, or overloaded"
-        };
-        d.steps.push(Step::fail(step, f, fix));
-        false
-    };
 
     // AUTH.
     match target.password() {
@@ -497,6 +553,13 @@ async fn session(d: &mut Diagnosis, resp: &mut Resp, config: &Config) -> bool {
             Ok(_) => d.steps.push(Step::ok("select", format!("database {db}"))),
         }
     }
+    true
+}
+
+/// PING (timed) and INFO, judged. False when a step failed.
+async fn probe(d: &mut Diagnosis, resp: &mut Resp, config: &Config) -> bool {
+    let target = d.target.clone();
+    let limit = config.probe_timeout;
 
     // PING, timed.
     let began = Instant::now();
@@ -693,42 +756,44 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
     let target = d.target.clone();
     let naming = Naming::new(c, target.db());
     // Queues, with the server loop's own probe (one pass; discovery included).
-    let queues = match crate::pool::TargetPool::new(&target, config.probe_timeout) {
-        Err(f) => Err(f),
-        Ok(pool) => {
-            let probe = crate::celery::queues::QueueProbe::new(
-                pool,
-                naming.clone(),
-                c.queues.clone(),
-                c.visibility_timeout,
-                // Discovery gets a generous share: the check runs once.
-                config.probe_timeout * 4,
-            );
-            // Passes until the walk of the binding sets is done (a large keyspace takes
-            // several), then one that reads every queue found; all under one deadline.
-            let limit = config.probe_timeout * 4;
-            let passes = async {
-                loop {
-                    let obs = probe.probe().await?;
-                    if obs.discovered {
-                        return probe.probe().await.map(|obs| (obs, true));
+    let queues =
+        match crate::pool::TargetPool::new(&target, config.probe_timeout, config.auth_recheck) {
+            Err(f) => Err(f),
+            Ok(pool) => {
+                let probe = crate::celery::queues::QueueProbe::new(
+                    pool,
+                    naming.clone(),
+                    c.queues.clone(),
+                    c.visibility_timeout,
+                    // Discovery gets a generous share: the check runs once.
+                    config.probe_timeout * 4,
+                );
+                // Passes until the walk of the binding sets is done (a large keyspace takes
+                // several), then one that reads every queue found; all under one deadline.
+                let limit = config.probe_timeout * 4;
+                let passes = async {
+                    loop {
+                        let obs = probe.probe().await?;
+                        if obs.discovered {
+                            return probe.probe().await.map(|obs| (obs, true));
+                        }
                     }
+                };
+                match tokio::time::timeout(limit, passes).await {
+                    Ok(result) => result,
+                    // Out of time: what one more pass sees, said to be incomplete.
+                    Err(_) => match tokio::time::timeout(config.probe_timeout, probe.probe()).await
+                    {
+                        Ok(result) => result.map(|obs| (obs, false)),
+                        Err(_) => Err(Failure::timeout(
+                            &target,
+                            Phase::Command("LLEN"),
+                            config.probe_timeout,
+                        )),
+                    },
                 }
-            };
-            match tokio::time::timeout(limit, passes).await {
-                Ok(result) => result,
-                // Out of time: what one more pass sees, said to be incomplete.
-                Err(_) => match tokio::time::timeout(config.probe_timeout, probe.probe()).await {
-                    Ok(result) => result.map(|obs| (obs, false)),
-                    Err(_) => Err(Failure::timeout(
-                        &target,
-                        Phase::Command("LLEN"),
-                        config.probe_timeout,
-                    )),
-                },
             }
-        }
-    };
+        };
     match queues {
         Err(f) => d.steps.push(Step::fail(
             "celery queues",
@@ -870,39 +935,23 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
     }
 }
 
-/// Hostnames of the workers whose events arrive within `window`.
+/// Hostnames of the workers whose events arrive within `window` (none is waited for with a
+/// zero window: the subscription itself is then the test).
 async fn workers_heard(
     target: &Target,
     naming: &crate::celery::kombu::Naming,
     window: Duration,
     limit: Duration,
 ) -> Result<Vec<String>, Failure> {
-    use futures_util::StreamExt;
-    let fail = |e: &RedisError| Failure::from_redis(e, target);
-    let client = redis::Client::open(target.connection_info()).map_err(|e| fail(&e))?;
-    let subscribe = async {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub
-            .psubscribe(naming.events_pattern().as_slice())
-            .await?;
-        Ok::<_, RedisError>(pubsub)
-    };
-    let mut pubsub = match tokio::time::timeout(limit, subscribe).await {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => return Err(fail(&e)),
-        Err(_) => {
-            return Err(Failure::timeout(
-                target,
-                Phase::Command("PSUBSCRIBE"),
-                limit,
-            ));
-        }
-    };
+    use crate::celery::subscriber::{Push, subscribe};
+    let mut resp = subscribe(target, &naming.events_pattern(), limit).await?;
     let mut heard: Vec<String> = Vec::new();
     let until = Instant::now() + window;
-    let mut messages = pubsub.on_message();
-    while let Ok(Some(msg)) = tokio::time::timeout_at(until, messages.next()).await {
-        let Ok(events) = crate::celery::event::decode(msg.get_payload_bytes()) else {
+    while let Ok(Ok(reply)) = tokio::time::timeout_at(until, resp.read()).await {
+        let Push::Message { payload, .. } = Push::from(reply) else {
+            continue;
+        };
+        let Ok(events) = crate::celery::event::decode(&payload) else {
             continue;
         };
         for e in events.into_iter().flatten() {

@@ -126,7 +126,7 @@ pub fn assemble(config: &Config, celery: bool) -> Parts {
     let pools: Vec<_> = config
         .targets
         .iter()
-        .map(|t| TargetPool::new(t, config.probe_timeout))
+        .map(|t| TargetPool::new(t, config.probe_timeout, config.auth_recheck))
         .collect();
     let runners = config
         .targets

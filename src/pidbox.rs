@@ -151,16 +151,12 @@ pub async fn ping(
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(limit))
         .set_response_timeout(Some(window + limit));
-    let mut conn = match tokio::time::timeout(
-        limit,
-        client.get_multiplexed_async_connection_with_config(&config),
-    )
-    .await
-    {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(fail(&e)),
-        Err(_) => return Err(Failure::timeout(target, Phase::Connect, limit)),
-    };
+    let mut conn =
+        match tokio::time::timeout(limit, crate::pool::open(&client, &config, target)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(fail(&e)),
+            Err(_) => return Err(Failure::timeout(target, Phase::Connect, limit)),
+        };
     let request = Request::ping(naming);
     let result = exchange(&mut conn, &request, window, limit).await;
     let cleanup = cleanup(&mut conn, &request, limit).await;

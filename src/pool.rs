@@ -9,6 +9,7 @@
 //! connect, 500 ms response timeout), which would cut a probe short of
 //! `SIDECAR_PROBE_TIMEOUT`, and it gives no way to learn why a connect failed.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -55,7 +56,10 @@ impl Conn {
 pub struct Manager {
     client: Client,
     config: AsyncConnectionConfig,
+    target: Target,
     failures: watch::Sender<Option<ConnectFailure>>,
+    /// When a connection last logged in: the credentials worked then.
+    verified: Arc<Mutex<Option<Instant>>>,
 }
 
 /// A failed connection attempt: when it started, and its error.
@@ -78,7 +82,9 @@ impl Manager {
         Ok(Manager {
             client,
             config,
+            target: target.clone(),
             failures: watch::Sender::new(None),
+            verified: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -92,31 +98,21 @@ impl bb8::ManageConnection for Manager {
     type Connection = Conn;
     type Error = RedisError;
 
-    /// Connects, names the connection, and sends one PING, so that errors a server gives
-    /// only on the first command (NOAUTH, LOADING, "max number of clients reached") count as
-    /// connection failures.
+    /// Connects and logs in (see [`open`]).
     async fn connect(&self) -> Result<Conn, RedisError> {
         let started = Instant::now();
-        let attempt = async {
-            let mut conn = self
-                .client
-                .get_multiplexed_async_connection_with_config(&self.config)
-                .await?;
-            // Named, so that an admin reading CLIENT LIST sees who holds the connection.
-            // Ignored when an ACL forbids it (Redis before 7.2 has no CLIENT SETINFO).
-            let _ = conn
-                .req_packed_command(redis::cmd("CLIENT").arg("SETNAME").arg(CLIENT_NAME))
-                .await;
-            conn.req_packed_command(&redis::cmd("PING")).await?;
-            Ok(conn)
-        };
-        let result: Result<MultiplexedConnection, RedisError> = attempt.await;
-        match result {
-            Ok(inner) => Ok(Conn {
-                inner,
-                broken: false,
-                used: 0,
-            }),
+        match open(&self.client, &self.config, &self.target).await {
+            Ok(inner) => {
+                *self
+                    .verified
+                    .lock()
+                    .expect("verified lock is never poisoned") = Some(Instant::now());
+                Ok(Conn {
+                    inner,
+                    broken: false,
+                    used: 0,
+                })
+            }
             Err(e) => {
                 self.failures.send_replace(Some(ConnectFailure {
                     started,
@@ -138,6 +134,60 @@ impl bb8::ManageConnection for Manager {
     fn has_broken(&self, conn: &mut Conn) -> bool {
         conn.broken
     }
+}
+
+/// Opens a connection as the app's client would: AUTH with the target's user and password
+/// (the password alone on a Redis before 6, as redis-py retries), SELECT, `CLIENT SETNAME`
+/// (so that an admin reading CLIENT LIST sees who holds it; ignored when an ACL forbids it),
+/// and one PING, so that errors a server gives only on the first command (NOAUTH, LOADING,
+/// "max number of clients reached") count as connection failures. The commands are sent
+/// here, not by the redis crate's setup, because the crate replaces the server's refusal of
+/// AUTH with a generic "authentication failed": here the server's own words (WRONGPASS,
+/// "without any password configured") come back, as `check` shows them.
+pub async fn open(
+    client: &Client,
+    config: &AsyncConnectionConfig,
+    target: &Target,
+) -> Result<MultiplexedConnection, RedisError> {
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(config)
+        .await?;
+    if let Some(password) = target.password() {
+        let mut auth = redis::cmd("AUTH");
+        if let Some(user) = target.user() {
+            auth.arg(user);
+        }
+        auth.arg(password);
+        match run(&mut conn, &auth).await {
+            Ok(_) => {}
+            Err(e)
+                if target.user().is_some()
+                    && e.detail()
+                        .is_some_and(|d| d.contains("wrong number of arguments")) =>
+            {
+                run(&mut conn, redis::cmd("AUTH").arg(password)).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if target.db() != 0 {
+        run(&mut conn, redis::cmd("SELECT").arg(target.db())).await?;
+    }
+    let _ = run(
+        &mut conn,
+        redis::cmd("CLIENT").arg("SETNAME").arg(CLIENT_NAME),
+    )
+    .await;
+    run(&mut conn, &redis::cmd("PING")).await?;
+    Ok(conn)
+}
+
+/// One command; an error reply is an error (the redis crate hands it back as a value).
+async fn run(
+    conn: &mut MultiplexedConnection,
+    cmd: &redis::Cmd,
+) -> Result<redis::Value, RedisError> {
+    conn.req_packed_command(cmd).await?.extract_error()
 }
 
 /// Builds the pool without connecting, so the sidecar starts while Redis is down.
@@ -184,19 +234,54 @@ pub struct TargetPool {
     target: Target,
     /// The probe timeout, which also bounds a checkout.
     timeout: Duration,
+    /// How often a fresh connection proves the credentials still work: pooled connections
+    /// stay logged in after the password or the ACL changes on the server, while every new
+    /// worker and web instance would be refused.
+    recheck: Duration,
+    /// When a connection last logged in (the manager's).
+    verified: Arc<Mutex<Option<Instant>>>,
 }
 
 impl TargetPool {
     /// Builds the pool without connecting: the sidecar starts while Redis is down.
-    pub fn new(target: &Target, timeout: Duration) -> Result<TargetPool, Failure> {
+    pub fn new(
+        target: &Target,
+        timeout: Duration,
+        recheck: Duration,
+    ) -> Result<TargetPool, Failure> {
         let manager = Manager::new(target, timeout).map_err(|e| Failure::from_redis(&e, target))?;
         let failures = manager.failures();
+        let verified = manager.verified.clone();
         Ok(TargetPool {
             pool: build(manager, timeout),
             failures,
             target: target.clone(),
             timeout,
+            recheck,
+            verified,
         })
+    }
+
+    /// True when the last login is older than the recheck interval. Before any login, the
+    /// first checkout logs in anyway.
+    fn recheck_due(&self) -> bool {
+        self.verified
+            .lock()
+            .expect("verified lock is never poisoned")
+            .is_some_and(|at| at.elapsed() >= self.recheck)
+    }
+
+    /// Logs in on a fresh connection, outside the pool, and closes it: the credentials are
+    /// still good, or the failure says why not (WRONGPASS after a password change, NOPERM,
+    /// "max number of clients reached"...), in the words `check` uses.
+    async fn recheck(&self, started: Instant) -> Result<(), Failure> {
+        match self.pool.dedicated_connection().await {
+            Ok(conn) => {
+                drop(conn);
+                Ok(())
+            }
+            Err(e) => Err(self.explain(&e, started).await),
+        }
     }
 
     pub fn target(&self) -> &Target {
@@ -224,6 +309,14 @@ impl TargetPool {
         batch: Option<usize>,
         pipe: &redis::Pipeline,
     ) -> Result<(bb8::PooledConnection<'_, Manager>, T, Duration), Failure> {
+        if self.recheck_due() {
+            tracing::debug!(
+                endpoint = self.target.redacted(),
+                "rechecking the credentials on a fresh connection"
+            );
+            phase.set(Phase::Connect);
+            self.recheck(started).await?;
+        }
         for _ in 0..=MAX_CONNECTIONS {
             phase.set(Phase::Connect);
             let mut conn = self.checkout(started).await?;
@@ -296,17 +389,20 @@ impl TargetPool {
                 }
             },
             // A connection attempt of this probe failed: that error is the cause.
-            e = self.connect_failure_since(started) => {
-                if e.is_connection_dropped() && !e.is_connection_refusal() {
-                    // Closed on us: a server that refuses a client says why first.
-                    let left = (started + self.timeout).saturating_duration_since(Instant::now());
-                    if let Some(said) = greeting(self.target.address(), left).await {
-                        return Err(fail(&said));
-                    }
-                }
-                Err(fail(&e))
+            e = self.connect_failure_since(started) => Err(self.explain(&e, started).await),
+        }
+    }
+
+    /// The failure a connection attempt's error means. A connection closed on us is asked
+    /// why first: a server that refuses a client says so before closing.
+    async fn explain(&self, e: &RedisError, started: Instant) -> Failure {
+        if e.is_connection_dropped() && !e.is_connection_refusal() {
+            let left = (started + self.timeout).saturating_duration_since(Instant::now());
+            if let Some(said) = greeting(self.target.address(), left).await {
+                return Failure::from_redis(&said, &self.target);
             }
         }
+        Failure::from_redis(e, &self.target)
     }
 }
 

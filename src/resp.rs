@@ -1,10 +1,12 @@
-//! A minimal RESP2 client over any stream, for the `check` command's step-by-step
-//! diagnosis: it shows each step and the server's own words (AUTH's WRONGPASS text, which
-//! the redis crate replaces with a generic message). The server loop does not use it.
+//! A minimal RESP2 client over any stream: the `check` command's step-by-step diagnosis
+//! (it shows the server's own words, such as AUTH's WRONGPASS text, which the redis crate
+//! replaces with a generic message) and the Celery event subscription, whose connection it
+//! names and whose messages it reads at its own pace (the socket's backpressure, not an
+//! unbounded queue, holds back a flood).
 
 use std::io;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Replies larger than this are refused: a diagnosis never needs them.
 const MAX_BULK: usize = 16 * 1024 * 1024;
@@ -40,18 +42,23 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 pub struct Resp {
-    io: BufReader<Box<dyn Stream>>,
+    stream: Box<dyn Stream>,
+    /// Bytes read and not yet parsed start at `pos`.
+    buf: Vec<u8>,
+    pos: usize,
 }
 
 impl Resp {
     pub fn new(stream: Box<dyn Stream>) -> Resp {
         Resp {
-            io: BufReader::new(stream),
+            stream,
+            buf: Vec::new(),
+            pos: 0,
         }
     }
 
-    /// Sends commands in one write (a pipeline), then reads one reply per command.
-    pub async fn pipeline(&mut self, commands: &[&[&[u8]]]) -> io::Result<Vec<Reply>> {
+    /// Writes commands in one write, without reading their replies.
+    pub async fn send(&mut self, commands: &[&[&[u8]]]) -> io::Result<()> {
         let mut out = Vec::new();
         for args in commands {
             out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
@@ -61,8 +68,13 @@ impl Resp {
                 out.extend_from_slice(b"\r\n");
             }
         }
-        self.io.get_mut().write_all(&out).await?;
-        self.io.get_mut().flush().await?;
+        self.stream.write_all(&out).await?;
+        self.stream.flush().await
+    }
+
+    /// Sends commands in one write (a pipeline), then reads one reply per command.
+    pub async fn pipeline(&mut self, commands: &[&[&[u8]]]) -> io::Result<Vec<Reply>> {
+        self.send(commands).await?;
         let mut replies = Vec::with_capacity(commands.len());
         for _ in commands {
             replies.push(self.read().await?);
@@ -76,69 +88,91 @@ impl Resp {
         Ok(replies.remove(0))
     }
 
-    /// Reads one reply.
+    /// Reads one reply. Cancel-safe: bytes are kept between calls until a whole reply has
+    /// arrived, so a `select!` may drop this future and call it again (the pub/sub loop
+    /// does, to send its PINGs).
     pub async fn read(&mut self) -> io::Result<Reply> {
-        self.read_nested(0).await
-    }
-
-    /// Reads one reply at nesting `depth` (boxed: replies nest).
-    #[allow(clippy::type_complexity)]
-    fn read_nested(
-        &mut self,
-        depth: usize,
-    ) -> std::pin::Pin<Box<dyn Future<Output = io::Result<Reply>> + Send + '_>> {
-        Box::pin(async move {
-            if depth > MAX_DEPTH {
-                return Err(invalid("arrays nested too deep"));
+        loop {
+            if let Some((reply, used)) = parse(&self.buf[self.pos..], 0)? {
+                self.pos += used;
+                if self.pos == self.buf.len() {
+                    self.buf.clear();
+                    self.pos = 0;
+                }
+                return Ok(reply);
             }
-            let mut line = Vec::new();
-            let n = (&mut self.io)
-                .take(MAX_LINE)
-                .read_until(b'\n', &mut line)
-                .await?;
-            if n == 0 {
+            if self.pos > 0 {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
+            self.buf.reserve(16 * 1024);
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the server closed the connection",
                 ));
             }
-            if line.len() < 3 || !line.ends_with(b"\r\n") {
-                return Err(invalid("a reply line without CRLF"));
-            }
-            let body = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
-            match line[0] {
-                b'+' => Ok(Reply::Simple(body)),
-                b'-' => Ok(Reply::Error(body)),
-                b':' => body
-                    .parse()
-                    .map(Reply::Int)
-                    .map_err(|_| invalid("an integer reply that is not a number")),
-                b'$' => {
-                    let Some(len) = length(&body, MAX_BULK, "a bulk reply over 16 MiB")? else {
-                        return Ok(Reply::Bulk(None));
-                    };
-                    let mut data = vec![0; len + 2];
-                    self.io.read_exact(&mut data).await?;
-                    if !data.ends_with(b"\r\n") {
-                        return Err(invalid("a bulk reply without CRLF"));
-                    }
-                    data.truncate(len);
-                    Ok(Reply::Bulk(Some(data)))
-                }
-                b'*' => {
-                    let Some(len) = length(&body, MAX_ITEMS, "an array reply too long")? else {
-                        return Ok(Reply::Array(None));
-                    };
-                    let mut items = Vec::with_capacity(len.min(1024));
-                    for _ in 0..len {
-                        items.push(self.read_nested(depth + 1).await?);
-                    }
-                    Ok(Reply::Array(Some(items)))
-                }
-                _ => Err(invalid("not the Redis protocol")),
-            }
-        })
+        }
     }
+}
+
+/// One whole reply at the start of `buf`, and how many bytes it took; `None` while it has
+/// not all arrived.
+fn parse(buf: &[u8], depth: usize) -> io::Result<Option<(Reply, usize)>> {
+    if depth > MAX_DEPTH {
+        return Err(invalid("arrays nested too deep"));
+    }
+    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        if buf.len() as u64 > MAX_LINE {
+            return Err(invalid("a reply line without CRLF"));
+        }
+        return Ok(None);
+    };
+    if end as u64 > MAX_LINE || end == 0 {
+        return Err(invalid("a reply line without CRLF"));
+    }
+    let body = String::from_utf8_lossy(&buf[1..end]).into_owned();
+    let after = end + 2;
+    let reply = match buf[0] {
+        b'+' => Reply::Simple(body),
+        b'-' => Reply::Error(body),
+        b':' => body
+            .parse()
+            .map(Reply::Int)
+            .map_err(|_| invalid("an integer reply that is not a number"))?,
+        b'$' => {
+            let Some(len) = length(&body, MAX_BULK, "a bulk reply over 16 MiB")? else {
+                return Ok(Some((Reply::Bulk(None), after)));
+            };
+            if buf.len() < after + len + 2 {
+                return Ok(None);
+            }
+            if &buf[after + len..after + len + 2] != b"\r\n" {
+                return Err(invalid("a bulk reply without CRLF"));
+            }
+            return Ok(Some((
+                Reply::Bulk(Some(buf[after..after + len].to_vec())),
+                after + len + 2,
+            )));
+        }
+        b'*' => {
+            let Some(len) = length(&body, MAX_ITEMS, "an array reply too long")? else {
+                return Ok(Some((Reply::Array(None), after)));
+            };
+            let mut items = Vec::with_capacity(len.min(1024));
+            let mut at = after;
+            for _ in 0..len {
+                let Some((item, used)) = parse(&buf[at..], depth + 1)? else {
+                    return Ok(None);
+                };
+                items.push(item);
+                at += used;
+            }
+            return Ok(Some((Reply::Array(Some(items)), at)));
+        }
+        _ => return Err(invalid("not the Redis protocol")),
+    };
+    Ok(Some((reply, after)))
 }
 
 /// The length in a bulk or array header: `None` for a null reply (a negative length), an
@@ -194,6 +228,43 @@ mod tests {
                 Reply::Bulk(Some(b"abc".to_vec())),
                 Reply::Bulk(None),
                 Reply::Array(Some(vec![Reply::Int(1), Reply::Bulk(Some(b"x".to_vec()))])),
+            ]
+        );
+    }
+
+    /// Replies arriving a byte at a time, and reads dropped mid-way, lose nothing.
+    #[tokio::test]
+    async fn reads_are_cancel_safe_and_take_split_replies() {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let mut r = Resp::new(Box::new(client));
+        let wire = b"*4\r\n$8\r\npmessage\r\n$1\r\n*\r\n$2\r\nch\r\n$5\r\nhello\r\n+PONG\r\n";
+        let feeder = tokio::spawn(async move {
+            for b in wire {
+                server.write_all(&[*b]).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            server
+        });
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            // A short deadline drops the read future again and again mid-reply.
+            if let Ok(reply) =
+                tokio::time::timeout(std::time::Duration::from_millis(3), r.read()).await
+            {
+                got.push(reply.unwrap());
+            }
+        }
+        let _server = feeder.await.unwrap();
+        assert_eq!(
+            got,
+            [
+                Reply::Array(Some(vec![
+                    Reply::Bulk(Some(b"pmessage".to_vec())),
+                    Reply::Bulk(Some(b"*".to_vec())),
+                    Reply::Bulk(Some(b"ch".to_vec())),
+                    Reply::Bulk(Some(b"hello".to_vec())),
+                ])),
+                Reply::Simple("PONG".into()),
             ]
         );
     }

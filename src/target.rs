@@ -311,7 +311,9 @@ impl Target {
         }
     }
 
-    /// What the redis crate needs to connect, password included.
+    /// What the redis crate needs to reach the server: the address only. The credentials and
+    /// the database are sent by `pool::open`, which keeps the server's own words when it
+    /// refuses them (the redis crate's AUTH replaces them by "authentication failed").
     pub fn connection_info(&self) -> redis::ConnectionInfo {
         let addr = match &self.address {
             Address::Tcp {
@@ -328,15 +330,8 @@ impl Target {
             Address::Tcp { host, port, .. } => redis::ConnectionAddr::Tcp(host.clone(), *port),
             Address::Unix { path } => redis::ConnectionAddr::Unix(path.into()),
         };
-        let mut settings = redis::RedisConnectionInfo::default()
-            .set_db(self.db)
-            .set_lib_name(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
-        if let Some(user) = &self.user {
-            settings = settings.set_username(user);
-        }
-        if let Some(password) = &self.password {
-            settings = settings.set_password(password);
-        }
+        // No CLIENT SETINFO before AUTH (a server with a password would refuse it).
+        let settings = redis::RedisConnectionInfo::default().set_skip_set_lib_name();
         addr.into_connection_info()
             .expect("a ConnectionAddr always converts into ConnectionInfo")
             .set_redis_settings(settings)

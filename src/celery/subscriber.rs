@@ -2,11 +2,16 @@
 //! the broker's `celeryev` channels. It keeps the worker table and the task counters, and
 //! reconnects with backoff when the connection is lost; a PING every 2 s finds a connection
 //! that died silently (a frozen or unreachable broker).
+//!
+//! The connection is `check`'s own RESP client, not the redis crate's pub/sub: it can be
+//! named in CLIENT LIST before it subscribes, a refusal is told in the server's words, and
+//! messages are read from the socket as fast as they are handled, so a flood waits in the
+//! kernel and in Redis's output buffer for this client (bounded by its
+//! `client-output-buffer-limit pubsub`), never in an unbounded queue here.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -17,6 +22,7 @@ use super::workers::Applied;
 use crate::failure::{Failure, Phase};
 use crate::metrics::Metrics;
 use crate::otel;
+use crate::resp::{Reply, Resp};
 use crate::target::Target;
 use tracing::Instrument;
 
@@ -92,16 +98,7 @@ impl Subscriber {
 
     /// One connection: subscribe, then handle messages until it is lost; returns why.
     async fn session(&mut self) -> Failure {
-        let client = match redis::Client::open(self.target.connection_info()) {
-            Ok(c) => c,
-            Err(e) => return Failure::from_redis(&e, &self.target),
-        };
         let pattern = self.naming.events_pattern();
-        let connect = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.psubscribe(pattern.as_slice()).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
         let command = otel::Command::new(&self.target, "PSUBSCRIBE", None);
         let span = command.span().clone();
         {
@@ -119,50 +116,62 @@ impl Subscriber {
                 );
             }
         }
-        let pubsub = match tokio::time::timeout(self.timeout, connect)
+        let mut resp = match subscribe(&self.target, &pattern, self.timeout)
             .instrument(span.clone())
             .await
         {
-            Err(_) => {
-                let f = Failure::timeout(&self.target, Phase::Connect, self.timeout);
+            Err(f) => {
                 command.failed(&f);
                 return f;
             }
-            Ok(Err(e)) => {
-                let f = Failure::from_redis(&e, &self.target);
-                command.failed(&f);
-                return f;
-            }
-            Ok(Ok(p)) => {
+            Ok(r) => {
                 command.ok();
-                p
+                r
             }
         };
         drop(span);
         self.set_up();
-        let (mut sink, mut stream) = pubsub.split();
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // When the answer to the PING sent last is due.
+        let mut pong_due: Option<Instant> = None;
         loop {
+            let due = pong_due;
+            let overdue = async move {
+                match due {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(m) => {
-                        let channel: Vec<u8> = m.get_channel().unwrap_or_default();
-                        self.handle(&channel, m.get_payload_bytes());
+                // Cancel-safe: a read dropped for a PING tick loses nothing.
+                read = resp.read() => match read.map(Push::from) {
+                    Ok(Push::Message { channel, payload }) => self.handle(&channel, &payload),
+                    Ok(Push::Pong) => pong_due = None,
+                    Ok(Push::Error(text)) => {
+                        return Failure::from_redis(&crate::diagnose::server_error(&text), &self.target);
                     }
-                    None => {
+                    Ok(Push::Other) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                         return Failure::new(
                             crate::failure::Reason::Connect,
                             format!("the event subscription to {} was closed", self.target.address()),
                         );
                     }
+                    Err(e) => return Failure::from_redis(&redis::RedisError::from(e), &self.target),
                 },
                 _ = ping.tick() => {
-                    match tokio::time::timeout(self.timeout, sink.ping::<redis::Value>()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Failure::from_redis(&e, &self.target),
+                    if pong_due.is_none() {
+                        pong_due = Some(Instant::now() + self.timeout);
+                    }
+                    match tokio::time::timeout(self.timeout, resp.send(&[&[b"PING"]])).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Failure::from_redis(&redis::RedisError::from(e), &self.target),
                         Err(_) => return Failure::timeout(&self.target, Phase::Command("PING"), self.timeout),
                     }
+                }
+                () = overdue => {
+                    return Failure::timeout(&self.target, Phase::Command("PING"), self.timeout);
                 }
             }
         }
@@ -299,6 +308,79 @@ impl Subscriber {
             self.last_log = Some(now);
             self.unlogged = 0;
         }
+    }
+}
+
+/// What a subscribed connection receives.
+#[derive(Debug, PartialEq)]
+pub enum Push {
+    /// A message on a channel the pattern matched.
+    Message { channel: Vec<u8>, payload: Vec<u8> },
+    /// The answer to a PING.
+    Pong,
+    /// An error reply (a refused PSUBSCRIBE, say).
+    Error(String),
+    /// A subscription's confirmation, or anything else.
+    Other,
+}
+
+impl From<Reply> for Push {
+    fn from(reply: Reply) -> Push {
+        let mut items = match reply {
+            Reply::Error(text) => return Push::Error(text),
+            Reply::Array(Some(items)) => items.into_iter(),
+            _ => return Push::Other,
+        };
+        let kind = match items.next() {
+            Some(Reply::Bulk(Some(kind))) => kind,
+            _ => return Push::Other,
+        };
+        match (kind.as_slice(), items.next(), items.next(), items.next()) {
+            (
+                b"pmessage",
+                Some(_pattern),
+                Some(Reply::Bulk(Some(channel))),
+                Some(Reply::Bulk(Some(payload))),
+            ) => Push::Message { channel, payload },
+            (
+                b"message",
+                Some(Reply::Bulk(Some(channel))),
+                Some(Reply::Bulk(Some(payload))),
+                None,
+            ) => Push::Message { channel, payload },
+            (b"pong", _, _, _) => Push::Pong,
+            _ => Push::Other,
+        }
+    }
+}
+
+/// A connection to `target` (made as `check` makes it, and named), PSUBSCRIBEd to
+/// `pattern`; or why not, in `check`'s words. `limit` bounds each step.
+pub async fn subscribe(target: &Target, pattern: &[u8], limit: Duration) -> Result<Resp, Failure> {
+    let mut resp = crate::diagnose::link(target, limit).await?;
+    match tokio::time::timeout(limit, resp.command(&[b"PSUBSCRIBE", pattern])).await {
+        Err(_) => Err(Failure::timeout(
+            target,
+            Phase::Command("PSUBSCRIBE"),
+            limit,
+        )),
+        Ok(Err(e)) => Err(Failure::from_redis(&redis::RedisError::from(e), target)),
+        Ok(Ok(Reply::Error(text))) => Err(Failure::from_redis(
+            &crate::diagnose::server_error(&text),
+            target,
+        )),
+        Ok(Ok(Reply::Array(Some(items))))
+            if items.first() == Some(&Reply::Bulk(Some(b"psubscribe".to_vec()))) =>
+        {
+            Ok(resp)
+        }
+        Ok(Ok(other)) => Err(Failure::new(
+            crate::failure::Reason::Protocol,
+            format!(
+                "protocol: {} answered PSUBSCRIBE with {other:?}",
+                target.address()
+            ),
+        )),
     }
 }
 
