@@ -8,6 +8,7 @@ use serde_json::{Map, json};
 use crate::config::{CELERY_CHECK, Config};
 use crate::diagnose::{self, Diagnosis, Step, Verdict};
 use crate::failure::Reason;
+use crate::verdict::Finding;
 
 /// Diagnoses every target (the broker with Celery's steps; with `ping`, an active
 /// `inspect ping` too). Returns the exit code and the report to print.
@@ -77,18 +78,30 @@ pub async fn check(config: &Config, json: bool, ping: bool) -> (u8, String) {
     (code, text)
 }
 
-/// A diagnosis's Redis steps and its Celery steps.
-fn split(d: Diagnosis) -> (Diagnosis, Vec<Step>) {
+/// A diagnosis's Redis part and its Celery steps and findings.
+fn split(d: Diagnosis) -> (Diagnosis, (Vec<Step>, Vec<Finding>)) {
     let (celery, redis): (Vec<Step>, Vec<Step>) = d
         .steps
         .iter()
         .cloned()
         .partition(|s| s.name.starts_with("celery"));
-    (Diagnosis { steps: redis, ..d }, celery)
+    let (celery_findings, findings): (Vec<Finding>, Vec<Finding>) = d
+        .findings
+        .iter()
+        .cloned()
+        .partition(|f| f.step.starts_with("celery"));
+    (
+        Diagnosis {
+            steps: redis,
+            findings,
+            ..d
+        },
+        (celery, celery_findings),
+    )
 }
 
 /// The Celery check: its steps, or, when the broker itself failed, that failure.
-fn celery_part(redis: &Diagnosis, steps: Vec<Step>) -> Diagnosis {
+fn celery_part(redis: &Diagnosis, (steps, findings): (Vec<Step>, Vec<Finding>)) -> Diagnosis {
     let mut steps = steps;
     if let Some(failed) = redis.failure() {
         steps.insert(
@@ -108,6 +121,7 @@ fn celery_part(redis: &Diagnosis, steps: Vec<Step>) -> Diagnosis {
         steps,
         ping: None,
         info: None,
+        findings,
     }
 }
 

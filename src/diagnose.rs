@@ -16,7 +16,8 @@ use crate::config::{CeleryConfig, Config, show};
 use crate::failure::{Failure, Phase, Reason};
 use crate::info::{self, Info};
 use crate::resp::{Reply, Resp, Stream};
-use crate::target::{Address, Role, Target};
+use crate::target::{Address, Target};
+use crate::verdict::{self, Finding, mib};
 
 /// How a step went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -103,6 +104,8 @@ pub struct Diagnosis {
     /// PING's round trip, when it answered.
     pub ping: Option<Duration>,
     pub info: Option<Info>,
+    /// What degrades it, each with its fix (the warning steps' findings).
+    pub findings: Vec<Finding>,
 }
 
 impl Diagnosis {
@@ -435,6 +438,7 @@ impl Diagnosis {
             steps: Vec::new(),
             ping: None,
             info: None,
+            findings: Vec::new(),
         }
     }
 
@@ -583,21 +587,9 @@ async fn probe(d: &mut Diagnosis, resp: &mut Resp, config: &Config) -> bool {
             d.steps.push(Step::fail("ping", f, fix));
             return false;
         }
-        Ok(_) => {
-            let took = began.elapsed();
-            d.ping = Some(took);
-            let detail = format!("PONG in {:.2}ms", took.as_secs_f64() * 1e3);
-            d.steps.push(if took > config.latency_slo {
-                Step::warn(
-                    "ping",
-                    format!("{detail}, over the {} latency SLO", show(config.latency_slo)),
-                    "Redis or the network is slow: check SLOWLOG, latency, and the distance to the server",
-                )
-            } else {
-                Step::ok("ping", detail)
-            });
-        }
+        Ok(_) => d.ping = Some(began.elapsed()),
     }
+    let took = d.ping.unwrap_or_default();
 
     // INFO, one section per command in one pipeline.
     let sections: Vec<[&[u8]; 2]> = info::SECTIONS
@@ -608,6 +600,7 @@ async fn probe(d: &mut Diagnosis, resp: &mut Resp, config: &Config) -> bool {
     let replies = match tokio::time::timeout(limit, resp.pipeline(&commands)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
+            ping_step(d, took, &[]);
             return fail_io(
                 d,
                 "info",
@@ -615,6 +608,7 @@ async fn probe(d: &mut Diagnosis, resp: &mut Resp, config: &Config) -> bool {
             );
         }
         Err(_) => {
+            ping_step(d, took, &[]);
             return fail_io(
                 d,
                 "info",
@@ -622,43 +616,58 @@ async fn probe(d: &mut Diagnosis, resp: &mut Resp, config: &Config) -> bool {
             );
         }
     };
-    if let Some(Reply::Error(e)) = replies.iter().find(|r| matches!(r, Reply::Error(_))) {
-        let f = Failure::from_redis(&server_error(e), &target);
-        d.steps.push(Step::warn(
-            "info",
-            format!(
-                "INFO failed, so clients, memory and evictions are unknown: {}",
-                f.message
-            ),
-            "grant the ACL user +info",
-        ));
-        return true;
-    }
-    let text: Vec<String> = replies.iter().filter_map(Reply::text).collect();
-    let info = info::parse(&text.join("\n"));
-    judge_info(d, &info);
-    d.info = Some(info);
-    // A replica as the broker, or LOADING: the walk stops there.
+    let info = match replies.iter().find(|r| matches!(r, Reply::Error(_))) {
+        Some(Reply::Error(e)) => Err(Failure::from_redis(&server_error(e), &target)),
+        _ => {
+            let text: Vec<String> = replies.iter().filter_map(Reply::text).collect();
+            Ok(info::parse(&text.join("\n")))
+        }
+    };
+    // The server's own judgement of what PING and INFO showed.
+    let judged = verdict::redis(took, info.as_ref(), target.roles(), config.latency_slo);
+    ping_step(d, took, &judged.findings);
+    let summary = info.as_ref().map(summary).unwrap_or_default();
+    let at_info: Vec<&Finding> = judged
+        .findings
+        .iter()
+        .filter(|f| f.step == "info")
+        .collect();
+    d.steps.push(match (&judged.error, at_info.first()) {
+        (Some(cause), _) => Step::fail("info", cause.failure.clone(), cause.fix.clone()),
+        (None, Some(first)) => {
+            let mut texts: Vec<&str> = at_info.iter().map(|f| f.text.as_str()).collect();
+            if !summary.is_empty() {
+                texts.push(&summary);
+            }
+            Step::warn("info", texts.join("; "), first.fix.clone())
+        }
+        (None, None) => Step::ok("info", summary.clone()),
+    });
+    d.findings.extend(judged.findings);
+    d.info = info.ok();
+    // A replica where Celery writes, or LOADING: the walk stops there.
     d.failure().is_none()
 }
 
-/// The INFO step: role, loading, clients, memory, persistence.
-fn judge_info(d: &mut Diagnosis, i: &Info) {
-    let broker = d.target.roles().contains(&Role::Broker);
+/// The PING step: its time, or the judgement's finding that it was slow.
+fn ping_step(d: &mut Diagnosis, took: Duration, findings: &[Finding]) {
+    let detail = format!("PONG in {:.2}ms", took.as_secs_f64() * 1e3);
+    d.steps
+        .push(match findings.iter().find(|f| f.step == "ping") {
+            Some(slow) => Step::warn("ping", slow.text.clone(), slow.fix.clone()),
+            None => Step::ok("ping", detail),
+        });
+}
+
+/// What INFO says, in one line: version, role, clients, memory.
+fn summary(i: &Info) -> String {
     let mut summary = vec![format!(
         "redis {}, {}",
         i.redis_version.as_deref().unwrap_or("?"),
         i.role.as_deref().unwrap_or("?")
     )];
-    let mut warnings: Vec<(String, &str)> = Vec::new();
     if let (Some(c), Some(m)) = (i.connected_clients, i.maxclients) {
         summary.push(format!("clients {c}/{m}"));
-        if m > 0 && c * 10 >= m * 9 {
-            warnings.push((
-                format!("{c} of {m} clients: near maxclients"),
-                "raise maxclients, or find the client that leaks connections (CLIENT LIST)",
-            ));
-        }
     }
     if let Some(used) = i.used_memory_bytes {
         let max = i.maxmemory_bytes.unwrap_or(0);
@@ -668,141 +677,76 @@ fn judge_info(d: &mut Diagnosis, i: &Info) {
         } else {
             format!("memory {} of {} ({policy})", mib(used), mib(max))
         });
-        if max > 0 && used * 10 >= max * 9 {
-            warnings.push(if policy == "noeviction" {
-                (
-                    format!(
-                        "memory {} of {}: near maxmemory with noeviction",
-                        mib(used),
-                        mib(max)
-                    ),
-                    "writes will fail with OOM when full: raise maxmemory or free keys",
-                )
-            } else {
-                (
-                    format!(
-                        "memory {} of {}: near maxmemory, keys are evicted ({policy})",
-                        mib(used),
-                        mib(max)
-                    ),
-                    "raise maxmemory; evicted keys are lost data",
-                )
-            });
-        }
-        // kombu's lists have no TTL: only allkeys-* policies can evict them.
-        if broker && max > 0 && policy.starts_with("allkeys-") {
-            warnings.push((
-                format!("a Celery broker with maxmemory-policy {policy}"),
-                "queued tasks can be evicted and lost: a broker should use noeviction",
-            ));
-        }
     }
-    for (name, status) in [
-        ("RDB save", &i.rdb_last_bgsave_status),
-        ("AOF write", &i.aof_last_write_status),
-    ] {
-        if status.as_deref() == Some("err") {
-            warnings.push((
-                format!("the last {name} failed"),
-                "with stop-writes-on-bgsave-error, Redis refuses writes (MISCONF): check the disk and the Redis log",
-            ));
-        }
-    }
-    if i.role.as_deref() == Some("slave") {
-        if broker {
-            d.steps.push(Step::fail(
-                "info",
-                Failure::new(
-                    Reason::Other,
-                    "a read-only replica is the Celery broker: workers and clients write (LPUSH, BRPOP, ZADD) and get READONLY errors",
-                ),
-                "point CELERY_BROKER_URL at the primary (on a managed Redis, its primary endpoint)",
-            ));
-            return;
-        }
-        warnings.push((
-            "a replica: reads work, writes fail with READONLY".to_string(),
-            "if the app writes here, use the primary's URL",
-        ));
-    }
-    if i.loading == Some(true) {
-        d.steps.push(Step::fail(
-            "info",
-            Failure::new(Reason::Other, "LOADING: Redis is loading its dataset"),
-            "wait: it answers when the dataset is loaded",
-        ));
-        return;
-    }
-    match warnings.first() {
-        None => d.steps.push(Step::ok("info", summary.join("; "))),
-        Some((first, fix)) => {
-            let all: Vec<&str> = warnings.iter().map(|(w, _)| w.as_str()).collect();
-            let mut step = Step::warn("info", all.join("; "), *fix);
-            step.detail = format!("{}; {}", step.detail, summary.join("; "));
-            let _ = first;
-            d.steps.push(step);
-        }
-    }
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    summary.join("; ")
 }
 
 /// Celery's steps on the broker: queues and reservations, workers heard, and with `ping`
-/// the workers' answers to `inspect ping`.
+/// the workers' answers to `inspect ping`; judged by the server's own rules.
 async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping: bool) {
     use crate::celery::kombu::Naming;
     let target = d.target.clone();
     let naming = Naming::new(c, target.db());
-    // Queues, with the server loop's own probe (one pass; discovery included).
-    let queues =
-        match crate::pool::TargetPool::new(&target, config.probe_timeout, config.auth_recheck) {
-            Err(f) => Err(f),
-            Ok(pool) => {
-                let probe = crate::celery::queues::QueueProbe::new(
-                    pool,
-                    naming.clone(),
-                    c.queues.clone(),
-                    c.visibility_timeout,
-                    // Discovery gets a generous share: the check runs once.
-                    config.probe_timeout * 4,
-                );
-                // Passes until the walk of the binding sets is done (a large keyspace takes
-                // several), then one that reads every queue found; all under one deadline.
-                let limit = config.probe_timeout * 4;
-                let passes = async {
-                    loop {
-                        let obs = probe.probe().await?;
-                        if obs.discovered {
-                            return probe.probe().await.map(|obs| (obs, true));
-                        }
-                    }
-                };
-                match tokio::time::timeout(limit, passes).await {
-                    Ok(result) => result,
-                    // Out of time: what one more pass sees, said to be incomplete.
-                    Err(_) => match tokio::time::timeout(config.probe_timeout, probe.probe()).await
-                    {
-                        Ok(result) => result.map(|obs| (obs, false)),
-                        Err(_) => Err(Failure::timeout(
-                            &target,
-                            Phase::Command("LLEN"),
-                            config.probe_timeout,
-                        )),
-                    },
-                }
+    let queues = read_queues(&target, &naming, c, config).await;
+    // Workers heard within two heartbeat intervals; with none required (and no ping), the
+    // subscription alone is tried, so that a refusal is seen as the server sees it.
+    let window = if c.min_workers == 0 && !ping {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(4500)
+    };
+    let heard = workers_heard(&target, &naming, window, config.probe_timeout).await;
+    let channel = String::from_utf8_lossy(&naming.events_pattern()).into_owned();
+    let alive = heard.as_ref().map_or(0, Vec::len);
+    let seen = verdict::Seen {
+        subscribed: heard.is_ok(),
+        cause: heard.as_ref().err(),
+        held: heard.is_ok(),
+        in_grace: false,
+        alive,
+        down: &[],
+        channel: &channel,
+    };
+    let observed = queues
+        .as_ref()
+        .map(|(obs, _)| obs.clone())
+        .map_err(Clone::clone);
+    let judged = verdict::celery(
+        c,
+        target.redacted(),
+        config.latency_slo,
+        None,
+        &observed,
+        &seen,
+    );
+    let mut findings = judged.findings;
+    let step = |name: &'static str, detail: String, findings: &[Finding]| -> Step {
+        if let Some(cause) = judged.error.as_ref().filter(|e| e.step == name) {
+            return Step::fail(name, cause.failure.clone(), cause.fix.clone());
+        }
+        let mine: Vec<&Finding> = findings.iter().filter(|f| f.step == name).collect();
+        match mine.first() {
+            None => Step::ok(name, detail),
+            Some(first) => {
+                let mut texts: Vec<&str> = mine.iter().map(|f| f.text.as_str()).collect();
+                texts.push(&detail);
+                Step::warn(name, texts.join("; "), first.fix.clone())
             }
-        };
-    match queues {
-        Err(f) => d.steps.push(Step::fail(
-            "celery queues",
-            f,
-            "the broker's keys cannot be read: check the ACL (+@read on the broker's keys)",
-        )),
+        }
+    };
+
+    // Queues: depths only (how long a queue's front has not moved needs watching over
+    // time: the server's /healthz has it).
+    let detail = match &queues {
+        Err(_) => String::new(),
         Ok((obs, discovered)) => {
-            // Depths only: how long a queue's front has not moved needs watching over time
-            // (the server's /healthz has it).
+            if !discovered {
+                findings.push(Finding::new(
+                    "celery queues",
+                    "the walk of the binding sets did not finish in time, so queues may be missing",
+                    "name the app's queues in SIDECAR_CELERY_QUEUES, or run check again (a large keyspace takes several passes)",
+                ));
+            }
             let list: Vec<String> = obs
                 .queues
                 .iter()
@@ -820,81 +764,33 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
                     crate::celery::runner::human(age)
                 ));
             }
-            d.steps.push(if !discovered {
-                Step::warn(
-                    "celery queues",
-                    format!("{detail}; the walk of the binding sets did not finish in time, so queues may be missing"),
-                    "name the app's queues in SIDECAR_CELERY_QUEUES, or run check again (a large keyspace takes several passes)",
-                )
-            } else if obs.orphaned > 0 {
-                Step::warn(
-                    "celery queues",
-                    detail,
-                    "reservations older than the visibility timeout: a worker was killed holding them, or ETA tasks go beyond the timeout; kombu redelivers them",
-                )
-            } else {
-                Step::ok("celery queues", detail)
-            });
+            detail
         }
-    }
-    if c.min_workers == 0 && !ping {
-        d.steps.push(Step::skip(
-            "celery workers",
-            "no worker required (SIDECAR_CELERY_MIN_WORKERS=0)",
-        ));
-        return;
-    }
-    let window = Duration::from_millis(4500);
-    match workers_heard(&target, &naming, window, config.probe_timeout).await {
-        Err(f) => d.steps.push(Step::fail(
-            "celery workers",
-            f,
-            "the event channels cannot be subscribed: check the ACL (&* channels, +psubscribe)",
-        )),
-        Ok(heard) => {
-            let channel = String::from_utf8_lossy(&naming.events_pattern()).into_owned();
-            if heard.len() < c.min_workers as usize {
-                let detail = if heard.is_empty() {
-                    format!("no Celery worker heard on {channel} in {}", show(window))
-                } else {
-                    format!(
-                        "only {} of the required {} workers heard on {channel} in {}: {}",
-                        heard.len(),
-                        c.min_workers,
-                        show(window),
-                        heard.join(", ")
-                    )
-                };
-                d.steps.push(Step::fail(
-                    "celery workers",
-                    Failure::new(Reason::Other, detail),
-                    "are the workers running, with this broker URL and db (CELERY_BROKER_URL on the worker service), and the same key prefix (global_keyprefix = SIDECAR_CELERY_KEYPREFIX)?",
-                ));
-            } else if heard.is_empty() {
-                d.steps.push(Step::ok(
-                    "celery workers",
-                    format!("none heard on {channel} in {}, none required", show(window)),
-                ));
-            } else {
-                d.steps.push(Step::ok(
-                    "celery workers",
-                    format!(
-                        "heard {} in {}: {}",
-                        heard.len(),
-                        show(window),
-                        heard.join(", ")
-                    ),
-                ));
-            }
+    };
+    d.steps.push(step("celery queues", detail, &findings));
+
+    // Workers.
+    let detail = match &heard {
+        Err(f) => f.message.clone(),
+        Ok(_) if window.is_zero() => format!(
+            "subscribed to {channel}; no worker required (SIDECAR_CELERY_MIN_WORKERS=0), none waited for"
+        ),
+        Ok(heard) if heard.is_empty() => {
+            format!("none heard on {channel} in {}", show(window))
         }
-    }
+        Ok(heard) => format!(
+            "heard {} in {}: {}",
+            heard.len(),
+            show(window),
+            heard.join(", ")
+        ),
+    };
+    d.steps.push(step("celery workers", detail, &findings));
+
     // The ping runs even when no worker was heard: a worker with events disabled
     // (no heartbeats reach this channel) still answers it.
     if ping {
-        let heard_some = d
-            .steps
-            .last()
-            .is_some_and(|s| s.detail.starts_with("heard ") || s.detail.starts_with("only "));
+        let heard_some = alive > 0;
         match crate::pidbox::ping(&target, &naming, Duration::from_secs(1), config.probe_timeout).await {
             Err(f) => d.steps.push(Step::fail("celery ping", f, "the broker refused the ping's commands")),
             Ok(replies) if replies.is_empty() => d.steps.push(Step::fail(
@@ -918,20 +814,62 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
                         .iter_mut()
                         .find(|s| s.name == "celery workers" && s.verdict == Verdict::Fail)
                 {
+                    let finding = Finding::new(
+                        "celery workers",
+                        format!("{}, but {} answered inspect ping", workers.detail, replies.len()),
+                        "their heartbeats do not reach the event channel: a busy solo-pool worker pauses them, --without-heartbeat turns them off; the server's celery check counts workers by heartbeat",
+                    );
                     workers.verdict = Verdict::Warn;
                     workers.reason = None;
-                    workers.detail = format!(
-                        "{}, but {} answered inspect ping",
-                        workers.detail,
-                        replies.len()
-                    );
-                    workers.fix = Some(
-                        "their heartbeats do not reach the event channel: a busy solo-pool worker pauses them, --without-heartbeat turns them off; the server's celery check counts workers by heartbeat".into(),
-                    );
+                    workers.detail = finding.text.clone();
+                    workers.fix = Some(finding.fix.clone());
+                    findings.push(finding);
                 }
                 d.steps.push(Step::ok("celery ping", list.join(", ")));
             }
         }
+    }
+    d.findings.extend(findings);
+}
+
+/// The queue probe's passes until the walk of the binding sets is done (a large keyspace
+/// takes several), then one that reads every queue found; all under one deadline. With the
+/// observation, whether the walk finished.
+async fn read_queues(
+    target: &Target,
+    naming: &crate::celery::kombu::Naming,
+    c: &CeleryConfig,
+    config: &Config,
+) -> Result<(crate::celery::queues::QueueObservation, bool), Failure> {
+    let pool = crate::pool::TargetPool::new(target, config.probe_timeout, config.auth_recheck)?;
+    let probe = crate::celery::queues::QueueProbe::new(
+        pool,
+        naming.clone(),
+        c.queues.clone(),
+        c.visibility_timeout,
+        // Discovery gets a generous share: the check runs once.
+        config.probe_timeout * 4,
+    );
+    let limit = config.probe_timeout * 4;
+    let passes = async {
+        loop {
+            let obs = probe.probe().await?;
+            if obs.discovered {
+                return probe.probe().await.map(|obs| (obs, true));
+            }
+        }
+    };
+    match tokio::time::timeout(limit, passes).await {
+        Ok(result) => result,
+        // Out of time: what one more pass sees, said to be incomplete.
+        Err(_) => match tokio::time::timeout(config.probe_timeout, probe.probe()).await {
+            Ok(result) => result.map(|obs| (obs, false)),
+            Err(_) => Err(Failure::timeout(
+                target,
+                Phase::Command("LLEN"),
+                config.probe_timeout,
+            )),
+        },
     }
 }
 
@@ -976,20 +914,18 @@ pub fn check_json(d: &Diagnosis) -> Value {
         _ => "healthy",
     };
     let failure = d.failure();
-    let warnings: Vec<&str> = d
-        .steps
-        .iter()
-        .filter(|s| s.verdict == Verdict::Warn)
-        .map(|s| s.detail.as_str())
-        .collect();
+    let warnings: Vec<&str> = d.findings.iter().map(|f| f.text.as_str()).collect();
     json!({
         "status": status,
         "endpoint": d.target.redacted(),
         "latency_ms": d.ping.map(|p| (p.as_secs_f64() * 1e6).round() / 1e3),
         "error": failure.map(|s| s.detail.clone()),
         "reason": failure.and_then(|s| s.reason).map(Reason::as_str),
-        "fix": failure.and_then(|s| s.fix.clone()),
+        "fix": failure
+            .and_then(|s| s.fix.clone())
+            .or_else(|| d.findings.first().map(|f| f.fix.clone())),
         "warnings": warnings,
+        "findings": d.findings,
         "steps": d.steps.iter().map(|s| json!({
             "step": s.name,
             "status": s.verdict.as_str().to_ascii_lowercase(),

@@ -318,6 +318,7 @@ mod tests {
                 consecutive_failures: 1,
                 error: (status == Status::Unhealthy)
                     .then(|| Failure::new(Reason::Connect, "connection refused by h:6379")),
+                fix: None,
                 warnings: vec![],
                 details: serde_json::json!({}),
                 fields: serde_json::json!({}),

@@ -11,6 +11,7 @@
 //! - [`pool`]: a bb8 pool per target whose manager remembers why a connect failed.
 //! - [`probe`]: the Redis probe: PING timed, INFO parsed by [`info`], pool state.
 //! - [`failure`]: why a probe failed: a fixed `reason` label and a sentence to act on.
+//! - [`verdict`]: the one judgement of a Redis target, shared by the server and `check`.
 //! - [`runner`]: interval, timeout, timing; writes each result to the snapshot and metrics.
 //! - [`snapshot`]: the latest report per check; freshness and status decided when read.
 //! - [`celery`]: Celery through the broker: queue probe, event subscriber, the check.
@@ -41,6 +42,7 @@ pub mod runner;
 pub mod snapshot;
 pub mod target;
 pub mod telemetry;
+pub mod verdict;
 
 use std::future::Future;
 use std::io;
@@ -60,6 +62,7 @@ use crate::metrics::Metrics;
 use crate::pool::TargetPool;
 use crate::runner::Runner;
 use crate::snapshot::Snapshot;
+use crate::target::Role;
 
 /// Serves until `shutdown` resolves: one runner task per Redis target, the Celery check
 /// and its event subscriber, the metrics renderer, and the HTTP server on `listener`. Used
@@ -164,17 +167,26 @@ pub fn assemble(config: &Config, celery: bool) -> Parts {
                     config.probe_timeout,
                 )
             });
+            let broker_reports = broker
+                .roles()
+                .iter()
+                .find(|r| **r == Role::Broker)
+                .or(broker.roles().first())
+                .and_then(|r| snapshot.reports(&r.check_name()))
+                .expect("the broker's checks are in the snapshot");
             let runner = CeleryRunner::new(
                 probe,
                 shared.clone(),
                 changed.clone(),
                 publisher,
+                broker_reports,
                 metrics.clone(),
                 c.clone(),
                 config.probe_interval,
                 config.probe_timeout,
                 config.latency_slo,
                 broker.redacted().to_string(),
+                String::from_utf8_lossy(&naming.events_pattern()).into_owned(),
             );
             let subscriber = Subscriber::new(
                 broker.clone(),

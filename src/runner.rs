@@ -7,15 +7,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::config::show;
 use crate::failure::{Failure, Phase, Reason};
 use crate::info::Info;
 use crate::metrics::Metrics;
 use crate::otel;
 use crate::pool::{PoolState, TargetPool};
-use crate::probe::{Observation, RedisProbe};
+use crate::probe::RedisProbe;
 use crate::snapshot::{Publisher, Report, Status};
 use crate::target::Target;
+use crate::verdict;
 use tracing::Instrument;
 
 /// One check a target's probe reports under: a target that plays several roles is probed
@@ -129,16 +129,19 @@ impl Runner {
                         obs.pool,
                     );
                 }
-                let (status, warnings) = judge(&obs, self.slo);
+                let judged =
+                    verdict::redis(obs.ping, obs.info.as_ref(), self.target.roles(), self.slo);
+                let (error, fix) = judged.error.map(|c| (c.failure, c.fix)).unzip();
                 Report {
-                    status,
+                    status: judged.status,
                     finished: Instant::now(),
                     finished_at: now,
                     latency: Some(obs.ping),
                     last_success: Some(now),
                     consecutive_failures: 0,
-                    error: None,
-                    warnings,
+                    error,
+                    fix,
+                    warnings: judged.findings,
                     details: details(obs.pool, obs.info.as_ref().ok()),
                     fields: json!({}),
                 }
@@ -199,31 +202,6 @@ pub fn offset(interval: Duration, k: usize, n: usize) -> Duration {
     interval.mul_f64(k as f64 / n.max(1) as f64)
 }
 
-/// The status of a successful probe, and why it is degraded: PING slower than the SLO, or
-/// INFO refused.
-pub fn judge(obs: &Observation, slo: Duration) -> (Status, Vec<String>) {
-    let mut warnings = Vec::new();
-    if obs.ping > slo {
-        warnings.push(format!(
-            "slow: PING took {:.1}ms, over the {} latency SLO",
-            obs.ping.as_secs_f64() * 1e3,
-            show(slo)
-        ));
-    }
-    if let Err(f) = &obs.info {
-        warnings.push(format!(
-            "INFO failed, so clients, memory and evictions are unknown: {}",
-            f.message
-        ));
-    }
-    let status = if warnings.is_empty() {
-        Status::Healthy
-    } else {
-        Status::Degraded
-    };
-    (status, warnings)
-}
-
 /// The `details` of a Redis check: the pool, and INFO's figures when there are any.
 fn details(pool: PoolState, info: Option<&Info>) -> Value {
     let mut details = json!({
@@ -260,6 +238,7 @@ pub fn failed(failure: Failure, last: Option<&Report>, now: SystemTime, details:
         last_success: last.and_then(|r| r.last_success),
         consecutive_failures: last.map_or(0, |r| r.consecutive_failures) + 1,
         error: Some(failure),
+        fix: None,
         warnings: Vec::new(),
         details,
         fields: json!({}),
@@ -289,7 +268,11 @@ pub fn log_change(names: &str, endpoint: &str, prev: Option<&Report>, next: &Rep
             check = names,
             endpoint,
             "{who} {verb} degraded: {}",
-            next.warnings.join("; ")
+            next.warnings
+                .iter()
+                .map(|w| w.text.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
         _ => match prev {
             Some(p) if p.status == Status::Unhealthy && p.consecutive_failures > 0 => {
@@ -323,35 +306,6 @@ mod tests {
             Duration::ZERO,
             "no probers: no division by zero"
         );
-    }
-
-    fn obs(ping_ms: u64, info: Result<Info, Failure>) -> Observation {
-        Observation {
-            ping: Duration::from_millis(ping_ms),
-            info,
-            pool: PoolState::default(),
-        }
-    }
-
-    #[test]
-    fn status_rules_for_a_successful_probe() {
-        let slo = Duration::from_millis(100);
-        assert_eq!(judge(&obs(1, Ok(Info::default())), slo).0, Status::Healthy);
-        assert_eq!(
-            judge(&obs(100, Ok(Info::default())), slo).0,
-            Status::Healthy,
-            "at the SLO is not over it"
-        );
-        let (status, warnings) = judge(&obs(150, Ok(Info::default())), slo);
-        assert_eq!(status, Status::Degraded);
-        assert_eq!(
-            warnings,
-            ["slow: PING took 150.0ms, over the 100ms latency SLO"]
-        );
-        let denied = Failure::new(Reason::Auth, "NOPERM: no info");
-        let (status, warnings) = judge(&obs(1, Err(denied)), slo);
-        assert_eq!(status, Status::Degraded);
-        assert!(warnings[0].starts_with("INFO failed"), "{warnings:?}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::failure::Failure;
+use crate::verdict::Finding;
 
 /// A check's health. Ordered: the overall status is the worst (greatest) of all checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -52,8 +53,10 @@ pub struct Report {
     pub consecutive_failures: u32,
     /// Why the check is unhealthy.
     pub error: Option<Failure>,
-    /// Why the check is degraded.
-    pub warnings: Vec<String>,
+    /// What to do about `error`, when it is known.
+    pub fix: Option<String>,
+    /// Why the check is degraded, each with what to do.
+    pub warnings: Vec<Finding>,
     /// Check-specific figures for `/healthz`, under `details`.
     pub details: Value,
     /// Check-specific fields at the top level of the check's `/healthz` object (the
@@ -72,6 +75,8 @@ pub struct Check {
 
 /// The writing end of one check's reports.
 pub type Publisher = watch::Sender<Option<Arc<Report>>>;
+/// The reading end of one check's reports.
+pub type Reports = watch::Receiver<Option<Arc<Report>>>;
 
 /// A check's status as of now: the report's, unless there is no report or it is stale.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +139,11 @@ impl Snapshot {
     /// The check called `name`.
     pub fn find(&self, name: &str) -> Option<&Check> {
         self.checks.iter().find(|c| c.name == name)
+    }
+
+    /// The reports of the check called `name`, as they come.
+    pub fn reports(&self, name: &str) -> Option<Reports> {
+        self.find(name).map(|c| c.reports.clone())
     }
 
     pub fn report(&self, check: &Check) -> Option<Arc<Report>> {
@@ -228,7 +238,7 @@ pub fn verdict(report: Option<&Report>, now: Instant, max_age: Duration) -> Verd
     }
     let reason = match report.status {
         Status::Unhealthy => report.error.as_ref().map(|f| f.message.clone()),
-        Status::Degraded => report.warnings.first().cloned(),
+        Status::Degraded => report.warnings.first().map(|w| w.text.clone()),
         Status::Healthy => None,
     };
     Verdict {
@@ -247,7 +257,9 @@ fn check_json(check: &Check, report: Option<&Report>, verdict: &Verdict) -> Valu
         "consecutive_failures": 0,
         "error": null,
         "reason": null,
+        "fix": null,
         "warnings": [],
+        "findings": [],
         "details": {},
     });
     if let Some(r) = report {
@@ -256,7 +268,14 @@ fn check_json(check: &Check, report: Option<&Report>, verdict: &Verdict) -> Valu
         doc["last_probe"] = json!(rfc3339(r.finished_at));
         doc["consecutive_failures"] = json!(r.consecutive_failures);
         doc["reason"] = json!(r.error.as_ref().map(|f| f.reason.as_str()));
-        doc["warnings"] = json!(r.warnings);
+        let texts: Vec<&str> = r.warnings.iter().map(|w| w.text.as_str()).collect();
+        doc["warnings"] = json!(texts);
+        doc["findings"] = json!(r.warnings);
+        doc["fix"] = json!(match r.status {
+            Status::Unhealthy => r.fix.as_deref(),
+            Status::Degraded => r.warnings.first().map(|w| w.fix.as_str()),
+            Status::Healthy => None,
+        });
         doc["details"] = r.details.clone();
         if let (Some(d), Some(f)) = (doc.as_object_mut(), r.fields.as_object()) {
             d.extend(f.clone());
@@ -316,8 +335,9 @@ mod tests {
             consecutive_failures: 0,
             error: (status == Status::Unhealthy)
                 .then(|| Failure::new(Reason::Connect, "connection refused by h:1")),
+            fix: None,
             warnings: if status == Status::Degraded {
-                vec!["slow".into()]
+                vec![Finding::new("ping", "slow", "look")]
             } else {
                 vec![]
             },

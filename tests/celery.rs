@@ -187,8 +187,10 @@ fn sigterm_is_noticed_before_the_heartbeat_window() {
     assert!(!m.contains("hostname=\"w3@test\""), "{m}");
 }
 
+/// The sidecar's user loses PSUBSCRIBE: a setting to change, so unhealthy with the cause
+/// (never "stale" forever), and the workers are shown as last seen, not as zero.
 #[test]
-fn a_lost_subscription_makes_worker_data_stale_not_zero() {
+fn a_refused_subscription_is_unhealthy_and_keeps_the_workers_as_last_seen() {
     let redis = Redis::start(&[]);
     let cli = |args: &[&str]| redis.cli(None, args);
     assert_eq!(
@@ -219,18 +221,15 @@ fn a_lost_subscription_makes_worker_data_stale_not_zero() {
     assert_eq!(cli(&["ACL", "SETUSER", "side", "-psubscribe"]).trim(), "OK");
     cli(&["CLIENT", "KILL", "TYPE", "pubsub", "USER", "side"]);
     // First the closed connection, then the refused PSUBSCRIBE of the reconnection.
-    let c = wait_celery(&sidecar, "stale worker data, with the cause", |c| {
-        c["status"] == "degraded"
-            && c["warnings"][0]
-                .as_str()
-                .is_some_and(|w| w.contains("NOPERM"))
+    let c = wait_celery(&sidecar, "the refusal, with the cause", |c| {
+        c["status"] == "unhealthy" && c["reason"] == "auth"
     });
-    let warning = c["warnings"][0].as_str().unwrap();
+    let error = c["error"].as_str().unwrap();
     assert!(
-        warning.starts_with("worker data is stale: the event subscription is down"),
-        "{warning}"
+        error.starts_with("the Celery event channels cannot be subscribed: NOPERM"),
+        "{error}"
     );
-    assert!(warning.contains("NOPERM"), "the cause is named: {warning}");
+    assert!(c["fix"].as_str().unwrap().contains("+psubscribe"), "{c:#}");
     assert_eq!(c["workers_alive"], 1, "as last seen, not zero: {c:#}");
     assert_eq!(c["details"]["events"]["subscribed"], false);
     let m = sidecar.scrape_when("sidecar_celery_subscribed", 0.0).body;
@@ -252,10 +251,10 @@ fn a_lost_subscription_makes_worker_data_stale_not_zero() {
     // The broker gone: unhealthy with the real cause, queue series dropped, not frozen.
     let mut redis = redis;
     redis.kill();
-    let c = wait_celery(&sidecar, "the broker unreadable", |c| {
+    let c = wait_celery(&sidecar, "the broker unusable", |c| {
         c["error"]
             .as_str()
-            .is_some_and(|e| e.starts_with("the broker cannot be read: connection refused"))
+            .is_some_and(|e| e.starts_with("the broker is not usable: connection refused"))
     });
     assert_eq!(c["status"], "unhealthy");
     assert_eq!(c["reason"], "connect");

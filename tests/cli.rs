@@ -276,7 +276,7 @@ fn check_exits_0_when_healthy_and_1_naming_the_cause_otherwise() {
         "\n  info            ok    redis ",
         "\ncelery  healthy  redis://127.0.0.1:",
         "\n  celery queues   ok    celery 0; unacked 0, orphaned 0\n",
-        "\n  celery workers  skip  no worker required (SIDECAR_CELERY_MIN_WORKERS=0)\n",
+        "\n  celery workers  ok    subscribed to /0.celeryev/*; no worker required (SIDECAR_CELERY_MIN_WORKERS=0), none waited for\n",
     ] {
         assert!(text.contains(line), "{line:?} in\n{text}");
     }

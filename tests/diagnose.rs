@@ -310,8 +310,8 @@ fn a_backlog_with_no_worker_names_the_missing_workers() {
         "celery",
         "celery workers",
         "other",
-        "no Celery worker heard on /0.celeryev/*",
-        "are the workers running",
+        "no Celery worker is alive: none was heard recently on /0.celeryev/*",
+        "start the workers",
     );
 }
 

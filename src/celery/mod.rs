@@ -39,7 +39,7 @@ pub struct Subscription {
     /// When it last came up, or went down.
     pub since: Option<Instant>,
     /// Why it is down.
-    pub error: Option<String>,
+    pub error: Option<crate::failure::Failure>,
     /// Messages received (undecodable ones included), undecodable messages skipped,
     /// worker events beyond the cap.
     pub messages: u64,

@@ -17,11 +17,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::Shared;
 use super::queues::{QueueObservation, QueueProbe};
-use crate::config::{CELERY_CHECK, CeleryConfig, show};
-use crate::failure::{Failure, Reason};
+use crate::config::{CELERY_CHECK, CeleryConfig};
+use crate::failure::Failure;
 use crate::metrics::Metrics;
 use crate::runner::log_change;
-use crate::snapshot::{Publisher, Report, Status};
+use crate::snapshot::{Publisher, Report, Reports, Status};
+use crate::verdict::{self, Cause, Seen};
 use tracing::Instrument;
 
 /// How often workers are judged again between queue probes.
@@ -43,11 +44,15 @@ pub struct CeleryRunner {
     shared: Arc<Mutex<Shared>>,
     changed: Arc<Notify>,
     publisher: Publisher,
+    /// The broker's own Redis check.
+    broker: Reports,
     metrics: Arc<Metrics>,
     config: CeleryConfig,
     interval: Duration,
     timeout: Duration,
     endpoint: String,
+    /// The event channels' pattern, for sentences.
+    channel: String,
     /// A queue pipeline slower than this makes the check degraded.
     slo: Duration,
     queues: Option<QueueRun>,
@@ -64,24 +69,28 @@ impl CeleryRunner {
         shared: Arc<Mutex<Shared>>,
         changed: Arc<Notify>,
         publisher: Publisher,
+        broker: Reports,
         metrics: Arc<Metrics>,
         config: CeleryConfig,
         interval: Duration,
         timeout: Duration,
         slo: Duration,
         endpoint: String,
+        channel: String,
     ) -> CeleryRunner {
         CeleryRunner {
             probe,
             shared,
             changed,
             publisher,
+            broker,
             metrics,
             config,
             interval,
             timeout,
             slo,
             endpoint,
+            channel,
             queues: None,
             shown: Vec::new(),
             last: None,
@@ -251,17 +260,42 @@ impl CeleryRunner {
             .collect();
         let seen = Seen {
             subscribed: sub.up,
-            cause: sub.error.as_deref(),
+            cause: sub.error.as_ref(),
+            held: sub.connects > 0,
             in_grace: sub.up && sub.since.is_some_and(|t| now < t + grace),
             alive,
             down: &down,
+            channel: &self.channel,
         };
-        let (status, error, warnings) =
-            judge(&self.config, &self.endpoint, self.slo, &run.result, &seen);
+        // The broker's own Redis check: a broker unusable as Redis is unusable for Celery,
+        // as `check` says it.
+        let broker = self.broker.borrow().clone();
+        let broker = broker
+            .as_deref()
+            .filter(|r| r.status == Status::Unhealthy)
+            .and_then(|r| {
+                r.error.as_ref().map(|f| {
+                    Cause::new(
+                        "celery broker",
+                        f.clone(),
+                        r.fix.clone().unwrap_or_else(|| {
+                            "fix the broker's connection first (the redis:broker check)".into()
+                        }),
+                    )
+                })
+            });
+        let judged = verdict::celery(
+            &self.config,
+            &self.endpoint,
+            self.slo,
+            broker.as_ref(),
+            &run.result,
+            &seen,
+        );
         let events = json!({
             "subscribed": sub.up,
             "since_seconds": sub.since.map(|t| round1(now.saturating_duration_since(t))),
-            "error": sub.error,
+            "error": sub.error.as_ref().map(|f| f.message.as_str()),
             "received": sub.messages,
             "decode_errors": sub.decode_errors,
             "untracked_workers": sub.untracked,
@@ -303,15 +337,17 @@ impl CeleryRunner {
             });
             details["queues_left_out"] = json!(obs.left_out);
         }
+        let (error, fix) = judged.error.map(|c| (c.failure, c.fix)).unzip();
         let report = Report {
-            status,
+            status: judged.status,
             finished: run.finished,
             finished_at: run.finished_at,
             latency: run.result.as_ref().ok().map(|o| o.round_trip),
             last_success: run.last_success,
             consecutive_failures: run.consecutive_failures,
             error,
-            warnings,
+            fix,
+            warnings: judged.findings,
             details,
             fields,
         };
@@ -333,109 +369,6 @@ impl CeleryRunner {
     }
 }
 
-/// What the worker side looks like when the check is judged.
-pub struct Seen<'a> {
-    pub subscribed: bool,
-    /// Why the subscription is down.
-    pub cause: Option<&'a str>,
-    /// Within two heartbeat intervals of the subscription coming up.
-    pub in_grace: bool,
-    pub alive: usize,
-    /// Some of the workers down, by hostname.
-    pub down: &'a [&'a str],
-}
-
-/// The status, the cause when unhealthy, the warnings when degraded: a pure function of
-/// the settings, the last queue probe and the worker side.
-pub fn judge(
-    c: &CeleryConfig,
-    endpoint: &str,
-    slo: Duration,
-    queues: &Result<QueueObservation, Failure>,
-    seen: &Seen,
-) -> (Status, Option<Failure>, Vec<String>) {
-    let obs = match queues {
-        Err(f) => {
-            let f = Failure::new(
-                f.reason,
-                format!("the broker cannot be read: {}", f.message),
-            );
-            return (Status::Unhealthy, Some(f), Vec::new());
-        }
-        Ok(obs) => obs,
-    };
-    let alive = seen.alive;
-    let mut error = None;
-    let mut warnings = Vec::new();
-    if !seen.subscribed {
-        warnings.push(format!(
-            "worker data is stale: the event subscription is down ({}); workers are shown as they were when it was lost",
-            seen.cause.unwrap_or("connecting")
-        ));
-    } else if alive < c.min_workers as usize {
-        if seen.in_grace {
-            warnings.push(format!(
-                "waiting for worker heartbeats: {alive} of the required {} heard so far",
-                c.min_workers
-            ));
-        } else if seen.down.is_empty() {
-            error = Some(Failure::new(
-                Reason::Other,
-                format!(
-                    "no Celery worker is alive: none was heard recently on the broker's event channels (are the workers running, and connected to {endpoint}?)"
-                ),
-            ));
-        } else {
-            error = Some(Failure::new(
-                Reason::Other,
-                format!(
-                    "only {alive} of the required {} Celery workers are alive; down: {}",
-                    c.min_workers,
-                    seen.down.join(", ")
-                ),
-            ));
-        }
-    }
-    if obs.round_trip > slo {
-        warnings.push(format!(
-            "slow: the queue pipeline took {:.1}ms, over the {} latency SLO",
-            obs.round_trip.as_secs_f64() * 1e3,
-            show(slo)
-        ));
-    }
-    if alive > 0 {
-        for q in &obs.queues {
-            if let Some(age) = q.oldest_age.filter(|a| *a > c.stall_after) {
-                let task = q
-                    .oldest_task
-                    .as_deref()
-                    .map(|t| format!(" ({t})"))
-                    .unwrap_or_default();
-                warnings.push(format!(
-                    "queue {} is stalled: its oldest task{task} has waited {} at the front while {alive} worker(s) are alive: no worker consumes this queue (check the workers' -Q), or the workers lost their broker connection",
-                    q.name,
-                    human(age)
-                ));
-            }
-        }
-    }
-    if obs.orphaned > 0 {
-        warnings.push(format!(
-            "{} reservation(s) are older than the visibility timeout ({}): left by a worker killed while holding prefetched tasks (SIGKILL, OOM), or ETA/countdown tasks scheduled further out than the visibility timeout; kombu delivers such reservations again, so a task may run twice",
-            obs.orphaned,
-            human(c.visibility_timeout)
-        ));
-    }
-    let status = if error.is_some() {
-        Status::Unhealthy
-    } else if warnings.is_empty() {
-        Status::Healthy
-    } else {
-        Status::Degraded
-    };
-    (status, error, warnings)
-}
-
 fn round1(d: Duration) -> f64 {
     (d.as_secs_f64() * 10.0).round() / 10.0
 }
@@ -453,144 +386,6 @@ pub fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use crate::celery::queues::QueueState;
-
-    fn config() -> CeleryConfig {
-        crate::config::Config::from_settings(&crate::cli::Settings::default())
-            .unwrap()
-            .celery
-    }
-
-    fn obs() -> QueueObservation {
-        QueueObservation {
-            queues: vec![QueueState {
-                name: "celery".into(),
-                length: 1,
-                oldest_age: Some(Duration::from_secs(1)),
-                oldest_task: Some("tasks.add".into()),
-                error: None,
-            }],
-            unacked: 0,
-            oldest_reservation: None,
-            orphaned: 0,
-            round_trip: Duration::from_millis(1),
-            bad_messages: vec![],
-            left_out: 0,
-            discovered: true,
-        }
-    }
-
-    fn seen<'a>(alive: usize, down: &'a [&'a str]) -> Seen<'a> {
-        Seen {
-            subscribed: true,
-            cause: None,
-            in_grace: false,
-            alive,
-            down,
-        }
-    }
-
-    fn run(
-        s: &Seen,
-        o: Result<QueueObservation, Failure>,
-    ) -> (Status, Option<Failure>, Vec<String>) {
-        judge(
-            &config(),
-            "redis://h:6379/0",
-            Duration::from_millis(100),
-            &o,
-            s,
-        )
-    }
-
-    #[test]
-    fn healthy_with_enough_workers_and_moving_queues() {
-        let (status, error, warnings) = run(&seen(1, &[]), Ok(obs()));
-        assert_eq!((status, error, warnings.len()), (Status::Healthy, None, 0));
-    }
-
-    #[test]
-    fn an_unreadable_broker_is_unhealthy_with_its_cause() {
-        let f = Failure::new(Reason::Connect, "connection refused by h:6379");
-        let (status, error, _) = run(&seen(1, &[]), Err(f));
-        assert_eq!(status, Status::Unhealthy);
-        let error = error.unwrap();
-        assert_eq!(error.reason, Reason::Connect);
-        assert_eq!(
-            error.message,
-            "the broker cannot be read: connection refused by h:6379"
-        );
-    }
-
-    #[test]
-    fn too_few_workers() {
-        let (status, error, _) = run(&seen(0, &[]), Ok(obs()));
-        assert_eq!(status, Status::Unhealthy);
-        assert!(
-            error
-                .unwrap()
-                .message
-                .starts_with("no Celery worker is alive")
-        );
-        let (_, error, _) = run(&seen(0, &["w1@a", "w2@b"]), Ok(obs()));
-        assert_eq!(
-            error.unwrap().message,
-            "only 0 of the required 1 Celery workers are alive; down: w1@a, w2@b"
-        );
-        let mut s = seen(0, &[]);
-        s.in_grace = true;
-        let (status, _, warnings) = run(&s, Ok(obs()));
-        assert_eq!(status, Status::Degraded);
-        assert!(warnings[0].starts_with("waiting for worker heartbeats"));
-    }
-
-    #[test]
-    fn a_lost_subscription_is_stale_not_zero() {
-        let s = Seen {
-            subscribed: false,
-            cause: Some("NOPERM"),
-            in_grace: false,
-            alive: 0,
-            down: &[],
-        };
-        let (status, error, warnings) = run(&s, Ok(obs()));
-        assert_eq!((status, error), (Status::Degraded, None));
-        assert!(
-            warnings[0]
-                .starts_with("worker data is stale: the event subscription is down (NOPERM)")
-        );
-    }
-
-    #[test]
-    fn stalls_orphans_and_slowness_degrade() {
-        let mut o = obs();
-        o.queues[0].oldest_age = Some(Duration::from_secs(301));
-        let (status, _, warnings) = run(&seen(2, &[]), Ok(o.clone()));
-        assert_eq!(status, Status::Degraded);
-        assert!(
-            warnings[0].starts_with(
-                "queue celery is stalled: its oldest task (tasks.add) has waited 5m01s"
-            )
-        );
-        // No worker alive: not a stall (the worker count says it already).
-        let (_, _, warnings) = run(&seen(0, &["w"]), Ok(o));
-        assert!(warnings.iter().all(|w| !w.contains("stalled")));
-        let mut o = obs();
-        o.orphaned = 3;
-        let (status, _, warnings) = run(&seen(1, &[]), Ok(o));
-        assert_eq!(status, Status::Degraded);
-        assert!(
-            warnings[0]
-                .starts_with("3 reservation(s) are older than the visibility timeout (1h00m)"),
-            "{warnings:?}"
-        );
-        let mut o = obs();
-        o.round_trip = Duration::from_millis(250);
-        let (status, _, warnings) = run(&seen(1, &[]), Ok(o));
-        assert_eq!(status, Status::Degraded);
-        assert!(warnings[0].starts_with("slow: the queue pipeline took 250.0ms"));
-    }
 
     #[test]
     fn human_durations() {

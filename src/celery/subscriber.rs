@@ -206,12 +206,12 @@ impl Subscriber {
     fn set_down(&self, why: &Failure) {
         let mut shared = self.shared.lock().expect("shared lock is never poisoned");
         let s = &mut shared.subscription;
-        let first = s.up || s.error.as_deref() != Some(why.message.as_str());
+        let first = s.up || s.error.as_ref() != Some(why);
         if s.up {
             s.since = Some(Instant::now());
         }
         s.up = false;
-        s.error = Some(why.message.clone());
+        s.error = Some(why.clone());
         drop(shared);
         if first {
             tracing::warn!(

@@ -235,6 +235,44 @@ impl Drop for Redis {
     }
 }
 
+/// A TLS-only redis-server with a fresh self-signed certificate (openssl, from scripts/test).
+pub fn tls_redis(dir: &TempDir) -> (Redis, u16) {
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl ({e}): run scripts/test, which installs it"))
+        .status
+        .success();
+    assert!(ok, "openssl could not make a certificate");
+    let tls_port = free_port();
+    let redis = Redis::start(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    (redis, tls_port)
+}
+
 /// An HTTP response as the test sees it.
 #[derive(Debug)]
 pub struct Reply {
