@@ -225,10 +225,13 @@ pub struct CeleryConfig {
     /// Queues watched whether or not a binding names them (`celery` always among them).
     pub queues: Vec<String>,
     pub min_workers: u32,
-    pub keyprefix: Vec<u8>,
-    pub sep: Vec<u8>,
-    /// Ascending; the first is the base key's step.
-    pub priority_steps: Vec<u32>,
+    /// kombu's `global_keyprefix`, when set; else found on the broker.
+    pub keyprefix: Option<Vec<u8>>,
+    /// kombu's `sep`, when set; else found on the broker.
+    pub sep: Option<Vec<u8>>,
+    /// kombu's `priority_steps` (ascending), when set: only these count in a queue's
+    /// length. Else every key kombu can write a priority to counts.
+    pub priority_steps: Option<Vec<u32>>,
     pub visibility_timeout: Duration,
     pub heartbeat_misses: u32,
     pub stall_after: Duration,
@@ -498,17 +501,24 @@ impl Config {
             &format!("{} (+ discovered)", c.queues.join(",")),
         );
         line("celery min workers", &c.min_workers.to_string());
+        let shown = |v: &Option<Vec<u8>>| match v {
+            Some(v) => format!("\"{}\"", escape(v)),
+            None => "found on the broker".to_string(),
+        };
         line(
             "celery keys",
             &format!(
-                "prefix \"{}\", sep \"{}\", priority steps {}",
-                escape(&c.keyprefix),
-                escape(&c.sep),
-                c.priority_steps
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
+                "prefix {}, sep {}, priority steps {}",
+                shown(&c.keyprefix),
+                shown(&c.sep),
+                match &c.priority_steps {
+                    Some(steps) => steps
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    None => "any (0 to 9)".to_string(),
+                }
             ),
         );
         line(
@@ -735,8 +745,8 @@ fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, ConfigError>
         100_000,
     )? as usize;
     let keyprefix = match &s.celery_keyprefix {
-        None => Vec::new(),
-        Some(text) => unescape(text).ok_or_else(|| {
+        None => None,
+        Some(text) => unescape(text).map(Some).ok_or_else(|| {
             invalid(
                 vars::CELERY_KEYPREFIX,
                 None,
@@ -745,8 +755,8 @@ fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, ConfigError>
         })?,
     };
     let sep = match non_empty(vars::CELERY_SEP, &s.celery_sep)? {
-        None => vec![0x06, 0x16],
-        Some(text) => unescape(text).ok_or_else(|| {
+        None => None,
+        Some(text) => unescape(text).map(Some).ok_or_else(|| {
             invalid(
                 vars::CELERY_SEP,
                 None,
@@ -755,7 +765,7 @@ fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, ConfigError>
         })?,
     };
     let priority_steps = match non_empty(vars::CELERY_PRIORITY_STEPS, &s.celery_priority_steps)? {
-        None => vec![0, 3, 6, 9],
+        None => None,
         Some(text) => {
             let steps: Option<Vec<u32>> = text
                 .split(',')
@@ -767,7 +777,7 @@ fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, ConfigError>
                         && steps.len() <= 256
                         && steps.windows(2).all(|w| w[0] < w[1]) =>
                 {
-                    steps
+                    Some(steps)
                 }
                 _ => {
                     return Err(invalid(
@@ -1260,9 +1270,9 @@ mod tests {
         assert_eq!(c.broker, 0);
         assert_eq!(c.queues, ["celery"]);
         assert_eq!(c.min_workers, 1);
-        assert_eq!(c.keyprefix, b"");
-        assert_eq!(c.sep, [0x06, 0x16]);
-        assert_eq!(c.priority_steps, [0, 3, 6, 9]);
+        assert_eq!(c.keyprefix, None, "found on the broker");
+        assert_eq!(c.sep, None);
+        assert_eq!(c.priority_steps, None);
         assert_eq!(c.visibility_timeout, Duration::from_secs(3600));
         assert_eq!(c.heartbeat_misses, 2);
         assert_eq!(c.stall_after, Duration::from_secs(300));
@@ -1282,9 +1292,9 @@ mod tests {
         assert_eq!(c.targets[c.celery.broker].check_names(), ["redis:broker"]);
         assert_eq!(c.celery.queues, ["celery", "emails", "default"]);
         assert_eq!(c.celery.min_workers, 0);
-        assert_eq!(c.celery.keyprefix, b"myapp:");
-        assert_eq!(c.celery.sep, b":");
-        assert_eq!(c.celery.priority_steps.len(), 10);
+        assert_eq!(c.celery.keyprefix.as_deref(), Some(&b"myapp:"[..]));
+        assert_eq!(c.celery.sep.as_deref(), Some(&b":"[..]));
+        assert_eq!(c.celery.priority_steps.map(|s| s.len()), Some(10));
         assert_eq!(c.ready_checks, ["redis:broker", "celery"]);
         assert_eq!(unescape("a\\x06\\x16b\\\\").unwrap(), b"a\x06\x16b\\");
         assert_eq!(unescape("\\x0"), None);

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::{CeleryConfig, Config, show};
+use crate::config::{CeleryConfig, Config, escape, show};
 use crate::failure::{Failure, Phase, Reason};
 use crate::info::{self, Info};
 use crate::resp::{Reply, Resp, Stream};
@@ -686,8 +686,13 @@ fn summary(i: &Info) -> String {
 async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping: bool) {
     use crate::celery::kombu::Naming;
     let target = d.target.clone();
-    let naming = Naming::new(c, target.db());
-    let queues = read_queues(&target, &naming, c, config).await;
+    let queues = read_queues(&target, &Naming::new(c, target.db()), c, config).await;
+    // The names as found on the broker: the key prefix and separator the workers use.
+    let naming = match &queues {
+        Ok((obs, _)) => Naming::new(c, target.db())
+            .with_layout(obs.layout.prefix.clone(), obs.layout.seps.clone()),
+        Err(_) => Naming::new(c, target.db()),
+    };
     // Workers heard within two heartbeat intervals; with none required (and no ping), the
     // subscription alone is tried, so that a refusal is seen as the server sees it.
     let window = if c.min_workers == 0 && !ping {
@@ -695,7 +700,14 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
     } else {
         Duration::from_millis(4500)
     };
-    let heard = workers_heard(&target, &naming, window, config.probe_timeout).await;
+    let heard = workers_heard(
+        &target,
+        &naming,
+        c.keyprefix.is_some(),
+        window,
+        config.probe_timeout,
+    )
+    .await;
     let channel = String::from_utf8_lossy(&naming.events_pattern()).into_owned();
     let alive = heard.as_ref().map_or(0, Vec::len);
     let seen = verdict::Seen {
@@ -734,6 +746,41 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
             }
         }
     };
+
+    // kombu's keys: where they were found.
+    if let Ok((obs, _)) = &queues {
+        let l = &obs.layout;
+        let seps: Vec<String> = l
+            .seps
+            .iter()
+            .map(|s| format!("\"{}\"", escape(s)))
+            .collect();
+        let steps: Vec<String> = l.steps_seen.iter().map(u32::to_string).collect();
+        let mut detail = format!(
+            "key prefix \"{}\" ({}), separator {} ({}), priority steps holding tasks: {}",
+            escape(&l.prefix),
+            l.prefix_from,
+            seps.join(" and "),
+            l.sep_from,
+            if steps.is_empty() {
+                "none".to_string()
+            } else {
+                steps.join(",")
+            }
+        );
+        if !l.other_prefixes.is_empty() {
+            let others: Vec<String> = l
+                .other_prefixes
+                .iter()
+                .map(|p| format!("\"{}\"", escape(p)))
+                .collect();
+            detail.push_str(&format!(
+                "; other apps' key prefixes on this db: {} (set SIDECAR_CELERY_KEYPREFIX to watch another)",
+                others.join(", ")
+            ));
+        }
+        d.steps.push(step("celery keys", detail, &findings));
+    }
 
     // Queues: depths only (how long a queue's front has not moved needs watching over
     // time: the server's /healthz has it).
@@ -842,14 +889,9 @@ async fn read_queues(
     config: &Config,
 ) -> Result<(crate::celery::queues::QueueObservation, bool), Failure> {
     let pool = crate::pool::TargetPool::new(target, config.probe_timeout, config.auth_recheck)?;
-    let probe = crate::celery::queues::QueueProbe::new(
-        pool,
-        naming.clone(),
-        c.queues.clone(),
-        c.visibility_timeout,
-        // Discovery gets a generous share: the check runs once.
-        config.probe_timeout * 4,
-    );
+    // Discovery gets a generous share: the check runs once.
+    let probe =
+        crate::celery::queues::QueueProbe::new(pool, naming.clone(), c, config.probe_timeout * 4);
     let limit = config.probe_timeout * 4;
     let passes = async {
         loop {
@@ -873,22 +915,27 @@ async fn read_queues(
     }
 }
 
-/// Hostnames of the workers whose events arrive within `window` (none is waited for with a
-/// zero window: the subscription itself is then the test).
+/// Hostnames of the workers whose events arrive within `window` under the key prefix of
+/// `naming` (none is waited for with a zero window: the subscription itself is then the
+/// test).
 async fn workers_heard(
     target: &Target,
     naming: &crate::celery::kombu::Naming,
+    prefix_set: bool,
     window: Duration,
     limit: Duration,
 ) -> Result<Vec<String>, Failure> {
-    use crate::celery::subscriber::{Push, subscribe};
-    let mut resp = subscribe(target, &naming.events_pattern(), limit).await?;
+    use crate::celery::subscriber::{Push, subscribe_events};
+    let (mut resp, _) = subscribe_events(target, naming, prefix_set, limit).await?;
     let mut heard: Vec<String> = Vec::new();
     let until = Instant::now() + window;
     while let Ok(Ok(reply)) = tokio::time::timeout_at(until, resp.read()).await {
-        let Push::Message { payload, .. } = Push::from(reply) else {
+        let Push::Message { channel, payload } = Push::from(reply) else {
             continue;
         };
+        if naming.routing_key(&channel).is_none() {
+            continue;
+        }
         let Ok(events) = crate::celery::event::decode(&payload) else {
             continue;
         };

@@ -156,17 +156,11 @@ pub fn assemble(config: &Config, celery: bool) -> Parts {
         (true, Some(broker), Some(pool), Some(publisher)) => {
             let c = &config.celery;
             let naming = Naming::new(c, broker.db());
-            let shared = Arc::new(Mutex::new(Shared::new(c)));
+            let shared = Arc::new(Mutex::new(Shared::new(c, naming.clone())));
             let changed = Arc::new(Notify::new());
-            let probe = pool.clone().map(|pool| {
-                QueueProbe::new(
-                    pool,
-                    naming.clone(),
-                    c.queues.clone(),
-                    c.visibility_timeout,
-                    config.probe_timeout,
-                )
-            });
+            let probe = pool
+                .clone()
+                .map(|pool| QueueProbe::new(pool, naming.clone(), c, config.probe_timeout));
             let broker_reports = broker
                 .roles()
                 .iter()
@@ -186,11 +180,10 @@ pub fn assemble(config: &Config, celery: bool) -> Parts {
                 config.probe_timeout,
                 config.latency_slo,
                 broker.redacted().to_string(),
-                String::from_utf8_lossy(&naming.events_pattern()).into_owned(),
             );
             let subscriber = Subscriber::new(
                 broker.clone(),
-                naming,
+                c.keyprefix.is_some(),
                 shared,
                 changed,
                 metrics.clone(),

@@ -365,6 +365,7 @@ pub struct CeleryMetrics {
     unacked: IntGaugeVec,
     unacked_oldest: GaugeVec,
     unacked_orphaned: IntGaugeVec,
+    queues_left_out: IntGaugeVec,
     workers_alive: IntGauge,
     worker_up: IntGaugeVec,
     worker_active: IntGaugeVec,
@@ -462,6 +463,16 @@ impl CeleryMetrics {
                     opts(
                         "celery_unacked_orphaned_tasks",
                         "Reservations older than the visibility timeout (a killed worker's, or ETA tasks past it).",
+                    ),
+                    &[],
+                )?,
+            )?,
+            queues_left_out: reg(
+                registry,
+                IntGaugeVec::new(
+                    opts(
+                        "celery_queues_left_out",
+                        "Queues bound on the broker but not watched: beyond the 2,000 watched at most (the shortest).",
                     ),
                     &[],
                 )?,
@@ -611,6 +622,9 @@ impl CeleryMetrics {
         self.unacked_orphaned
             .with_label_values(&[] as &[&str])
             .set(i64::try_from(obs.orphaned).unwrap_or(i64::MAX));
+        self.queues_left_out
+            .with_label_values(&[] as &[&str])
+            .set(i64::try_from(obs.left_out).unwrap_or(i64::MAX));
     }
 
     /// While the broker cannot be read, the queue and reservation series are dropped, not
@@ -623,6 +637,7 @@ impl CeleryMetrics {
         let _ = self.unacked.remove_label_values(&[] as &[&str]);
         let _ = self.unacked_oldest.remove_label_values(&[] as &[&str]);
         let _ = self.unacked_orphaned.remove_label_values(&[] as &[&str]);
+        let _ = self.queues_left_out.remove_label_values(&[] as &[&str]);
     }
 }
 

@@ -108,7 +108,13 @@ impl Request {
         Request {
             binding: naming.prefixed(format!("_kombu.binding.{REPLY_EXCHANGE}").as_bytes()),
             deadlines: naming.prefixed(b"_kombu.binding_deadlines"),
-            reply_keys: naming.queue_keys(&reply_queue),
+            // Every key a reply can be under, whatever the workers' priority steps.
+            reply_keys: naming
+                .with_layout(naming.prefix().to_vec(), vec![naming.sep().to_vec()])
+                .queue_keys(&reply_queue)
+                .into_iter()
+                .map(|k| k.key)
+                .collect(),
             channel: naming.prefixed(format!("/{}.celery.pidbox", naming.db()).as_bytes()),
             envelope: envelope.to_string(),
             member,
@@ -288,7 +294,15 @@ mod tests {
         assert_eq!(r.channel, b"app:/3.celery.pidbox");
         let queue = format!("{}.reply.celery.pidbox", r.oid);
         assert_eq!(r.reply_keys[0], format!("app:{queue}").into_bytes());
-        assert_eq!(r.reply_keys.len(), 4);
+        assert_eq!(
+            r.reply_keys.len(),
+            10,
+            "the queue's key and every step 1 to 9"
+        );
+        assert_eq!(
+            r.reply_keys[9],
+            format!("app:{queue}\x06\x169").into_bytes()
+        );
         assert_eq!(
             r.member,
             format!("{}\x06\x16\x06\x16{queue}", r.oid).into_bytes()

@@ -363,25 +363,71 @@ pub fn celery(
             "Redis or the network is slow, or there are very many queues: check SLOWLOG and LATENCY DOCTOR",
         ));
     }
-    if alive > 0 {
-        for q in &obs.queues {
-            if let Some(age) = q.oldest_age.filter(|a| *a > c.stall_after) {
-                let task = q
-                    .oldest_task
-                    .as_deref()
-                    .map(|t| format!(" ({t})"))
-                    .unwrap_or_default();
-                findings.push(Finding::new(
-                    "celery queues",
-                    format!(
-                        "queue {} is stalled: its oldest task{task} has waited {} at the front while {alive} worker(s) are alive: no worker consumes this queue (check the workers' -Q), or the workers lost their broker connection",
-                        q.name,
-                        human(age)
-                    ),
-                    "start a worker for this queue (celery worker -Q ...), or restart the workers",
-                ));
-            }
+    for q in &obs.queues {
+        // Stalled: nothing taken from it for a while, not merely an old message (a low
+        // priority waits while higher ones drain).
+        if let Some(idle) = q.idle.filter(|i| *i > c.stall_after) {
+            let oldest = q
+                .oldest_task
+                .as_deref()
+                .map(|t| format!(" (the oldest: {t})"))
+                .unwrap_or_default();
+            let who = if alive > 0 {
+                format!(
+                    "{alive} worker(s) are alive: none consumes this queue (check the workers' -Q), or they lost their broker connection"
+                )
+            } else {
+                "no worker is alive".to_string()
+            };
+            findings.push(Finding::new(
+                "celery queues",
+                format!(
+                    "queue {} is stalled: nothing has been taken from it for {} while {} task(s) wait{oldest}; {who}",
+                    q.name,
+                    human(idle),
+                    q.length
+                ),
+                format!(
+                    "start a worker for this queue (celery worker -Q {}), or restart the workers",
+                    q.name
+                ),
+            ));
         }
+        if q.unbound && q.length + q.stranded > 0 {
+            findings.push(Finding::new(
+                "celery queues",
+                format!(
+                    "queue {} holds {} task(s) but its binding set is gone (a FLUSHALL or FLUSHDB on the broker?): it is still watched, but tasks published to it through an exchange other than the default one are dropped until a worker or client declares it again",
+                    q.name,
+                    q.length + q.stranded
+                ),
+                "restart the workers (or a client that declares the queue) to bind it again",
+            ));
+        }
+        if q.stranded > 0 {
+            findings.push(Finding::new(
+                "celery queues",
+                format!(
+                    "queue {} holds {} task(s) under priority steps that SIDECAR_CELERY_PRIORITY_STEPS does not list: workers with those steps never take them",
+                    q.name, q.stranded
+                ),
+                "unset SIDECAR_CELERY_PRIORITY_STEPS (every step kombu writes is then counted), or make it and the app's priority_steps the same",
+            ));
+        }
+    }
+    for (text, fix) in &obs.layout.contradictions {
+        findings.push(Finding::new("celery keys", text.clone(), fix.clone()));
+    }
+    if obs.left_out > 0 {
+        findings.push(Finding::new(
+            "celery queues",
+            format!(
+                "{} queue(s) are not watched: more than the {} queues watched at most (the shortest are left out)",
+                obs.left_out,
+                crate::celery::queues::MAX_QUEUES
+            ),
+            "name the queues that matter in SIDECAR_CELERY_QUEUES: they are never left out",
+        ));
     }
     if obs.orphaned > 0 {
         findings.push(Finding::new(
@@ -531,7 +577,10 @@ mod tests {
                     length: 1,
                     oldest_age: Some(Duration::from_secs(1)),
                     oldest_task: Some("tasks.add".into()),
+                    idle: Some(Duration::from_secs(1)),
                     error: None,
+                    unbound: false,
+                    stranded: 0,
                 }],
                 unacked: 0,
                 oldest_reservation: None,
@@ -540,6 +589,7 @@ mod tests {
                 bad_messages: vec![],
                 left_out: 0,
                 discovered: true,
+                layout: Default::default(),
             }
         }
 
@@ -669,13 +719,36 @@ mod tests {
 
         #[test]
         fn stalls_orphans_and_slowness_degrade() {
+            // An old front alone (a low priority waiting while higher ones drain) is no stall.
             let mut o = obs();
-            o.queues[0].oldest_age = Some(Duration::from_secs(301));
+            o.queues[0].oldest_age = Some(Duration::from_secs(3000));
+            assert_eq!(run(&seen(2, &[]), Ok(o.clone())).status, Status::Healthy);
+            // Nothing taken for longer than the stall window is, workers or not.
+            o.queues[0].idle = Some(Duration::from_secs(301));
             let j = run(&seen(2, &[]), Ok(o.clone()));
             assert_eq!(j.status, Status::Degraded);
-            assert!(j.findings[0].text.starts_with(
-                "queue celery is stalled: its oldest task (tasks.add) has waited 5m01s"
-            ));
+            assert_eq!(
+                j.findings[0].text,
+                "queue celery is stalled: nothing has been taken from it for 5m01s while 1 task(s) wait (the oldest: tasks.add); 2 worker(s) are alive: none consumes this queue (check the workers' -Q), or they lost their broker connection"
+            );
+            assert_eq!(
+                j.findings[0].fix,
+                "start a worker for this queue (celery worker -Q celery), or restart the workers"
+            );
+            let mut c = config();
+            c.min_workers = 0;
+            let j = celery(
+                &c,
+                "",
+                Duration::from_millis(100),
+                None,
+                &Ok(o),
+                &seen(0, &[]),
+            );
+            assert!(
+                j.findings[0].text.ends_with("; no worker is alive"),
+                "{j:?}"
+            );
             let mut o = obs();
             o.orphaned = 3;
             let j = run(&seen(1, &[]), Ok(o));
@@ -695,6 +768,26 @@ mod tests {
                     .text
                     .starts_with("slow: the queue pipeline took 250.0ms")
             );
+        }
+
+        #[test]
+        fn lost_bindings_stranded_tasks_contradictions_and_the_cap_are_said() {
+            let mut o = obs();
+            o.queues[0].unbound = true;
+            o.queues[0].stranded = 4;
+            o.layout
+                .contradictions
+                .push(("SIDECAR_CELERY_SEP is".into(), "unset it".into()));
+            o.left_out = 1002;
+            let j = run(&seen(1, &[]), Ok(o));
+            assert_eq!(j.status, Status::Degraded);
+            let texts: Vec<&str> = j.findings.iter().map(|f| f.text.as_str()).collect();
+            assert!(
+                texts[0].starts_with("queue celery holds 5 task(s) but its binding set is gone")
+            );
+            assert!(texts[1].starts_with("queue celery holds 4 task(s) under priority steps"));
+            assert_eq!(texts[2], "SIDECAR_CELERY_SEP is");
+            assert!(texts[3].starts_with("1002 queue(s) are not watched"));
         }
     }
 }

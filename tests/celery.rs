@@ -461,18 +461,23 @@ fn a_queue_nobody_consumes_is_stalled() {
     assert_eq!(c["status"], "degraded");
     let warning = stalled(&c).unwrap();
     assert!(
-        warning.starts_with("queue celery is stalled: its oldest task (tasks.add) has waited"),
+        warning.starts_with("queue celery is stalled: nothing has been taken from it for"),
         "{warning}"
     );
     assert!(
-        warning.contains("while 1 worker(s) are alive: no worker consumes this queue"),
+        warning.contains(
+            "while 1 task(s) wait (the oldest: tasks.add); 1 worker(s) are alive: none consumes this queue"
+        ),
         "{warning}"
     );
+    // Idle since the queue was last seen empty, one probe before its task was first seen
+    // at the front.
+    assert!(c["queues"]["celery"]["idle_seconds"].as_f64().unwrap() >= 2.0);
     assert!(
         c["queues"]["celery"]["oldest_age_seconds"]
             .as_f64()
             .unwrap()
-            >= 2.0
+            >= 1.0
     );
     assert!(
         sidecar

@@ -2,6 +2,8 @@
 //! the broker db, key prefix, separator and priority steps), and the message envelope.
 //! Pure functions; the I/O lives in `queues` and `subscriber`.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use base64::Engine;
 use serde_json::Value;
 
@@ -11,22 +13,57 @@ use crate::config::CeleryConfig;
 /// carry `args` as reprs capped at 1 KB, so a real batch stays far below it.
 pub const MAX_PAYLOAD: usize = 1024 * 1024;
 
-/// Names of keys and channels for one broker.
+/// The separator kombu uses when its `sep` option is not set.
+pub const DEFAULT_SEP: &[u8] = b"\x06\x16";
+
+/// The steps a queue's messages can be under whatever the app's `priority_steps`: kombu
+/// takes priorities from 0 to 9 and puts each under the largest step at or below it, so
+/// with steps from 0 to 9 (Celery's documented `list(range(10))`, kombu's default
+/// `[0, 3, 6, 9]`, any subset) every key is among these. Step 0 is the queue's own key.
+pub const ANY_STEP: [u32; 10] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+
+/// Names of keys and channels for one broker: its db, kombu's key prefix and separators
+/// (the current one first; an app that changed `sep` leaves members of the old one), and
+/// the priority steps that count (the app's, when set).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Naming {
     prefix: Vec<u8>,
-    sep: Vec<u8>,
-    steps: Vec<u32>,
+    seps: Vec<Vec<u8>>,
+    steps: Option<Vec<u32>>,
     db: i64,
 }
 
+/// One key a queue's messages can be in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubQueue {
+    pub key: Vec<u8>,
+    /// Its priority step: 0 for the queue's own key.
+    pub step: u32,
+    /// Whether it counts in the queue's length (it is among the app's steps).
+    pub counted: bool,
+}
+
 impl Naming {
+    /// The names as set, or kombu's defaults until the broker's keys say otherwise.
     pub fn new(c: &CeleryConfig, db: i64) -> Naming {
         Naming {
-            prefix: c.keyprefix.clone(),
-            sep: c.sep.clone(),
+            prefix: c.keyprefix.clone().unwrap_or_default(),
+            seps: vec![c.sep.clone().unwrap_or_else(|| DEFAULT_SEP.to_vec())],
             steps: c.priority_steps.clone(),
             db,
+        }
+    }
+
+    /// The same broker with another key prefix and separators (what discovery found).
+    pub fn with_layout(&self, prefix: Vec<u8>, seps: Vec<Vec<u8>>) -> Naming {
+        Naming {
+            prefix,
+            seps: if seps.is_empty() {
+                self.seps.clone()
+            } else {
+                seps
+            },
+            ..self.clone()
         }
     }
 
@@ -39,9 +76,24 @@ impl Naming {
         self.key(name)
     }
 
-    /// The separator between a binding's fields and before a priority step.
+    /// The key prefix.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    /// The current separator, between a binding's fields and before a priority step.
     pub fn sep(&self) -> &[u8] {
-        &self.sep
+        &self.seps[0]
+    }
+
+    /// Every separator in use, the current one first.
+    pub fn seps(&self) -> &[Vec<u8>] {
+        &self.seps
+    }
+
+    /// The app's priority steps, when set.
+    pub fn steps(&self) -> Option<&[u32]> {
+        self.steps.as_deref()
     }
 
     /// The broker's db index.
@@ -49,23 +101,35 @@ impl Naming {
         self.db
     }
 
-    /// The keys that hold a queue's messages, one per priority step: the queue's name for
-    /// step 0, `name SEP step` for the others (`celery`, `celery\x06\x163`, ...), as kombu
-    /// names them.
-    pub fn queue_keys(&self, queue: &str) -> Vec<Vec<u8>> {
-        self.steps
-            .iter()
-            .map(|step| {
-                if *step == 0 {
-                    self.key(queue.as_bytes())
-                } else {
-                    let mut k = self.key(queue.as_bytes());
-                    k.extend_from_slice(&self.sep);
-                    k.extend_from_slice(step.to_string().as_bytes());
-                    k
-                }
-            })
-            .collect()
+    /// Every key that can hold a queue's messages, as kombu names them: the queue's name
+    /// for step 0, `name SEP step` for the others (`celery`, `celery\x06\x163`, ...), for
+    /// every separator in use and every step kombu can write (see [`ANY_STEP`]), and the
+    /// app's own steps when set; those outside the app's steps do not count.
+    pub fn queue_keys(&self, queue: &str) -> Vec<SubQueue> {
+        let mut steps: Vec<u32> = ANY_STEP.to_vec();
+        if let Some(own) = &self.steps {
+            steps.extend(own.iter().filter(|s| !ANY_STEP.contains(s)));
+        }
+        let counted = |step: u32| self.steps.as_ref().is_none_or(|own| own.contains(&step));
+        let base = self.key(queue.as_bytes());
+        let mut keys = vec![SubQueue {
+            key: base.clone(),
+            step: 0,
+            counted: counted(0),
+        }];
+        for sep in &self.seps {
+            for &step in steps.iter().filter(|s| **s != 0) {
+                let mut key = base.clone();
+                key.extend_from_slice(sep);
+                key.extend_from_slice(step.to_string().as_bytes());
+                keys.push(SubQueue {
+                    key,
+                    step,
+                    counted: counted(step),
+                });
+            }
+        }
+        keys
     }
 
     /// The hash of reserved (prefetched, not yet acknowledged) messages.
@@ -78,48 +142,48 @@ impl Naming {
         self.key(b"unacked_index")
     }
 
-    /// The `SCAN MATCH` pattern of binding sets: `<prefix>_kombu.binding.*`, with glob
-    /// characters in the prefix escaped.
-    pub fn binding_pattern(&self) -> Vec<u8> {
-        let mut p = glob_escape(&self.prefix);
-        p.extend_from_slice(b"_kombu.binding.*");
-        p
+    /// The `SCAN MATCH` pattern of binding sets under any key prefix: the prefixes are
+    /// found from where the sets are.
+    pub fn binding_pattern() -> &'static [u8] {
+        b"*_kombu.binding.*"
     }
 
-    /// The queue a member of the binding set `key` routes to, or `None` for the sets that
-    /// are not task queues (pidbox, reply, celeryev) and for malformed members. A member is
-    /// `routing_key SEP pattern SEP queue`.
-    pub fn queue_of_binding(&self, key: &[u8], member: &[u8]) -> Option<String> {
-        let exchange = key.strip_prefix(self.prefix.as_slice())?;
-        let exchange = exchange.strip_prefix(b"_kombu.binding.".as_slice())?;
-        if exchange == b"celeryev" || exchange.ends_with(b".pidbox") {
-            return None;
-        }
-        let queue = split_last(member, &self.sep)?;
-        let queue = std::str::from_utf8(queue).ok()?;
-        if queue.is_empty() || queue.len() > 200 || queue.chars().any(char::is_control) {
-            return None;
-        }
-        Some(queue.to_string())
-    }
-
-    /// The pattern the event subscriber PSUBSCRIBEs: `<prefix>/<db>.celeryev/*`, with
-    /// glob characters in the prefix escaped.
+    /// The pattern of this broker's event channels under this key prefix:
+    /// `<prefix>/<db>.celeryev/*`, with glob characters in the prefix escaped.
     pub fn events_pattern(&self) -> Vec<u8> {
-        let mut p = glob_escape(&self.events_channel_prefix());
-        p.push(b'*');
+        let mut p = glob_escape(&self.prefix);
+        p.extend_from_slice(format!("/{}.celeryev/*", self.db).as_bytes());
         p
     }
 
-    fn events_channel_prefix(&self) -> Vec<u8> {
-        self.key(format!("/{}.celeryev/", self.db).as_bytes())
+    /// The pattern of this broker db's event channels under any key prefix:
+    /// `*/<db>.celeryev/*` (an empty prefix included).
+    pub fn any_events_pattern(&self) -> Vec<u8> {
+        format!("*/{}.celeryev/*", self.db).into_bytes()
     }
 
-    /// The routing key of an event channel (`worker.heartbeat`, `task.multi`), or `None`
-    /// when the channel is not this broker's event exchange.
-    pub fn routing_key<'a>(&self, channel: &'a [u8]) -> Option<&'a [u8]> {
-        channel.strip_prefix(self.events_channel_prefix().as_slice())
+    /// An event channel of this broker db split into its key prefix and routing key
+    /// (`myapp:/5.celeryev/worker.heartbeat` -> `myapp:`, `worker.heartbeat`); `None` for
+    /// another db's channel or one that is not an event channel.
+    pub fn split_event_channel<'a>(&self, channel: &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
+        let marker = format!("/{}.celeryev/", self.db);
+        let at = find(channel, marker.as_bytes())?;
+        Some((&channel[..at], &channel[at + marker.len()..]))
     }
+
+    /// The routing key of an event channel under this key prefix (`worker.heartbeat`,
+    /// `task.multi`), or `None` for another prefix's or db's channel.
+    pub fn routing_key<'a>(&self, channel: &'a [u8]) -> Option<&'a [u8]> {
+        match self.split_event_channel(channel) {
+            Some((prefix, key)) if prefix == self.prefix.as_slice() => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// The first position of `needle` in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// `bytes` with Redis glob characters escaped, to match themselves in a pattern.
@@ -134,27 +198,168 @@ fn glob_escape(bytes: &[u8]) -> Vec<u8> {
     p
 }
 
-/// The part of `member` after the last `sep` (the member has two of them).
-fn split_last<'a>(member: &'a [u8], sep: &[u8]) -> Option<&'a [u8]> {
-    if sep.is_empty() || member.len() < 2 * sep.len() {
+/// A binding set's key split into its key prefix and exchange:
+/// `myapp:_kombu.binding.emails` -> `myapp:`, `emails`.
+pub fn split_binding_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
+    const MARK: &[u8] = b"_kombu.binding.";
+    let at = find(key, MARK)?;
+    Some((&key[..at], &key[at + MARK.len()..]))
+}
+
+/// The separator of a member written for a queue whose routing key is its own name (what
+/// Celery's queues have): `queue SEP SEP queue`, the pattern empty. The shortest separator
+/// that reads the member so wins (`celery::celery` is `:`).
+pub fn symmetric_sep(member: &[u8]) -> Option<&[u8]> {
+    let len = member.len();
+    (1..=16.min(len / 2)).find_map(|s| {
+        let rest = len.checked_sub(2 * s)?;
+        if rest == 0 || rest % 2 != 0 {
+            return None;
+        }
+        let q = rest / 2;
+        let (head, tail) = (&member[..q], &member[q + 2 * s..]);
+        let (a, b) = (&member[q..q + s], &member[q + s..q + 2 * s]);
+        (head == tail && a == b).then_some(a)
+    })
+}
+
+/// The separator of a worker's pidbox binding: `SEP SEP <hostname>.<exchange>` (empty
+/// routing key and pattern). The longest leading pair of equal halves is taken, so that
+/// `::::w1@h.celery.pidbox` reads as `::`, not `:`.
+pub fn pidbox_sep<'a>(member: &'a [u8], exchange: &[u8]) -> Option<&'a [u8]> {
+    if !member.ends_with(exchange) {
         return None;
     }
-    let mut found = 0;
-    let mut last = None;
+    let room = member.len().saturating_sub(exchange.len() + 2) / 2;
+    (1..=16.min(room))
+        .rev()
+        .find(|&s| member[..s] == member[s..2 * s])
+        .map(|s| &member[..s])
+}
+
+/// The queue a member routes to, `routing_key SEP pattern SEP queue`, read with the first
+/// of `seps` that splits it in exactly three; `None` for a malformed member or a name that
+/// is not printable text.
+pub fn queue_of(member: &[u8], seps: &[Vec<u8>]) -> Option<String> {
+    let queue = seps.iter().find_map(|sep| split_last(member, sep))?;
+    let queue = std::str::from_utf8(queue).ok()?;
+    if queue.is_empty() || queue.len() > 200 || queue.chars().any(char::is_control) {
+        return None;
+    }
+    Some(queue.to_string())
+}
+
+/// True for the exchanges that are not task queues: the pidbox, reply and event ones.
+pub fn is_control_exchange(exchange: &[u8]) -> bool {
+    exchange == b"celeryev" || exchange.ends_with(b".pidbox")
+}
+
+/// The part of `member` after its second `sep`, when it has exactly two.
+fn split_last<'a>(member: &'a [u8], sep: &[u8]) -> Option<&'a [u8]> {
+    if sep.is_empty() {
+        return None;
+    }
+    let mut found = Vec::new();
     let mut i = 0;
     while i + sep.len() <= member.len() {
         if &member[i..i + sep.len()] == sep {
-            found += 1;
-            last = Some(i + sep.len());
+            found.push(i + sep.len());
             i += sep.len();
         } else {
             i += 1;
         }
     }
-    if found < 2 {
-        return None;
+    match found.as_slice() {
+        [_, last] => Some(&member[*last..]),
+        _ => None,
     }
-    last.map(|at| &member[at..])
+}
+
+/// What a walk of the binding sets found, by key prefix.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Found {
+    pub prefixes: BTreeMap<Vec<u8>, Bound>,
+}
+
+/// The binding sets under one key prefix.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Bound {
+    /// Task queues bound.
+    pub queues: BTreeSet<String>,
+    /// Separators read off the queues' members, with how many members showed each.
+    pub seps: BTreeMap<Vec<u8>, usize>,
+    /// Separators of the workers' pidbox bindings, with how many showed each.
+    pub pidbox_seps: BTreeMap<Vec<u8>, usize>,
+}
+
+impl Bound {
+    /// The separators in use: the workers' own first, then the queues', most used first.
+    pub fn seps_in_use(&self) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for counts in [&self.pidbox_seps, &self.seps] {
+            let mut by_use: Vec<(&Vec<u8>, &usize)> = counts.iter().collect();
+            by_use.sort_by_key(|(sep, n)| (std::cmp::Reverse(**n), (*sep).clone()));
+            for (sep, _) in by_use {
+                if !out.contains(sep) {
+                    out.push(sep.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Found {
+    /// Reads binding sets (key, members): prefixes from the keys, separators from the
+    /// members (a queue's `name SEP SEP name`, a worker's pidbox `SEP SEP host.celery.pidbox`),
+    /// then the queues, each member read with its prefix's separators (`sep_set` first).
+    pub fn read(sets: &[(Vec<u8>, Vec<Vec<u8>>)], sep_set: Option<&[u8]>) -> Found {
+        let mut found = Found::default();
+        for (key, members) in sets {
+            let Some((prefix, exchange)) = split_binding_key(key) else {
+                continue;
+            };
+            let bound = found.prefixes.entry(prefix.to_vec()).or_default();
+            if exchange == b"celery.pidbox" {
+                for sep in members.iter().filter_map(|m| pidbox_sep(m, exchange)) {
+                    *bound.pidbox_seps.entry(sep.to_vec()).or_default() += 1;
+                }
+            } else if !is_control_exchange(exchange) {
+                for sep in members.iter().filter_map(|m| symmetric_sep(m)) {
+                    *bound.seps.entry(sep.to_vec()).or_default() += 1;
+                }
+            }
+        }
+        for (key, members) in sets {
+            let Some((prefix, exchange)) = split_binding_key(key) else {
+                continue;
+            };
+            if is_control_exchange(exchange) {
+                continue;
+            }
+            let bound = found
+                .prefixes
+                .get_mut(prefix)
+                .expect("every prefix was entered above");
+            let mut seps: Vec<Vec<u8>> = sep_set.map(<[u8]>::to_vec).into_iter().collect();
+            seps.extend(bound.seps_in_use());
+            seps.push(DEFAULT_SEP.to_vec());
+            for member in members {
+                if let Some(queue) = queue_of(member, &seps) {
+                    bound.queues.insert(queue);
+                }
+            }
+        }
+        found
+    }
+
+    /// The task queues bound under `prefix`.
+    pub fn queues(&self, prefix: &[u8]) -> BTreeSet<String> {
+        self.prefixes
+            .get(prefix)
+            .map(|b| b.queues.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// Why a payload could not be read. The `kind` is a short fixed word for logs.
@@ -268,109 +473,131 @@ mod tests {
         serde_json::from_str(&text).unwrap()
     }
 
+    fn keys(n: &Naming, queue: &str) -> Vec<(Vec<u8>, bool)> {
+        n.queue_keys(queue)
+            .into_iter()
+            .map(|k| (k.key, k.counted))
+            .collect()
+    }
+
     #[test]
     fn default_names() {
         let n = naming(&[], 0);
-        assert_eq!(
-            n.queue_keys("celery"),
-            [
-                b"celery".to_vec(),
-                b"celery\x06\x163".to_vec(),
-                b"celery\x06\x166".to_vec(),
-                b"celery\x06\x169".to_vec()
-            ]
-        );
+        let k = keys(&n, "celery");
+        assert_eq!(k.len(), 10, "the queue's key and steps 1 to 9");
+        assert_eq!(k[0], (b"celery".to_vec(), true));
+        assert_eq!(k[3], (b"celery\x06\x163".to_vec(), true));
+        assert_eq!(k[9], (b"celery\x06\x169".to_vec(), true));
         assert_eq!(n.unacked(), b"unacked");
         assert_eq!(n.unacked_index(), b"unacked_index");
-        assert_eq!(n.binding_pattern(), b"_kombu.binding.*");
+        assert_eq!(Naming::binding_pattern(), b"*_kombu.binding.*");
         assert_eq!(n.events_pattern(), b"/0.celeryev/*");
+        assert_eq!(n.any_events_pattern(), b"*/0.celeryev/*");
         assert_eq!(
             n.routing_key(b"/0.celeryev/worker.heartbeat"),
             Some(b"worker.heartbeat".as_slice())
         );
         assert_eq!(n.routing_key(b"/3.celeryev/worker.heartbeat"), None);
+        assert_eq!(n.routing_key(b"/10.celeryev/worker.heartbeat"), None);
+        assert_eq!(n.routing_key(b"app:/0.celeryev/worker.heartbeat"), None);
         assert_eq!(n.routing_key(b"/0.celery.pidbox"), None);
+        assert_eq!(
+            n.split_event_channel(b"app:/0.celeryev/task.multi"),
+            Some((b"app:".as_slice(), b"task.multi".as_slice()))
+        );
     }
 
     #[test]
     fn prefix_db_separator_and_steps() {
         let n = naming(
-            &[("prefix", "my*app:"), ("sep", ":"), ("steps", "0,1,5")],
+            &[("prefix", "my*app:"), ("sep", ":"), ("steps", "0,1,5,12")],
             5,
         );
+        let k = keys(&n, "emails");
+        assert_eq!(k[0], (b"my*app:emails".to_vec(), true));
+        assert_eq!(k[1], (b"my*app:emails:1".to_vec(), true));
         assert_eq!(
-            n.queue_keys("emails"),
-            [
-                b"my*app:emails".to_vec(),
-                b"my*app:emails:1".to_vec(),
-                b"my*app:emails:5".to_vec()
-            ]
+            k[2],
+            (b"my*app:emails:2".to_vec(), false),
+            "not the app's step"
+        );
+        assert_eq!(k[5], (b"my*app:emails:5".to_vec(), true));
+        assert_eq!(
+            k[10],
+            (b"my*app:emails:12".to_vec(), true),
+            "the app's own, above 9"
         );
         assert_eq!(n.unacked(), b"my*app:unacked");
-        assert_eq!(n.binding_pattern(), b"my\\*app:_kombu.binding.*");
         assert_eq!(n.events_pattern(), b"my\\*app:/5.celeryev/*");
         assert_eq!(
             n.routing_key(b"my*app:/5.celeryev/task.multi"),
             Some(b"task.multi".as_slice())
         );
-        assert_eq!(
-            n.queue_of_binding(b"my*app:_kombu.binding.emails", b"emails::emails"),
-            Some("emails".into())
-        );
-    }
-
-    #[test]
-    fn steps_without_zero_have_no_bare_key() {
+        // Steps without 0: the queue's own key does not count.
         let n = naming(&[("steps", "1,5,9")], 0);
-        assert_eq!(
-            n.queue_keys("q"),
-            [
-                b"q\x06\x161".to_vec(),
-                b"q\x06\x165".to_vec(),
-                b"q\x06\x169".to_vec()
-            ]
-        );
+        assert_eq!(keys(&n, "q")[0], (b"q".to_vec(), false));
+        // Two separators in use (an app that changed `sep`): both sets of keys.
+        let n = naming(&[], 0).with_layout(b"".to_vec(), vec![b":".to_vec(), DEFAULT_SEP.to_vec()]);
+        let k = keys(&n, "q");
+        assert_eq!(k.len(), 19);
+        assert_eq!(n.sep(), b":");
+        assert!(k.contains(&(b"q:3".to_vec(), true)));
+        assert!(k.contains(&(b"q\x06\x163".to_vec(), true)));
     }
 
     #[test]
-    fn bindings_name_task_queues_only() {
-        let n = naming(&[], 0);
-        let q = |key: &[u8], member: &[u8]| n.queue_of_binding(key, member);
+    fn separators_are_read_off_the_bindings() {
         assert_eq!(
-            q(b"_kombu.binding.celery", b"celery\x06\x16\x06\x16celery"),
-            Some("celery".into())
+            symmetric_sep(b"celery\x06\x16\x06\x16celery"),
+            Some(DEFAULT_SEP)
+        );
+        assert_eq!(symmetric_sep(b"celery::celery"), Some(b":".as_slice()));
+        assert_eq!(symmetric_sep(b"a:b::a:b"), Some(b":".as_slice()));
+        assert_eq!(symmetric_sep(b"x||||x"), Some(b"||".as_slice()));
+        assert_eq!(
+            symmetric_sep(b"aaaaaa"),
+            Some(b"a".as_slice()),
+            "the shortest reading"
+        );
+        assert_eq!(symmetric_sep(b"emails--emails"), Some(b"-".as_slice()));
+        assert_eq!(symmetric_sep(b"routing::other"), None);
+        assert_eq!(symmetric_sep(b"x"), None);
+        assert_eq!(
+            pidbox_sep(b"\x06\x16\x06\x16w1@vm.celery.pidbox", b"celery.pidbox"),
+            Some(DEFAULT_SEP)
         );
         assert_eq!(
-            q(b"_kombu.binding.default", b"default\x06\x16\x06\x16default"),
-            Some("default".into())
+            pidbox_sep(b"::w1@vm.celery.pidbox", b"celery.pidbox"),
+            Some(b":".as_slice())
         );
         assert_eq!(
-            q(
-                b"_kombu.binding.celery.pidbox",
-                b"\x06\x16\x06\x16w1@vm.celery.pidbox"
-            ),
-            None
+            pidbox_sep(b"::::w1@vm.celery.pidbox", b"celery.pidbox"),
+            Some(b"::".as_slice())
         );
+        assert_eq!(pidbox_sep(b"w1@vm.celery.pidbox", b"celery.pidbox"), None);
         assert_eq!(
-            q(
-                b"_kombu.binding.reply.celery.pidbox",
-                b"x\x06\x16\x06\x16x.reply.celery.pidbox"
-            ),
-            None
+            split_binding_key(b"myapp:_kombu.binding.emails"),
+            Some((b"myapp:".as_slice(), b"emails".as_slice()))
         );
+        assert_eq!(split_binding_key(b"_kombu.binding_deadlines"), None);
+    }
+
+    #[test]
+    fn bindings_name_their_queue() {
+        let seps = [DEFAULT_SEP.to_vec(), b":".to_vec()];
+        let q = |member: &[u8]| queue_of(member, &seps);
+        assert_eq!(q(b"celery\x06\x16\x06\x16celery"), Some("celery".into()));
+        assert_eq!(q(b"celery::celery"), Some("celery".into()));
         assert_eq!(
-            q(
-                b"_kombu.binding.celeryev",
-                b"worker.#\x06\x16\x06\x16celeryev.1234"
-            ),
-            None
+            q(b"tasks.#\x06\x16^tasks\\..*?$\x06\x16reports"),
+            Some("reports".into())
         );
-        assert_eq!(q(b"_kombu.binding.celery", b"no separators"), None);
-        assert_eq!(
-            q(b"_kombu.binding.celery", b"a\x06\x16b\x06\x16\xff\xfe"),
-            None
-        );
-        assert_eq!(q(b"other", b"celery\x06\x16\x06\x16celery"), None);
+        assert_eq!(q(b"no separators"), None);
+        assert_eq!(q(b"a\x06\x16b\x06\x16\xff\xfe"), None);
+        assert!(is_control_exchange(b"celeryev"));
+        assert!(is_control_exchange(b"celery.pidbox"));
+        assert!(is_control_exchange(b"reply.celery.pidbox"));
+        assert!(!is_control_exchange(b"celery"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod workers;
 
 use tokio::time::Instant;
 
+use kombu::Naming;
 use tasks::TaskBook;
 use workers::Workers;
 
@@ -30,7 +31,16 @@ pub struct Shared {
     pub workers: Workers,
     pub book: TaskBook,
     pub subscription: Subscription,
+    /// The names kombu's keys and channels have on this broker, as the queue probe found
+    /// them: the subscriber keeps the events of this key prefix.
+    pub naming: Naming,
+    /// Key prefixes whose worker events were heard, and when (at most `MAX_PREFIXES`):
+    /// which app is watched when several share the broker db.
+    pub heard: Vec<(Vec<u8>, Instant)>,
 }
+
+/// Key prefixes remembered as heard at most.
+pub const MAX_PREFIXES: usize = 16;
 
 /// The state of the event subscription.
 #[derive(Debug, Default)]
@@ -50,11 +60,27 @@ pub struct Subscription {
 }
 
 impl Shared {
-    pub fn new(c: &crate::config::CeleryConfig) -> Shared {
+    pub fn new(c: &crate::config::CeleryConfig, naming: Naming) -> Shared {
         Shared {
             workers: Workers::new(c.max_workers, c.heartbeat_misses, c.forget_after),
             book: TaskBook::default(),
             subscription: Subscription::default(),
+            naming,
+            heard: Vec::new(),
+        }
+    }
+
+    /// Notes a worker event heard under `prefix`.
+    pub fn heard_under(&mut self, prefix: &[u8], now: Instant) {
+        match self.heard.iter_mut().find(|(p, _)| p == prefix) {
+            Some((_, at)) => *at = now,
+            None => {
+                if self.heard.len() >= MAX_PREFIXES {
+                    self.heard.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
+                    self.heard.truncate(MAX_PREFIXES - 1);
+                }
+                self.heard.push((prefix.to_vec(), now));
+            }
         }
     }
 }

@@ -1,25 +1,38 @@
-//! The queue probe: depth of every queue (priority sub-queues summed), the age of each
-//! queue's oldest waiting message, and the reservations (unacked).
+//! The queue probe: depth of every queue (priority sub-queues summed), how long its front
+//! has not moved and how long nothing has been taken from it, and the reservations
+//! (unacked); and the layout of kombu's keys, found on the broker rather than configured.
 //!
-//! Each cycle: one pipelined round trip reads `LLEN` of every sub-queue of every queue,
+//! Each cycle: one pipelined round trip reads `LLEN` of every key a queue's messages can be
+//! in (its own key and `name SEP step` for steps 1 to 9, for every separator in use),
 //! `HLEN unacked`, the oldest entry of `unacked_index` and the count of entries older than
-//! the visibility timeout, however many queues there are. When some sub-queues hold
-//! messages, a second round trip reads their tails (`LINDEX -1`), for the oldest age.
+//! the visibility timeout, however many queues there are. When some keys hold messages, a
+//! second round trip reads their tails (`LINDEX -1`).
 //!
-//! Queues are the ones named in kombu's `_kombu.binding.<exchange>` sets, plus
-//! `SIDECAR_CELERY_QUEUES`, plus `celery`. The binding sets are found with SCAN, a few pages
-//! per cycle at the end of the probe and within what is left of its time, so a large cache
-//! keyspace is walked gradually, never inside one timeout; a finished walk is repeated once
-//! a minute.
+//! **The layout is discovered.** kombu's binding sets (`<prefix>_kombu.binding.<exchange>`)
+//! are found with `SCAN MATCH *_kombu.binding.*`, a few pages per cycle at the end of the
+//! probe and within what is left of its time, and a finished walk starts again at the next
+//! cycle. Where the sets are gives the key prefix (`global_keyprefix`); their members,
+//! `routing_key SEP pattern SEP queue`, give the separator (`sep`: a Celery queue's member
+//! is `name SEP SEP name`) and the queues. The settings, when given, override what is
+//! found; what is found that contradicts them is reported. Several apps' prefixes on one
+//! broker db: the one whose workers are heard (else the one with most queues) is watched,
+//! and the others are named.
 //!
-//! Oldest waiting age: kombu LPUSHes and workers BRPOP, so a list's tail is its oldest
-//! message. Celery's messages carry no enqueue time, so the probe remembers a fingerprint
-//! of each list's tail and when it first saw it there: the age is how long the front of
-//! the queue has not moved. It starts at 0 when the sidecar starts or when the previous
-//! tail is consumed, so it is a lower bound of a task's wait, exact for what a stall is
-//! (nobody taking the next task), with the precision of one probe interval.
+//! **Queues stay watched while they hold tasks.** A queue whose binding set is gone (a
+//! FLUSHALL on a Redis that is cache and broker, say) stays watched while any of its keys
+//! holds a message (and a minute after), and is reported as unbound. Past `MAX_QUEUES`, the queues named in
+//! `SIDECAR_CELERY_QUEUES` stay, and of the others the longest (measured at most once a
+//! `RANK_EVERY`) are kept.
+//!
+//! **Front and progress.** kombu LPUSHes and workers BRPOP, so a key's tail is its oldest
+//! message; the probe remembers a fingerprint of each tail and when it first saw it there.
+//! A queue's `oldest_age` is how long its oldest front has not moved. Its `idle` time is
+//! how long since it last made progress: a front consumed (any key's tail changed or
+//! emptied) or the queue getting shorter; a stall is judged on that, not on the age of one
+//! low-priority key that waits while higher priorities drain. Both start at 0 when the
+//! sidecar starts, with the precision of one probe interval.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,34 +41,65 @@ use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 use tokio::time::Instant;
 
-use super::kombu::{self, DecodeError, Naming};
+use super::kombu::{self, DEFAULT_SEP, DecodeError, Naming, SubQueue};
+use crate::config::escape;
 use crate::failure::{Failure, Phase, PhaseCell};
 use crate::otel;
 use crate::pool::TargetPool;
 use tracing::Instrument;
 
-/// How often a finished walk of the binding sets is started again.
-pub const DISCOVER_EVERY: Duration = Duration::from_secs(60);
-/// Queues watched at most; beyond, the ones last in name order are left out (and said so).
+/// Queues watched at most; beyond, the shortest are left out (and said so).
 pub const MAX_QUEUES: usize = 2000;
-/// Keys per SCAN call, and SCAN calls per cycle at most.
-const SCAN_COUNT: usize = 1000;
+/// How often the queues beyond the cap are measured, to keep the longest.
+pub const RANK_EVERY: Duration = Duration::from_secs(60);
+/// Keys per SCAN call, and SCAN calls per cycle at most: a walk of a broker db of up to
+/// 50,000 keys finishes within one cycle.
+const SCAN_COUNT: usize = 5000;
 const SCAN_PAGES: usize = 10;
 /// Binding sets read at most in one walk.
 const MAX_BINDING_SETS: usize = 10 * MAX_QUEUES;
+/// LLENs per pipeline when measuring queues beyond the cap.
+const RANK_CHUNK: usize = 1000;
+/// A key prefix whose workers were heard this recently counts as live.
+const HEARD_WITHIN: Duration = Duration::from_secs(60);
 
 /// One queue's state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueState {
     pub name: String,
-    /// Messages waiting, all priority sub-queues summed.
+    /// Messages waiting, all counted priority keys summed.
     pub length: u64,
     /// How long its oldest message has been at the front (see the module's doc).
     pub oldest_age: Option<Duration>,
     /// The task name of that message, when its envelope says it.
     pub oldest_task: Option<String>,
-    /// A sub-queue key Redis would not read as a list (`WRONGTYPE ...`).
+    /// How long since it last made progress, while it holds messages.
+    pub idle: Option<Duration>,
+    /// A key Redis would not read as a list (`WRONGTYPE ...`).
     pub error: Option<String>,
+    /// Its binding set is gone; it is watched while it holds messages.
+    pub unbound: bool,
+    /// Messages under priority steps that are not among the app's steps (as set): no
+    /// worker of that configuration takes them.
+    pub stranded: u64,
+}
+
+/// kombu's layout on this broker, as found and as used.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Layout {
+    /// The key prefix watched.
+    pub prefix: Vec<u8>,
+    /// Where it comes from: `set` (SIDECAR_CELERY_KEYPREFIX), `found`, or `default`.
+    pub prefix_from: &'static str,
+    /// The separators in use, the current one first.
+    pub seps: Vec<Vec<u8>>,
+    pub sep_from: &'static str,
+    /// Priority steps under which messages have been seen waiting.
+    pub steps_seen: BTreeSet<u32>,
+    /// Every key prefix with binding sets, when there is more than the one watched.
+    pub other_prefixes: Vec<Vec<u8>>,
+    /// What the broker holds that contradicts a setting: (what, fix).
+    pub contradictions: Vec<(String, String)>,
 }
 
 /// What one probe of the broker saw.
@@ -78,9 +122,10 @@ pub struct QueueObservation {
     pub left_out: usize,
     /// True once a walk of the binding sets has finished.
     pub discovered: bool,
+    pub layout: Layout,
 }
 
-/// A list's tail as last seen.
+/// A key's tail as last seen.
 #[derive(Debug, Clone)]
 struct Tail {
     fingerprint: u64,
@@ -88,15 +133,19 @@ struct Tail {
     task: Option<String>,
 }
 
-/// The binding-set walk.
-#[derive(Debug, Default)]
-struct Discovery {
-    /// Queues found by the last finished walk.
-    queues: BTreeSet<String>,
-    /// When the last walk finished.
-    at: Option<Instant>,
-    /// A walk in progress.
-    walk: Option<Walk>,
+/// A queue the probe knows of.
+#[derive(Debug, Clone, Default)]
+struct Known {
+    /// A binding set names it.
+    bound: bool,
+    /// `SIDECAR_CELERY_QUEUES` (or `celery`) names it.
+    configured: bool,
+    /// Its last measured length.
+    length: Option<u64>,
+    /// When it last made progress (or was first seen).
+    progress: Option<Instant>,
+    /// When it last held messages.
+    nonempty: Option<Instant>,
 }
 
 /// A walk of the keyspace for binding sets.
@@ -110,35 +159,98 @@ struct Walk {
     scanned: bool,
 }
 
+/// Everything the probe remembers between cycles. A std mutex: held for map operations,
+/// never across an await.
+#[derive(Debug)]
+struct State {
+    naming: Naming,
+    known: BTreeMap<String, Known>,
+    /// The queues read each cycle (all known ones, up to the cap).
+    watched: Vec<String>,
+    walk: Option<Walk>,
+    /// When a walk last finished.
+    walked: Option<Instant>,
+    /// When the queues beyond the cap were last measured.
+    ranked: Option<Instant>,
+    tails: HashMap<Vec<u8>, Tail>,
+    layout: Layout,
+    /// Key prefixes whose workers were heard, and when (from the event subscriber).
+    heard: Vec<(Vec<u8>, Instant)>,
+    /// Binding sets seen under other key prefixes, and the queues they name.
+    bindings: kombu::Found,
+}
+
 pub struct QueueProbe {
     pool: TargetPool,
-    naming: Naming,
-    configured: Vec<String>,
+    /// The settings: prefix, separator and steps, when given.
+    configured: Naming,
+    prefix_set: bool,
+    sep_set: bool,
     visibility: Duration,
     timeout: Duration,
-    discovery: Mutex<Discovery>,
-    tails: Mutex<HashMap<Vec<u8>, Tail>>,
+    state: Mutex<State>,
     phase: PhaseCell,
 }
 
 impl QueueProbe {
+    /// `naming` holds the settings; `queues`, the queues always watched.
     pub fn new(
         pool: TargetPool,
         naming: Naming,
-        configured: Vec<String>,
-        visibility: Duration,
+        c: &crate::config::CeleryConfig,
         timeout: Duration,
     ) -> QueueProbe {
+        let known = c
+            .queues
+            .iter()
+            .map(|q| {
+                (
+                    q.clone(),
+                    Known {
+                        configured: true,
+                        ..Known::default()
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>();
+        let layout = Layout {
+            prefix: naming.prefix().to_vec(),
+            prefix_from: if c.keyprefix.is_some() {
+                "set"
+            } else {
+                "default"
+            },
+            seps: naming.seps().to_vec(),
+            sep_from: if c.sep.is_some() { "set" } else { "default" },
+            ..Layout::default()
+        };
         QueueProbe {
             pool,
-            naming,
-            configured,
-            visibility,
+            prefix_set: c.keyprefix.is_some(),
+            sep_set: c.sep.is_some(),
+            visibility: c.visibility_timeout,
             timeout,
-            discovery: Mutex::new(Discovery::default()),
-            tails: Mutex::new(HashMap::new()),
+            state: Mutex::new(State {
+                watched: known.keys().cloned().collect(),
+                known,
+                naming: naming.clone(),
+                walk: None,
+                walked: None,
+                ranked: None,
+                tails: HashMap::new(),
+                layout,
+                heard: Vec::new(),
+                bindings: kombu::Found::default(),
+            }),
+            configured: naming,
             phase: PhaseCell::default(),
         }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .expect("queue state lock is never poisoned")
     }
 
     pub fn phase(&self) -> Phase {
@@ -149,46 +261,44 @@ impl QueueProbe {
         &self.pool
     }
 
-    /// Configured and discovered queues, in name order, at most `MAX_QUEUES`.
-    fn names(&self) -> (Vec<String>, usize, bool) {
-        let d = self
-            .discovery
-            .lock()
-            .expect("discovery lock is never poisoned");
-        let mut names: BTreeSet<String> = self.configured.iter().cloned().collect();
-        names.extend(d.queues.iter().cloned());
-        let total = names.len();
-        (
-            names.into_iter().take(MAX_QUEUES).collect(),
-            total.saturating_sub(MAX_QUEUES),
-            d.at.is_some(),
-        )
+    /// The names the probe reads now: prefix and separators found (or set).
+    pub fn naming(&self) -> Naming {
+        self.state().naming.clone()
+    }
+
+    /// Key prefixes whose worker events the subscriber heard, and when; they decide which
+    /// app is watched when several share the broker db.
+    pub fn heard(&self, prefixes: Vec<(Vec<u8>, Instant)>) {
+        self.state().heard = prefixes;
     }
 
     pub async fn probe(&self) -> Result<QueueObservation, Failure> {
         let started = Instant::now();
         let target = self.pool.target();
-        let (names, left_out, discovered) = self.names();
-        let keys: Vec<Vec<Vec<u8>>> = names.iter().map(|q| self.naming.queue_keys(q)).collect();
+        let (names, naming) = {
+            let s = self.state();
+            (s.watched.clone(), s.naming.clone())
+        };
+        let keys: Vec<Vec<SubQueue>> = names.iter().map(|q| naming.queue_keys(q)).collect();
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
         let mut depths = redis::pipe();
         depths.ignore_errors();
-        for key in keys.iter().flatten() {
-            depths.cmd("LLEN").arg(key);
+        for k in keys.iter().flatten() {
+            depths.cmd("LLEN").arg(&k.key);
         }
-        depths.cmd("HLEN").arg(self.naming.unacked());
+        depths.cmd("HLEN").arg(naming.unacked());
         depths
             .cmd("ZRANGE")
-            .arg(self.naming.unacked_index())
+            .arg(naming.unacked_index())
             .arg(0)
             .arg(0)
             .arg("WITHSCORES");
         depths
             .cmd("ZCOUNT")
-            .arg(self.naming.unacked_index())
+            .arg(naming.unacked_index())
             .arg("-inf")
             .arg(now_unix - self.visibility.as_secs_f64());
         let (mut conn, replies, round_trip): (_, Vec<Value>, _) = self
@@ -229,13 +339,13 @@ impl QueueProbe {
         };
         let orphaned = as_u64(replies.next().as_ref());
 
-        // The tails of the sub-queues that hold messages, in a second round trip.
+        // The tails of the counted keys that hold messages, in a second round trip.
         let waiting: Vec<&Vec<u8>> = keys
             .iter()
             .flatten()
             .zip(lengths.iter().flatten())
-            .filter(|(_, (n, _))| *n > 0)
-            .map(|(k, _)| k)
+            .filter(|(k, (n, _))| k.counted && *n > 0)
+            .map(|(k, _)| &k.key)
             .collect();
         let mut fetched: HashMap<&Vec<u8>, Vec<u8>> = HashMap::new();
         if !waiting.is_empty() {
@@ -272,29 +382,44 @@ impl QueueProbe {
         let mut bad_messages = Vec::new();
         let mut queues = Vec::with_capacity(names.len());
         {
-            let mut tails = self.tails.lock().expect("tails lock is never poisoned");
+            let mut guard = self.state();
+            let s = &mut *guard;
             for ((name, queue_keys), lengths) in names.into_iter().zip(&keys).zip(lengths) {
+                let known = s.known.entry(name.clone()).or_default();
                 let mut state = QueueState {
                     name,
                     length: 0,
                     oldest_age: None,
                     oldest_task: None,
+                    idle: None,
                     error: None,
+                    unbound: !known.bound && !known.configured,
+                    stranded: 0,
                 };
-                for (key, (length, error)) in queue_keys.iter().zip(lengths) {
-                    state.length += length;
+                let mut progressed = false;
+                for (k, (length, error)) in queue_keys.iter().zip(lengths) {
                     if error.is_some() {
                         state.error = error;
                     }
-                    let Some(bytes) = fetched.get(key) else {
-                        tails.remove(key);
+                    if length > 0 {
+                        s.layout.steps_seen.insert(k.step);
+                    }
+                    if !k.counted {
+                        state.stranded += length;
+                        continue;
+                    }
+                    state.length += length;
+                    let Some(bytes) = fetched.get(&k.key) else {
+                        // Emptied since the last cycle: its front was taken.
+                        progressed |= s.tails.remove(&k.key).is_some();
                         continue;
                     };
                     let fingerprint = fingerprint(bytes);
-                    let tail = match tails.get_mut(key) {
+                    let tail = match s.tails.get_mut(&k.key) {
                         Some(t) if t.fingerprint == fingerprint => t,
-                        _ => {
-                            // A new tail: decoded once, for its task name.
+                        previous => {
+                            // A new front: the old one was taken, if there was one.
+                            progressed |= previous.is_some();
                             let task = match kombu::decode(bytes) {
                                 Ok(m) => m.envelope["headers"]["task"]
                                     .as_str()
@@ -306,15 +431,15 @@ impl QueueProbe {
                                     None
                                 }
                             };
-                            tails.insert(
-                                key.clone(),
+                            s.tails.insert(
+                                k.key.clone(),
                                 Tail {
                                     fingerprint,
                                     since: now,
                                     task,
                                 },
                             );
-                            tails.get_mut(key).expect("just inserted")
+                            s.tails.get_mut(&k.key).expect("just inserted")
                         }
                     };
                     let age = now.saturating_duration_since(tail.since);
@@ -323,31 +448,35 @@ impl QueueProbe {
                         state.oldest_task = tail.task.clone();
                     }
                 }
+                progressed |= known.length.is_some_and(|before| state.length < before);
+                if state.length == 0 || progressed || known.progress.is_none() {
+                    known.progress = Some(now);
+                }
+                if state.length > 0 {
+                    state.idle = known.progress.map(|t| now.saturating_duration_since(t));
+                }
+                known.length = Some(state.length + state.stranded);
+                if state.length + state.stranded > 0 {
+                    known.nonempty = Some(now);
+                }
                 queues.push(state);
             }
-            // Tails of lists that no queue names any more.
-            if tails.len() > 4 * MAX_QUEUES {
-                tails.clear();
+            // Tails of keys that no queue names any more.
+            if s.tails.len() > 20 * MAX_QUEUES {
+                s.tails.clear();
             }
         }
 
         // Discovery, with at most half of the time left, so that it never costs the probe.
-        let due = {
-            let d = self
-                .discovery
-                .lock()
-                .expect("discovery lock is never poisoned");
-            d.walk.is_some() || d.at.is_none_or(|at| at.elapsed() >= DISCOVER_EVERY)
-        };
-        if due {
-            self.phase.set(Phase::Command("SCAN"));
-            let left = (started + self.timeout).saturating_duration_since(Instant::now()) / 2;
-            // Cut short by the time limit, it goes on next cycle where it stopped.
-            if let Ok(Err(e)) = tokio::time::timeout(left, self.discover(&mut conn.inner)).await {
-                tracing::debug!(error = %e, "binding discovery failed; retried next cycle");
-            }
+        self.phase.set(Phase::Command("SCAN"));
+        let left = (started + self.timeout).saturating_duration_since(Instant::now()) / 2;
+        // Cut short by the time limit, it goes on next cycle where it stopped.
+        if let Ok(Err(e)) = tokio::time::timeout(left, self.discover(&mut conn.inner)).await {
+            tracing::debug!(error = %e, "binding discovery failed; retried next cycle");
         }
         drop(conn);
+        let s = self.state();
+        let left_out = s.known.len().saturating_sub(s.watched.len());
         Ok(QueueObservation {
             queues,
             unacked,
@@ -356,7 +485,8 @@ impl QueueProbe {
             round_trip,
             bad_messages,
             left_out,
-            discovered,
+            discovered: s.walked.is_some(),
+            layout: s.layout.clone(),
         })
     }
 
@@ -374,17 +504,14 @@ impl QueueProbe {
     }
 
     /// A few SCAN pages of the binding-set walk; when the walk has covered the keyspace,
-    /// SMEMBERS pipelines turn the sets into queue names. Progress is kept after each page,
-    /// so a walk cut short by the time limit goes on where it stopped.
+    /// SMEMBERS pipelines turn the sets into the layout and the queues, and the next walk
+    /// starts at the next cycle. Progress is kept after each page, so a walk cut short by
+    /// the time limit goes on where it stopped.
     async fn discover(&self, conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
-        let pattern = self.naming.binding_pattern();
         for _ in 0..SCAN_PAGES {
             let cursor = {
-                let mut d = self
-                    .discovery
-                    .lock()
-                    .expect("discovery lock is never poisoned");
-                let walk = d.walk.get_or_insert_with(Walk::default);
+                let mut s = self.state();
+                let walk = s.walk.get_or_insert_with(Walk::default);
                 if walk.scanned {
                     break;
                 }
@@ -394,34 +521,28 @@ impl QueueProbe {
             let page = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(&pattern)
+                .arg(Naming::binding_pattern())
                 .arg("COUNT")
                 .arg(SCAN_COUNT)
                 .query_async(conn)
                 .instrument(span.span().clone())
                 .await;
             let (next, keys): (u64, Vec<Vec<u8>>) = self.traced(span, page)?;
-            let mut d = self
-                .discovery
-                .lock()
-                .expect("discovery lock is never poisoned");
-            let walk = d.walk.get_or_insert_with(Walk::default);
+            let mut s = self.state();
+            let walk = s.walk.get_or_insert_with(Walk::default);
             walk.sets.extend(keys);
             walk.sets.truncate(MAX_BINDING_SETS);
             walk.cursor = next;
             walk.scanned = next == 0;
         }
         let sets = {
-            let d = self
-                .discovery
-                .lock()
-                .expect("discovery lock is never poisoned");
-            match &d.walk {
+            let s = self.state();
+            match &s.walk {
                 Some(w) if w.scanned => w.sets.clone(),
                 _ => return Ok(()),
             }
         };
-        let mut queues = BTreeSet::new();
+        let mut read: Vec<(Vec<u8>, Vec<Vec<u8>>)> = Vec::with_capacity(sets.len());
         for chunk in sets.chunks(SCAN_COUNT) {
             let mut pipe = redis::pipe();
             for key in chunk {
@@ -430,23 +551,253 @@ impl QueueProbe {
             let span = otel::Command::new(self.pool.target(), "PIPELINE", Some(chunk.len()));
             let reply = pipe.query_async(conn).instrument(span.span().clone()).await;
             let members: Vec<Vec<Vec<u8>>> = self.traced(span, reply)?;
-            for (key, members) in chunk.iter().zip(members) {
-                queues.extend(
-                    members
-                        .iter()
-                        .filter_map(|m| self.naming.queue_of_binding(key, m)),
-                );
-            }
+            read.extend(chunk.iter().cloned().zip(members));
         }
-        let mut d = self
-            .discovery
-            .lock()
-            .expect("discovery lock is never poisoned");
-        d.queues = queues;
-        d.at = Some(Instant::now());
-        d.walk = None;
+        let found = kombu::Found::read(&read, self.configured_sep());
+        self.settle(found);
+        if self.rank_due() {
+            self.rank(conn).await?;
+        }
         Ok(())
     }
+
+    /// The separator as set, to read members with.
+    fn configured_sep(&self) -> Option<&[u8]> {
+        self.sep_set.then(|| self.configured.sep())
+    }
+
+    /// A finished walk: the layout chosen, the queues known updated (a queue whose binding
+    /// is gone stays while it holds messages), and the watched set recomputed.
+    fn settle(&self, found: kombu::Found) {
+        let mut guard = self.state();
+        let s = &mut *guard;
+        let now = Instant::now();
+        let live: Vec<&[u8]> = s
+            .heard
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(*at) <= HEARD_WITHIN)
+            .map(|(p, _)| p.as_slice())
+            .collect();
+        let chosen = choose(
+            &found,
+            self.prefix_set.then(|| self.configured.prefix()),
+            self.configured_sep(),
+            &live,
+            &s.layout,
+        );
+        if chosen.prefix != s.layout.prefix || chosen.seps != s.layout.seps {
+            tracing::info!(
+                prefix = %escape(&chosen.prefix),
+                prefix_from = chosen.prefix_from,
+                separators = %chosen.seps.iter().map(|s| escape(s)).collect::<Vec<_>>().join(" "),
+                "reading kombu's keys with this key prefix and separator"
+            );
+        }
+        s.naming = self
+            .configured
+            .with_layout(chosen.prefix.clone(), chosen.seps.clone());
+        let steps_seen = std::mem::take(&mut s.layout.steps_seen);
+        s.layout = Layout {
+            steps_seen,
+            ..chosen
+        };
+        let bound = found.queues(&s.layout.prefix);
+        for name in &bound {
+            s.known.entry(name.clone()).or_default().bound = true;
+        }
+        // Unbound, a queue stays while it holds messages (and a while after, so that a
+        // queue emptied and refilled at once is not lost).
+        s.known.retain(|name, k| {
+            k.bound = bound.contains(name);
+            k.bound
+                || k.configured
+                || k.nonempty
+                    .is_some_and(|t| now.saturating_duration_since(t) < RANK_EVERY)
+        });
+        s.watched = watch(&s.known);
+        s.bindings = found;
+        s.walk = None;
+        s.walked = Some(now);
+    }
+
+    fn rank_due(&self) -> bool {
+        let s = self.state();
+        s.known.len() > MAX_QUEUES && s.ranked.is_none_or(|t| t.elapsed() >= RANK_EVERY)
+    }
+
+    /// Measures the queues left out by the cap (their keys under the steps seen), so that
+    /// the longest are kept.
+    async fn rank(&self, conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
+        let (naming, outside, steps) = {
+            let s = self.state();
+            let watched: BTreeSet<&String> = s.watched.iter().collect();
+            let outside: Vec<String> = s
+                .known
+                .keys()
+                .filter(|q| !watched.contains(q))
+                .cloned()
+                .collect();
+            (s.naming.clone(), outside, s.layout.steps_seen.clone())
+        };
+        let mut measured = Vec::with_capacity(outside.len());
+        for chunk in outside.chunks(RANK_CHUNK / (steps.len() + 1)) {
+            let mut pipe = redis::pipe();
+            let mut per_queue = Vec::with_capacity(chunk.len());
+            for q in chunk {
+                let keys: Vec<Vec<u8>> = naming
+                    .queue_keys(q)
+                    .into_iter()
+                    .filter(|k| k.counted && (k.step == 0 || steps.contains(&k.step)))
+                    .map(|k| k.key)
+                    .collect();
+                per_queue.push(keys.len());
+                for key in keys {
+                    pipe.cmd("LLEN").arg(key);
+                }
+            }
+            let span = otel::Command::new(self.pool.target(), "PIPELINE", Some(pipe.len()));
+            let reply = pipe.query_async(conn).instrument(span.span().clone()).await;
+            let lengths: Vec<u64> = self.traced(span, reply)?;
+            let mut lengths = lengths.into_iter();
+            for (q, n) in chunk.iter().zip(per_queue) {
+                measured.push((q.clone(), lengths.by_ref().take(n).sum::<u64>()));
+            }
+        }
+        let mut s = self.state();
+        for (q, length) in measured {
+            if let Some(k) = s.known.get_mut(&q) {
+                k.length = Some(length);
+            }
+        }
+        s.watched = watch(&s.known);
+        s.ranked = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// The layout a walk's findings and the settings give. The prefix: as set; else the only
+/// one with queues; else, among several, the one whose workers are heard, then the one with
+/// most queues (then no prefix, then the first by name). The separators: as set; else the
+/// workers' own (from their pidbox bindings), then those of the queues' bindings, most used
+/// first. With nothing found (no binding set yet, or all flushed), what the `previous` walk
+/// found holds; else kombu's defaults.
+pub fn choose(
+    found: &kombu::Found,
+    prefix_set: Option<&[u8]>,
+    sep_set: Option<&[u8]>,
+    heard: &[&[u8]],
+    previous: &Layout,
+) -> Layout {
+    let with_queues: Vec<&Vec<u8>> = found
+        .prefixes
+        .iter()
+        .filter(|(_, b)| !b.queues.is_empty())
+        .map(|(p, _)| p)
+        .collect();
+    let (prefix, prefix_from) = match prefix_set {
+        Some(p) => (p.to_vec(), "set"),
+        None => {
+            let best = with_queues.iter().max_by_key(|p| {
+                let queues = found.prefixes[p.as_slice()].queues.len();
+                (
+                    heard.contains(&p.as_slice()),
+                    queues,
+                    p.is_empty(),
+                    std::cmp::Reverse(p.as_slice()),
+                )
+            });
+            match best {
+                Some(p) => (p.to_vec(), "found"),
+                None => match heard.first() {
+                    Some(p) => (p.to_vec(), "found"),
+                    None if previous.prefix_from == "found" => (previous.prefix.clone(), "found"),
+                    None => (Vec::new(), "default"),
+                },
+            }
+        }
+    };
+    let bound = found.prefixes.get(&prefix);
+    let seen_seps: Vec<Vec<u8>> = bound.map(|b| b.seps_in_use()).unwrap_or_default();
+    let (seps, sep_from) = match sep_set {
+        Some(sep) => (vec![sep.to_vec()], "set"),
+        None if !seen_seps.is_empty() => (seen_seps.clone(), "found"),
+        None if previous.sep_from == "found" && previous.prefix == prefix => {
+            (previous.seps.clone(), "found")
+        }
+        None => (vec![DEFAULT_SEP.to_vec()], "default"),
+    };
+    let mut contradictions = Vec::new();
+    if let Some(p) = prefix_set
+        && !with_queues.is_empty()
+        && !with_queues.iter().any(|q| q.as_slice() == p)
+    {
+        let there: Vec<String> = with_queues
+            .iter()
+            .map(|q| format!("\"{}\"", escape(q)))
+            .collect();
+        contradictions.push((
+            format!(
+                "SIDECAR_CELERY_KEYPREFIX is \"{}\", but kombu's bindings on this broker are under {}",
+                escape(p),
+                there.join(", ")
+            ),
+            "unset SIDECAR_CELERY_KEYPREFIX (the sidecar finds the prefix itself), or set it to the app's broker_transport_options global_keyprefix".into(),
+        ));
+    }
+    if let Some(sep) = sep_set
+        && !seen_seps.is_empty()
+        && !seen_seps.iter().any(|s| s.as_slice() == sep)
+    {
+        let there: Vec<String> = seen_seps
+            .iter()
+            .map(|s| format!("\"{}\"", escape(s)))
+            .collect();
+        contradictions.push((
+            format!(
+                "SIDECAR_CELERY_SEP is \"{}\", but the app's bindings use {}",
+                escape(sep),
+                there.join(", ")
+            ),
+            "unset SIDECAR_CELERY_SEP (the sidecar finds the separator itself), or set it to the app's broker_transport_options sep".into(),
+        ));
+    }
+    Layout {
+        other_prefixes: found
+            .prefixes
+            .keys()
+            .filter(|p| **p != prefix)
+            .cloned()
+            .collect(),
+        prefix,
+        prefix_from,
+        seps,
+        sep_from,
+        steps_seen: BTreeSet::new(),
+        contradictions,
+    }
+}
+
+/// The queues read each cycle: all known ones up to the cap; past it, every configured one
+/// and the longest of the others (then by name).
+fn watch(known: &BTreeMap<String, Known>) -> Vec<String> {
+    if known.len() <= MAX_QUEUES {
+        return known.keys().cloned().collect();
+    }
+    let mut ranked: Vec<(&String, &Known)> = known.iter().collect();
+    ranked.sort_by_key(|(name, k)| {
+        (
+            !k.configured,
+            std::cmp::Reverse(k.length.unwrap_or(0)),
+            *name,
+        )
+    });
+    let mut watched: Vec<String> = ranked
+        .into_iter()
+        .take(MAX_QUEUES)
+        .map(|(n, _)| n.clone())
+        .collect();
+    watched.sort();
+    watched
 }
 
 /// A server error in a pipeline reply that is not about one key's type.
@@ -478,4 +829,155 @@ fn as_f64(v: &Value) -> Option<f64> {
         _ => return None,
     };
     x.is_finite().then_some(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(sets: &[(&[u8], &[&[u8]])]) -> kombu::Found {
+        let read: Vec<(Vec<u8>, Vec<Vec<u8>>)> = sets
+            .iter()
+            .map(|(k, ms)| (k.to_vec(), ms.iter().map(|m| m.to_vec()).collect()))
+            .collect();
+        kombu::Found::read(&read, None)
+    }
+
+    #[test]
+    fn the_prefix_and_separator_are_found_where_the_bindings_are() {
+        let f = found(&[
+            (b"myapp:_kombu.binding.celery", &[b"celery::celery"]),
+            (b"myapp:_kombu.binding.emails", &[b"emails::emails"]),
+            (
+                b"myapp:_kombu.binding.celery.pidbox",
+                &[b"::w1@h.celery.pidbox"],
+            ),
+        ]);
+        let l = choose(&f, None, None, &[], &Layout::default());
+        assert_eq!(
+            (l.prefix.as_slice(), l.prefix_from),
+            (b"myapp:".as_slice(), "found")
+        );
+        assert_eq!(l.seps, [b":".to_vec()]);
+        assert_eq!(l.sep_from, "found");
+        assert!(l.contradictions.is_empty());
+        assert_eq!(
+            f.queues(b"myapp:"),
+            ["celery", "emails"].map(String::from).into()
+        );
+        // Nothing found any more (flushed): what was found holds.
+        let before = l;
+        let l = choose(&found(&[]), None, None, &[], &before);
+        assert_eq!(
+            (l.prefix.as_slice(), l.prefix_from),
+            (b"myapp:".as_slice(), "found")
+        );
+        assert_eq!(l.seps, [b":".to_vec()]);
+        // Nothing ever found: kombu's defaults.
+        let l = choose(&found(&[]), None, None, &[], &Layout::default());
+        assert_eq!(
+            (l.prefix.as_slice(), l.prefix_from),
+            (b"".as_slice(), "default")
+        );
+        assert_eq!(l.seps, [DEFAULT_SEP.to_vec()]);
+    }
+
+    #[test]
+    fn old_and_new_separators_coexist_the_workers_own_first() {
+        let f = found(&[
+            (
+                b"_kombu.binding.celery",
+                &[b"celery\x06\x16\x06\x16celery", b"celery::celery"],
+            ),
+            (b"_kombu.binding.celery.pidbox", &[b"::w1@h.celery.pidbox"]),
+        ]);
+        let l = choose(&f, None, None, &[], &Layout::default());
+        assert_eq!(
+            l.seps[0],
+            b":".to_vec(),
+            "the live workers' separator first"
+        );
+        assert!(l.seps.contains(&DEFAULT_SEP.to_vec()));
+    }
+
+    #[test]
+    fn several_apps_the_one_heard_then_the_one_with_most_queues() {
+        let f = found(&[
+            (
+                b"a:_kombu.binding.celery",
+                &[b"celery\x06\x16\x06\x16celery"],
+            ),
+            (
+                b"b:_kombu.binding.celery",
+                &[b"celery\x06\x16\x06\x16celery"],
+            ),
+            (
+                b"b:_kombu.binding.emails",
+                &[b"emails\x06\x16\x06\x16emails"],
+            ),
+        ]);
+        let l = choose(&f, None, None, &[], &Layout::default());
+        assert_eq!(l.prefix, b"b:");
+        assert_eq!(l.other_prefixes, [b"a:".to_vec()]);
+        let l = choose(&f, None, None, &[b"a:"], &Layout::default());
+        assert_eq!(l.prefix, b"a:", "workers heard there");
+    }
+
+    #[test]
+    fn settings_win_and_a_contradiction_is_said() {
+        let f = found(&[(b"myapp:_kombu.binding.celery", &[b"celery::celery"])]);
+        let l = choose(
+            &f,
+            Some(b"other:"),
+            Some(b"\x06\x16"),
+            &[],
+            &Layout::default(),
+        );
+        assert_eq!(
+            (l.prefix.as_slice(), l.prefix_from),
+            (b"other:".as_slice(), "set")
+        );
+        assert_eq!(l.contradictions.len(), 1, "{:?}", l.contradictions);
+        assert!(l.contradictions[0].0.starts_with(
+            "SIDECAR_CELERY_KEYPREFIX is \"other:\", but kombu's bindings on this broker are under \"myapp:\""
+        ));
+        let l = choose(&f, None, Some(b"\x06\x16"), &[], &Layout::default());
+        assert_eq!(l.seps, [DEFAULT_SEP.to_vec()]);
+        assert!(
+            l.contradictions[0].0.starts_with(
+                "SIDECAR_CELERY_SEP is \"\\x06\\x16\", but the app's bindings use \":\""
+            ),
+            "{:?}",
+            l.contradictions
+        );
+    }
+
+    #[test]
+    fn the_cap_keeps_configured_then_the_longest() {
+        let mut known = BTreeMap::new();
+        for i in 0..MAX_QUEUES + 2 {
+            known.insert(
+                format!("q{i:05}"),
+                Known {
+                    length: Some(if i == MAX_QUEUES + 1 { 50 } else { 0 }),
+                    ..Known::default()
+                },
+            );
+        }
+        known.insert(
+            "zz-configured".into(),
+            Known {
+                configured: true,
+                ..Known::default()
+            },
+        );
+        let w = watch(&known);
+        assert_eq!(w.len(), MAX_QUEUES);
+        assert!(w.contains(&"zz-configured".to_string()));
+        assert!(
+            w.contains(&format!("q{:05}", MAX_QUEUES + 1)),
+            "the longest"
+        );
+        assert!(!w.contains(&format!("q{:05}", MAX_QUEUES)));
+    }
 }

@@ -51,8 +51,6 @@ pub struct CeleryRunner {
     interval: Duration,
     timeout: Duration,
     endpoint: String,
-    /// The event channels' pattern, for sentences.
-    channel: String,
     /// A queue pipeline slower than this makes the check degraded.
     slo: Duration,
     queues: Option<QueueRun>,
@@ -76,7 +74,6 @@ impl CeleryRunner {
         timeout: Duration,
         slo: Duration,
         endpoint: String,
-        channel: String,
     ) -> CeleryRunner {
         CeleryRunner {
             probe,
@@ -90,7 +87,6 @@ impl CeleryRunner {
             timeout,
             slo,
             endpoint,
-            channel,
             queues: None,
             shown: Vec::new(),
             last: None,
@@ -130,11 +126,25 @@ impl CeleryRunner {
         let result = match &self.probe {
             Err(f) => Err(f.clone()),
             Ok(p) => {
+                // Which apps' workers are heard decides which key prefix is watched.
+                let heard = self
+                    .shared
+                    .lock()
+                    .expect("shared lock is never poisoned")
+                    .heard
+                    .clone();
+                p.heard(heard);
                 let run = tokio::time::timeout(self.timeout, p.probe());
-                match run.instrument(span.clone()).await {
+                let result = match run.instrument(span.clone()).await {
                     Ok(r) => r,
                     Err(_) => Err(Failure::timeout(p.pool().target(), p.phase(), self.timeout)),
-                }
+                };
+                // The subscriber keeps the events of the prefix found.
+                self.shared
+                    .lock()
+                    .expect("shared lock is never poisoned")
+                    .naming = p.naming();
+                result
             }
         };
         if let Err(f) = &result {
@@ -258,6 +268,7 @@ impl CeleryRunner {
             .map(|w| w.hostname.as_str())
             .take(5)
             .collect();
+        let channel = String::from_utf8_lossy(&shared.naming.events_pattern()).into_owned();
         let seen = Seen {
             subscribed: sub.up,
             cause: sub.error.as_ref(),
@@ -265,7 +276,7 @@ impl CeleryRunner {
             in_grace: sub.up && sub.since.is_some_and(|t| now < t + grace),
             alive,
             down: &down,
-            channel: &self.channel,
+            channel: &channel,
         };
         // The broker's own Redis check: a broker unusable as Redis is unusable for Celery,
         // as `check` says it.
@@ -323,6 +334,9 @@ impl CeleryRunner {
                             "length": q.length,
                             "oldest_age_seconds": q.oldest_age.map(round1),
                             "oldest_task": q.oldest_task,
+                            "idle_seconds": q.idle.map(round1),
+                            "unbound": q.unbound,
+                            "stranded": q.stranded,
                         }),
                     )
                 })
@@ -336,6 +350,7 @@ impl CeleryRunner {
                 "visibility_timeout_seconds": self.config.visibility_timeout.as_secs_f64(),
             });
             details["queues_left_out"] = json!(obs.left_out);
+            details["kombu"] = layout_json(&obs.layout);
         }
         let (error, fix) = judged.error.map(|c| (c.failure, c.fix)).unzip();
         let report = Report {
@@ -367,6 +382,18 @@ impl CeleryRunner {
                 .map_or(0.0, |o| o.round_trip.as_secs_f64()),
         );
     }
+}
+
+/// The layout of kombu's keys as `/healthz` shows it (bytes escaped as `config` does).
+pub fn layout_json(l: &super::queues::Layout) -> Value {
+    json!({
+        "key_prefix": crate::config::escape(&l.prefix),
+        "key_prefix_from": l.prefix_from,
+        "separators": l.seps.iter().map(|s| crate::config::escape(s)).collect::<Vec<_>>(),
+        "separator_from": l.sep_from,
+        "priority_steps_seen": l.steps_seen,
+        "other_key_prefixes": l.other_prefixes.iter().map(|p| crate::config::escape(p)).collect::<Vec<_>>(),
+    })
 }
 
 fn round1(d: Duration) -> f64 {

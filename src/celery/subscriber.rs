@@ -52,7 +52,9 @@ fn next_backoff(current: Duration, held: Option<Duration>) -> (Duration, Duratio
 
 pub struct Subscriber {
     target: Target,
-    naming: Naming,
+    /// The key prefix is set (SIDECAR_CELERY_KEYPREFIX): only its channels are subscribed;
+    /// else every prefix's, and those of the prefix the queue probe found are kept.
+    prefix_set: bool,
     shared: Arc<Mutex<Shared>>,
     /// Wakes the celery runner when a worker comes or goes.
     changed: Arc<Notify>,
@@ -65,7 +67,7 @@ pub struct Subscriber {
 impl Subscriber {
     pub fn new(
         target: Target,
-        naming: Naming,
+        prefix_set: bool,
         shared: Arc<Mutex<Shared>>,
         changed: Arc<Notify>,
         metrics: Arc<Metrics>,
@@ -73,7 +75,7 @@ impl Subscriber {
     ) -> Subscriber {
         Subscriber {
             target,
-            naming,
+            prefix_set,
             shared,
             changed,
             metrics,
@@ -98,7 +100,12 @@ impl Subscriber {
 
     /// One connection: subscribe, then handle messages until it is lost; returns why.
     async fn session(&mut self) -> Failure {
-        let pattern = self.naming.events_pattern();
+        let naming = self
+            .shared
+            .lock()
+            .expect("shared lock is never poisoned")
+            .naming
+            .clone();
         let command = otel::Command::new(&self.target, "PSUBSCRIBE", None);
         let span = command.span().clone();
         {
@@ -116,10 +123,10 @@ impl Subscriber {
                 );
             }
         }
-        let mut resp = match subscribe(&self.target, &pattern, self.timeout)
+        let subscribed = subscribe_events(&self.target, &naming, self.prefix_set, self.timeout)
             .instrument(span.clone())
-            .await
-        {
+            .await;
+        let (mut resp, mut narrow) = match subscribed {
             Err(f) => {
                 command.failed(&f);
                 return f;
@@ -161,6 +168,21 @@ impl Subscriber {
                     Err(e) => return Failure::from_redis(&redis::RedisError::from(e), &self.target),
                 },
                 _ = ping.tick() => {
+                    // Subscribed to one prefix only: follow the one the queue probe found.
+                    if let Some(old) = &narrow {
+                        let now = self.shared.lock().expect("shared lock is never poisoned").naming.clone();
+                        if now.prefix() != old.prefix() {
+                            let (from, to) = (old.events_pattern(), now.events_pattern());
+                            let unsubscribe: [&[u8]; 2] = [b"PUNSUBSCRIBE", &from];
+                            let subscribe: [&[u8]; 2] = [b"PSUBSCRIBE", &to];
+                            let commands: [&[&[u8]]; 2] = [&unsubscribe, &subscribe];
+                            match tokio::time::timeout(self.timeout, resp.send(&commands)).await {
+                                Ok(Ok(())) => narrow = Some(now),
+                                Ok(Err(e)) => return Failure::from_redis(&redis::RedisError::from(e), &self.target),
+                                Err(_) => return Failure::timeout(&self.target, Phase::Command("PSUBSCRIBE"), self.timeout),
+                            }
+                        }
+                    }
                     if pong_due.is_none() {
                         pong_due = Some(Instant::now() + self.timeout);
                     }
@@ -225,18 +247,24 @@ impl Subscriber {
         self.changed.notify_one();
     }
 
-    /// One message from the event channels.
+    /// One message from the event channels: kept when it is under the key prefix watched;
+    /// under another, only noted as heard (a worker event).
     fn handle(&mut self, channel: &[u8], payload: &[u8]) {
-        if self.naming.routing_key(channel).is_none() {
-            return;
+        let now = Instant::now();
+        {
+            let mut shared = self.shared.lock().expect("shared lock is never poisoned");
+            let Some((prefix, key)) = shared.naming.split_event_channel(channel) else {
+                return;
+            };
+            if key.starts_with(b"worker.") {
+                shared.heard_under(prefix, now);
+            }
+            if prefix != shared.naming.prefix() {
+                return;
+            }
+            shared.subscription.messages += 1;
         }
         self.metrics.celery.event_received();
-        self.shared
-            .lock()
-            .expect("shared lock is never poisoned")
-            .subscription
-            .messages += 1;
-        let now = Instant::now();
         let events = match event::decode(payload) {
             Ok(events) => events,
             Err(e) => return self.skip(channel, &e, now),
@@ -352,6 +380,27 @@ impl From<Reply> for Push {
             _ => Push::Other,
         }
     }
+}
+
+/// A connection PSUBSCRIBEd to the event channels: of every key prefix on the broker db,
+/// unless the prefix is set; when the ACL refuses that pattern (`NOPERM`: a user allowed
+/// only its app's channels), of the prefix of `naming`. With it, the naming subscribed to
+/// when that is one prefix only.
+pub async fn subscribe_events(
+    target: &Target,
+    naming: &Naming,
+    prefix_set: bool,
+    limit: Duration,
+) -> Result<(Resp, Option<Naming>), Failure> {
+    if !prefix_set {
+        match subscribe(target, &naming.any_events_pattern(), limit).await {
+            Ok(resp) => return Ok((resp, None)),
+            Err(f) if f.message.starts_with("NOPERM") => {}
+            Err(f) => return Err(f),
+        }
+    }
+    let resp = subscribe(target, &naming.events_pattern(), limit).await?;
+    Ok((resp, Some(naming.clone())))
 }
 
 /// A connection to `target` (made as `check` makes it, and named), PSUBSCRIBEd to

@@ -1,23 +1,39 @@
-"""Sends tasks with the real Celery client: send.py '<JSON list of sends>'.
+"""Sends tasks with the real Celery client: send.py '<JSON list of operations>'.
 
-Each send is {"task": "add", "args": [2, 3], "queue": "celery", "priority": 5}; queue and
-priority are optional. Prints the task ids, one per line.
+Each operation is one of:
+- {"task": "add", "args": [2, 3], "queue": "celery", "priority": 5}: send a task (queue and
+  priority optional); its id is printed, one per line;
+- {"declare": ["q1", "q2"]}: declare queues (each bound to an exchange of its own name, as
+  Celery's automatic queues are), with kombu;
+- {"flushall": true}: FLUSHALL on the producer's own connection, which goes on publishing
+  afterwards without declaring again (what a long-lived web process does).
+All run on one connection, in order.
 """
 
 import json
 import sys
 
+from kombu import Exchange, Queue
+
 from tasks import app
 
 with app.connection_for_write() as conn:
     with app.producer_or_acquire() as producer:
-        for send in json.loads(sys.argv[1]):
+        for op in json.loads(sys.argv[1]):
+            if op.get("declare"):
+                channel = producer.channel
+                for name in op["declare"]:
+                    Queue(name, Exchange(name), routing_key=name)(channel).declare()
+                continue
+            if op.get("flushall"):
+                producer.channel.client.flushall()
+                continue
             options = {}
-            if send.get("queue"):
-                options["queue"] = send["queue"]
-            if send.get("priority") is not None:
-                options["priority"] = send["priority"]
+            if op.get("queue"):
+                options["queue"] = op["queue"]
+            if op.get("priority") is not None:
+                options["priority"] = op["priority"]
             result = app.send_task(
-                "tasks." + send["task"], args=send.get("args", []), producer=producer, **options
+                "tasks." + op["task"], args=op.get("args", []), producer=producer, **options
             )
             print(result.id)

@@ -1,8 +1,9 @@
 """The Celery app the sidecar's tests run real workers and clients of.
 
 Configured from the environment by the Rust tests (tests/support/mod.rs):
-BROKER_URL, and kombu's transport options KEYPREFIX, SEP, STEPS, VISIBILITY, plus
-PREFETCH (worker_prefetch_multiplier).
+BROKER_URL, and kombu's transport options KEYPREFIX (global_keyprefix), SEP, STEPS
+(priority_steps), QUEUE_ORDER (queue_order_strategy), VISIBILITY (visibility_timeout), plus
+PREFETCH (worker_prefetch_multiplier). Set as Celery's Redis broker documentation shows them.
 """
 
 import os
@@ -19,6 +20,8 @@ if os.environ.get("SEP"):
     options["sep"] = os.environ["SEP"]
 if os.environ.get("STEPS"):
     options["priority_steps"] = [int(s) for s in os.environ["STEPS"].split(",")]
+if os.environ.get("QUEUE_ORDER"):
+    options["queue_order_strategy"] = os.environ["QUEUE_ORDER"]
 if os.environ.get("VISIBILITY"):
     options["visibility_timeout"] = float(os.environ["VISIBILITY"])
 app.conf.broker_transport_options = options

@@ -751,6 +751,25 @@ pub fn send(env: &[(&str, &str)], sends: &str) -> Vec<String> {
         .collect()
 }
 
+/// What Celery itself counts in each queue (kombu's queue size: LLEN over the app's own
+/// priority steps), with the app's settings in `env`.
+pub fn celery_count(
+    env: &[(&str, &str)],
+    queues: &[&str],
+) -> std::collections::BTreeMap<String, u64> {
+    let out = celery_command("python", env)
+        .arg("count.py")
+        .args(queues)
+        .output()
+        .expect("run count.py");
+    assert!(
+        out.status.success(),
+        "count.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("count.py prints JSON")
+}
+
 /// Sends one raw Redis command and returns the first reply line: enough to PUBLISH test
 /// payloads without redis-cli's quoting getting in the way of binary bytes.
 pub fn redis_command(port: u16, args: &[&[u8]]) -> String {
