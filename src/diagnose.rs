@@ -836,7 +836,38 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
 
     // The ping runs even when no worker was heard: a worker with events disabled
     // (no heartbeats reach this channel) still answers it.
-    if ping {
+    // The ping is written in the workers' own separator (from their pidbox bindings),
+    // whatever SIDECAR_CELERY_SEP says: a worker reads the reply binding with its own, and
+    // one that cannot logs a control command error. Workers with two separators cannot
+    // both be spoken to.
+    let workers_seps = queues
+        .as_ref()
+        .map(|(obs, _)| obs.layout.workers_seps.clone())
+        .unwrap_or_default();
+    if ping && workers_seps.len() > 1 {
+        let seps: Vec<String> = workers_seps
+            .iter()
+            .map(|s| format!("\"{}\"", escape(s)))
+            .collect();
+        let finding = Finding::new(
+            "celery ping",
+            format!(
+                "not sent: the workers' pidbox bindings use several separators ({}), and a worker that cannot read the request's logs an error",
+                seps.join(", ")
+            ),
+            "stop the workers of the old configuration (or remove their stale members from _kombu.binding.celery.pidbox)",
+        );
+        d.steps.push(Step::warn(
+            "celery ping",
+            finding.text.clone(),
+            finding.fix.clone(),
+        ));
+        findings.push(finding);
+    } else if ping {
+        let naming = match workers_seps.first() {
+            Some(sep) => naming.with_layout(naming.prefix().to_vec(), vec![sep.clone()]),
+            None => naming.clone(),
+        };
         let heard_some = alive > 0;
         match crate::pidbox::ping(&target, &naming, Duration::from_secs(1), config.probe_timeout).await {
             Err(f) => d.steps.push(Step::fail("celery ping", f, "the broker refused the ping's commands")),

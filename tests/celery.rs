@@ -154,6 +154,18 @@ fn workers_come_up_and_go_down_by_sigkill_and_sigterm() {
         logs.contains("celery is unhealthy: only 0 of the required 1"),
         "{logs}"
     );
+    // One line per worker and change, naming it and why.
+    for (line, times) in [
+        ("Celery worker w1@test is up", 1),
+        ("Celery worker w2@test is up", 1),
+        ("Celery worker w1@test is down: no event from it for ", 1),
+        (
+            "Celery worker w2@test is down: it sent worker-offline (a warm shutdown)",
+            1,
+        ),
+    ] {
+        assert_eq!(logs.matches(line).count(), times, "{line:?} in\n{logs}");
+    }
 }
 
 #[test]

@@ -98,6 +98,9 @@ pub struct Layout {
     pub steps_seen: BTreeSet<u32>,
     /// Every key prefix with binding sets, when there is more than the one watched.
     pub other_prefixes: Vec<Vec<u8>>,
+    /// The separators of the live workers' own pidbox bindings under the prefix, whatever
+    /// the settings: the dialect `check --ping` must speak.
+    pub workers_seps: Vec<Vec<u8>>,
     /// What the broker holds that contradicts a setting: (what, fix).
     pub contradictions: Vec<(String, String)>,
 }
@@ -761,7 +764,11 @@ pub fn choose(
             "unset SIDECAR_CELERY_SEP (the sidecar finds the separator itself), or set it to the app's broker_transport_options sep".into(),
         ));
     }
+    let workers_seps = bound
+        .map(|b| b.pidbox_seps.keys().cloned().collect())
+        .unwrap_or_default();
     Layout {
+        workers_seps,
         other_prefixes: found
             .prefixes
             .keys()

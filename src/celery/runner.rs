@@ -27,6 +27,8 @@ use tracing::Instrument;
 
 /// How often workers are judged again between queue probes.
 const JUDGE_EVERY: Duration = Duration::from_secs(1);
+/// Workers that come or go logged one by one in one judgement at most.
+const LOG_WORKERS: usize = 10;
 /// Undecodable queued messages are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -56,6 +58,8 @@ pub struct CeleryRunner {
     queues: Option<QueueRun>,
     /// Queue names in the metrics now, to remove the ones that vanish.
     shown: Vec<String>,
+    /// The workers alive at the last judgement, to log each one that comes or goes.
+    up: std::collections::BTreeSet<String>,
     last: Option<Arc<Report>>,
     last_log: Option<Instant>,
 }
@@ -89,6 +93,7 @@ impl CeleryRunner {
             endpoint,
             queues: None,
             shown: Vec::new(),
+            up: std::collections::BTreeSet::new(),
             last: None,
             last_log: None,
         }
@@ -253,6 +258,52 @@ impl CeleryRunner {
             })
             .collect();
         let alive = workers.alive_count(as_of);
+        // One log line per worker that comes up or goes down, naming it and why (a few per
+        // judgement, then a count: a flood of hostnames must not flood the log).
+        let mut logged = 0;
+        let mut unlogged = 0;
+        for w in workers.sorted() {
+            let is_up = workers.alive(w, as_of);
+            if is_up == self.up.contains(&w.hostname) {
+                continue;
+            }
+            logged += 1;
+            if logged > LOG_WORKERS {
+                unlogged += 1;
+                if is_up {
+                    self.up.insert(w.hostname.clone());
+                } else {
+                    self.up.remove(&w.hostname);
+                }
+                continue;
+            }
+            if is_up {
+                tracing::info!(
+                    worker = %w.hostname,
+                    pid = w.pid,
+                    "Celery worker {} is up",
+                    w.hostname
+                );
+                self.up.insert(w.hostname.clone());
+            } else {
+                let why = if w.offline {
+                    "it sent worker-offline (a warm shutdown)".to_string()
+                } else {
+                    format!(
+                        "no event from it for {} (it heartbeats every {}s; SIDECAR_CELERY_HEARTBEAT_MISSES allows {} missed)",
+                        human(as_of.saturating_duration_since(w.last_heard)),
+                        w.freq,
+                        self.config.heartbeat_misses
+                    )
+                };
+                tracing::warn!(worker = %w.hostname, "Celery worker {} is down: {why}", w.hostname);
+                self.up.remove(&w.hostname);
+            }
+        }
+        if unlogged > 0 {
+            tracing::warn!("{unlogged} more Celery workers came up or went down at once");
+        }
+        self.up.retain(|h| workers.get(h).is_some());
         self.metrics.celery.set_workers(
             alive,
             workers
