@@ -322,6 +322,7 @@ mod tests {
                 warnings: vec![],
                 details: serde_json::json!({}),
                 fields: serde_json::json!({}),
+                queues: None,
             });
             for p in &publishers {
                 p.send_replace(Some(report.clone()));

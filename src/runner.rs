@@ -144,6 +144,7 @@ impl Runner {
                     warnings: judged.findings,
                     details: details(obs.pool, obs.info.as_ref().ok()),
                     fields: json!({}),
+                    queues: None,
                 }
             }
             Err(failure) => {
@@ -242,6 +243,7 @@ pub fn failed(failure: Failure, last: Option<&Report>, now: SystemTime, details:
         warnings: Vec::new(),
         details,
         fields: json!({}),
+        queues: None,
     }
 }
 

@@ -62,6 +62,9 @@ pub struct Report {
     /// Check-specific fields at the top level of the check's `/healthz` object (the
     /// contract puts `workers_alive`, `workers`, `queues`, `unacked` there for celery).
     pub fields: Value,
+    /// The celery check's `queues` object, shared by the reports of one probe (they are
+    /// made every second, and a thousand queues make a large object).
+    pub queues: Option<Arc<Value>>,
 }
 
 /// The fixed description of a check and the receiving end of its reports.
@@ -280,6 +283,9 @@ fn check_json(check: &Check, report: Option<&Report>, verdict: &Verdict) -> Valu
         if let (Some(d), Some(f)) = (doc.as_object_mut(), r.fields.as_object()) {
             d.extend(f.clone());
         }
+        if let Some(q) = &r.queues {
+            doc["queues"] = (**q).clone();
+        }
     }
     if verdict.status == Status::Unhealthy {
         doc["error"] = json!(verdict.reason);
@@ -343,6 +349,7 @@ mod tests {
             },
             details: json!({}),
             fields: json!({}),
+            queues: None,
         }
     }
 

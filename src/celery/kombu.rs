@@ -33,6 +33,15 @@ pub struct Naming {
     db: i64,
 }
 
+/// One key of a queue, described without the queue: its separator (an index into the
+/// separators) and step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySpec {
+    pub sep: usize,
+    pub step: u32,
+    pub counted: bool,
+}
+
 /// One key a queue's messages can be in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubQueue {
@@ -106,30 +115,57 @@ impl Naming {
     /// every separator in use and every step kombu can write (see [`ANY_STEP`]), and the
     /// app's own steps when set; those outside the app's steps do not count.
     pub fn queue_keys(&self, queue: &str) -> Vec<SubQueue> {
+        let mut buf = Vec::new();
+        self.key_specs()
+            .into_iter()
+            .map(|spec| {
+                self.write_key(queue, spec, &mut buf);
+                SubQueue {
+                    key: buf.clone(),
+                    step: spec.step,
+                    counted: spec.counted,
+                }
+            })
+            .collect()
+    }
+
+    /// The keys of any queue, described once: [`queue_keys`](Self::queue_keys)' order, the
+    /// queue's own key first.
+    pub fn key_specs(&self) -> Vec<KeySpec> {
         let mut steps: Vec<u32> = ANY_STEP.to_vec();
         if let Some(own) = &self.steps {
             steps.extend(own.iter().filter(|s| !ANY_STEP.contains(s)));
         }
         let counted = |step: u32| self.steps.as_ref().is_none_or(|own| own.contains(&step));
-        let base = self.key(queue.as_bytes());
-        let mut keys = vec![SubQueue {
-            key: base.clone(),
+        let mut specs = vec![KeySpec {
+            sep: 0,
             step: 0,
             counted: counted(0),
         }];
-        for sep in &self.seps {
+        for sep in 0..self.seps.len() {
             for &step in steps.iter().filter(|s| **s != 0) {
-                let mut key = base.clone();
-                key.extend_from_slice(sep);
-                key.extend_from_slice(step.to_string().as_bytes());
-                keys.push(SubQueue {
-                    key,
+                specs.push(KeySpec {
+                    sep,
                     step,
                     counted: counted(step),
                 });
             }
         }
-        keys
+        specs
+    }
+
+    /// Writes `queue`'s key for `spec` into `buf` (cleared first): no allocation per key
+    /// once `buf` has grown, however many queues are read.
+    pub fn write_key(&self, queue: &str, spec: KeySpec, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.extend_from_slice(&self.prefix);
+        buf.extend_from_slice(queue.as_bytes());
+        if spec.step != 0 {
+            use std::io::Write;
+            buf.extend_from_slice(&self.seps[spec.sep]);
+            // Writing into a Vec cannot fail.
+            let _ = write!(buf, "{}", spec.step);
+        }
     }
 
     /// The hash of reserved (prefetched, not yet acknowledged) messages.

@@ -41,7 +41,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 use tokio::time::Instant;
 
-use super::kombu::{self, DEFAULT_SEP, DecodeError, Naming, SubQueue};
+use super::kombu::{self, DEFAULT_SEP, DecodeError, Naming};
 use crate::config::escape;
 use crate::failure::{Failure, Phase, PhaseCell};
 use crate::otel;
@@ -149,6 +149,9 @@ struct Known {
     progress: Option<Instant>,
     /// When it last held messages.
     nonempty: Option<Instant>,
+    /// Which of its keys (bits in [`Naming::key_specs`]' order) held messages at the last
+    /// read: those are read with LLEN, the others only checked with one EXISTS.
+    live: u64,
 }
 
 /// A walk of the keyspace for binding sets.
@@ -179,8 +182,13 @@ struct State {
     layout: Layout,
     /// Key prefixes whose workers were heard, and when (from the event subscriber).
     heard: Vec<(Vec<u8>, Instant)>,
-    /// Binding sets seen under other key prefixes, and the queues they name.
-    bindings: kombu::Found,
+    /// The binding sets as last read (key, members): a walk reads only the sets it has
+    /// not read before, and all of them again once a `RANK_EVERY`.
+    sets: BTreeMap<Vec<u8>, Vec<Vec<u8>>>,
+    /// When every set was last read.
+    sets_read: Option<Instant>,
+    /// The key prefixes heard at the last choice.
+    live: Vec<Vec<u8>>,
 }
 
 pub struct QueueProbe {
@@ -243,7 +251,9 @@ impl QueueProbe {
                 tails: HashMap::new(),
                 layout,
                 heard: Vec::new(),
-                bindings: kombu::Found::default(),
+                sets: BTreeMap::new(),
+                sets_read: None,
+                live: Vec::new(),
             }),
             configured: naming,
             phase: PhaseCell::default(),
@@ -278,19 +288,44 @@ impl QueueProbe {
     pub async fn probe(&self) -> Result<QueueObservation, Failure> {
         let started = Instant::now();
         let target = self.pool.target();
-        let (names, naming) = {
+        let (names, naming, live) = {
             let s = self.state();
-            (s.watched.clone(), s.naming.clone())
+            let live: Vec<u64> = s
+                .watched
+                .iter()
+                .map(|q| s.known.get(q).map_or(0, |k| k.live))
+                .collect();
+            (s.watched.clone(), s.naming.clone(), live)
         };
-        let keys: Vec<Vec<SubQueue>> = names.iter().map(|q| naming.queue_keys(q)).collect();
+        let specs = naming.key_specs();
+        // Past 64 keys a queue (many separators or steps set), every key is read each time.
+        let all_live = if specs.len() > 64 { u64::MAX } else { 0 };
+        let live: Vec<u64> = live.into_iter().map(|l| l | all_live | 1).collect();
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
+        // Round trip 1: LLEN of each queue's keys that held messages last time (its own key
+        // always), and one EXISTS over the others: a priority step that starts to be used
+        // is seen at once, for one command per queue.
         let mut depths = redis::pipe();
         depths.ignore_errors();
-        for k in keys.iter().flatten() {
-            depths.cmd("LLEN").arg(&k.key);
+        let mut buf = Vec::with_capacity(256);
+        for (name, live) in names.iter().zip(&live) {
+            let mut exists = redis::cmd("EXISTS");
+            let mut others = false;
+            for (i, spec) in specs.iter().enumerate() {
+                naming.write_key(name, *spec, &mut buf);
+                if bit(*live, i) {
+                    depths.cmd("LLEN").arg(&buf);
+                } else {
+                    exists.arg(&buf);
+                    others = true;
+                }
+            }
+            if others {
+                depths.add_command(exists);
+            }
         }
         depths.cmd("HLEN").arg(naming.unacked());
         depths
@@ -314,23 +349,43 @@ impl QueueProbe {
                 &depths,
             )
             .await?;
+        drop(depths);
         // A refusal that is not about one key (NOPERM, LOADING...) is the probe's failure.
         if let Some(e) = replies.iter().find_map(fatal) {
             return Err(Failure::from_redis(&e, target));
         }
         let mut replies = replies.into_iter();
-        let mut lengths: Vec<Vec<(u64, Option<String>)>> = Vec::with_capacity(keys.len());
-        for queue_keys in &keys {
-            lengths.push(
-                queue_keys
-                    .iter()
-                    .map(|_| match replies.next() {
-                        Some(Value::Int(n)) => (u64::try_from(n).unwrap_or(0), None),
-                        Some(Value::ServerError(e)) => (0, Some(e.to_string())),
-                        _ => (0, None),
-                    })
-                    .collect(),
-            );
+        // Per queue, per key (queue q's key i at q * keys + i): its length, once known; and
+        // per queue a type error.
+        let keys = specs.len();
+        let mut lengths: Vec<Option<u64>> = vec![Some(0); names.len() * keys];
+        let mut errors: Vec<Option<String>> = vec![None; names.len()];
+        for (q, live) in live.iter().enumerate() {
+            let mine = &mut lengths[q * keys..(q + 1) * keys];
+            let mut others = false;
+            for (i, slot) in mine.iter_mut().enumerate() {
+                if !bit(*live, i) {
+                    others = true;
+                    continue;
+                }
+                *slot = match replies.next() {
+                    Some(Value::Int(n)) => Some(u64::try_from(n).unwrap_or(0)),
+                    Some(Value::ServerError(e)) => {
+                        errors[q] = Some(e.to_string());
+                        Some(0)
+                    }
+                    _ => Some(0),
+                };
+            }
+            // Some of the other keys exist: read in the second round trip.
+            let exist = others && matches!(replies.next(), Some(Value::Int(n)) if n > 0);
+            if exist {
+                for (i, slot) in mine.iter_mut().enumerate() {
+                    if !bit(*live, i) {
+                        *slot = None;
+                    }
+                }
+            }
         }
         let unacked = as_u64(replies.next().as_ref());
         let oldest_reservation = match replies.next() {
@@ -342,44 +397,47 @@ impl QueueProbe {
         };
         let orphaned = as_u64(replies.next().as_ref());
 
-        // The tails of the counted keys that hold messages, in a second round trip.
-        let waiting: Vec<&Vec<u8>> = keys
-            .iter()
-            .flatten()
-            .zip(lengths.iter().flatten())
-            .filter(|(k, (n, _))| k.counted && *n > 0)
-            .map(|(k, _)| &k.key)
-            .collect();
-        let mut fetched: HashMap<&Vec<u8>, Vec<u8>> = HashMap::new();
-        if !waiting.is_empty() {
-            self.phase.set(Phase::Command("LINDEX"));
-            let mut tails = redis::pipe();
-            tails.ignore_errors();
-            for key in &waiting {
-                tails.cmd("LINDEX").arg(*key).arg(-1);
+        // Round trip 2, when there is anything to read: the tails (LINDEX -1) of the counted
+        // keys holding messages, and LLEN and tail of the keys the EXISTS found.
+        let mut reads = redis::pipe();
+        reads.ignore_errors();
+        for (q, name) in names.iter().enumerate() {
+            for (i, spec) in specs.iter().enumerate() {
+                match lengths[q * keys + i] {
+                    None => {
+                        naming.write_key(name, *spec, &mut buf);
+                        reads.cmd("LLEN").arg(&buf);
+                        reads.cmd("LINDEX").arg(&buf).arg(-1);
+                    }
+                    Some(n) if n > 0 && spec.counted => {
+                        naming.write_key(name, *spec, &mut buf);
+                        reads.cmd("LINDEX").arg(&buf).arg(-1);
+                    }
+                    Some(_) => {}
+                }
             }
-            let span = otel::Command::new(target, "PIPELINE", Some(waiting.len()));
-            let replies: Vec<Value> = match tails
-                .query_async(&mut conn.inner)
+        }
+        let mut second: std::vec::IntoIter<Value> = Vec::new().into_iter();
+        if !reads.is_empty() {
+            self.phase.set(Phase::Command("LINDEX"));
+            let span = otel::Command::new(target, "PIPELINE", Some(reads.len()));
+            match reads
+                .query_async::<Vec<Value>>(&mut conn.inner)
                 .instrument(span.span().clone())
                 .await
             {
                 Ok(r) => {
                     span.ok();
-                    r
+                    second = r.into_iter();
                 }
                 Err(e) => {
                     let failure = conn.fail(&e, target);
                     span.failed(&failure);
                     return Err(failure);
                 }
-            };
-            for (key, reply) in waiting.iter().zip(replies) {
-                if let Value::BulkString(bytes) = reply {
-                    fetched.insert(*key, bytes);
-                }
             }
         }
+        drop(reads);
 
         let now = Instant::now();
         let mut bad_messages = Vec::new();
@@ -387,43 +445,56 @@ impl QueueProbe {
         {
             let mut guard = self.state();
             let s = &mut *guard;
-            for ((name, queue_keys), lengths) in names.into_iter().zip(&keys).zip(lengths) {
-                let known = s.known.entry(name.clone()).or_default();
+            for (q, name) in names.into_iter().enumerate() {
                 let mut state = QueueState {
                     name,
                     length: 0,
                     oldest_age: None,
                     oldest_task: None,
                     idle: None,
-                    error: None,
-                    unbound: !known.bound && !known.configured,
+                    error: errors[q].take(),
+                    unbound: false,
                     stranded: 0,
                 };
                 let mut progressed = false;
-                for (k, (length, error)) in queue_keys.iter().zip(lengths) {
-                    if error.is_some() {
-                        state.error = error;
+                let mut now_live = 0u64;
+                for (i, spec) in specs.iter().enumerate() {
+                    // The tail, read in the second round trip, of the keys that were read there.
+                    let (length, tail) = match lengths[q * keys + i] {
+                        None => {
+                            let n = as_u64(second.next().as_ref());
+                            let tail = second.next();
+                            (n, tail.filter(|_| spec.counted && n > 0))
+                        }
+                        Some(n) if n > 0 && spec.counted => (n, second.next()),
+                        Some(n) => (n, None),
+                    };
+                    if length == 0 {
+                        if spec.counted && (i == 0 || bit(live[q], i)) {
+                            // Emptied since the last cycle: its front was taken.
+                            naming.write_key(&state.name, *spec, &mut buf);
+                            progressed |= s.tails.remove(&buf).is_some();
+                        }
+                        continue;
                     }
-                    if length > 0 {
-                        s.layout.steps_seen.insert(k.step);
-                    }
-                    if !k.counted {
+                    now_live |= 1 << i.min(63);
+                    s.layout.steps_seen.insert(spec.step);
+                    if !spec.counted {
                         state.stranded += length;
                         continue;
                     }
                     state.length += length;
-                    let Some(bytes) = fetched.get(&k.key) else {
-                        // Emptied since the last cycle: its front was taken.
-                        progressed |= s.tails.remove(&k.key).is_some();
+                    let Some(Value::BulkString(bytes)) = tail else {
                         continue;
                     };
-                    let fingerprint = fingerprint(bytes);
-                    let tail = match s.tails.get_mut(&k.key) {
+                    naming.write_key(&state.name, *spec, &mut buf);
+                    let fingerprint = fingerprint(&bytes);
+                    let tail = match s.tails.get_mut(&buf) {
                         Some(t) if t.fingerprint == fingerprint => t,
                         previous => {
                             // A new front: the old one was taken, if there was one.
                             progressed |= previous.is_some();
-                            let task = match kombu::decode(bytes) {
+                            let task = match kombu::decode(&bytes) {
                                 Ok(m) => m.envelope["headers"]["task"]
                                     .as_str()
                                     .filter(|t| t.len() <= 255)
@@ -435,14 +506,14 @@ impl QueueProbe {
                                 }
                             };
                             s.tails.insert(
-                                k.key.clone(),
+                                buf.clone(),
                                 Tail {
                                     fingerprint,
                                     since: now,
                                     task,
                                 },
                             );
-                            s.tails.get_mut(&k.key).expect("just inserted")
+                            s.tails.get_mut(&buf).expect("just inserted")
                         }
                     };
                     let age = now.saturating_duration_since(tail.since);
@@ -451,6 +522,9 @@ impl QueueProbe {
                         state.oldest_task = tail.task.clone();
                     }
                 }
+                let known = s.known.entry(state.name.clone()).or_default();
+                state.unbound = !known.bound && !known.configured;
+                known.live = now_live;
                 progressed |= known.length.is_some_and(|before| state.length < before);
                 if state.length == 0 || progressed || known.progress.is_none() {
                     known.progress = Some(now);
@@ -538,12 +612,24 @@ impl QueueProbe {
             walk.cursor = next;
             walk.scanned = next == 0;
         }
-        let sets = {
+        // The sets to read: the new ones, or all of them once a RANK_EVERY (a queue bound
+        // to an exchange that already had a set, or unbound from one, shows then).
+        let (sets, all) = {
             let s = self.state();
-            match &s.walk {
-                Some(w) if w.scanned => w.sets.clone(),
-                _ => return Ok(()),
-            }
+            let Some(w) = s.walk.as_ref().filter(|w| w.scanned) else {
+                return Ok(());
+            };
+            let all = s.sets_read.is_none_or(|t| t.elapsed() >= RANK_EVERY);
+            let sets: Vec<Vec<u8>> = if all {
+                w.sets.clone()
+            } else {
+                w.sets
+                    .iter()
+                    .filter(|k| !s.sets.contains_key(*k))
+                    .cloned()
+                    .collect()
+            };
+            (sets, all)
         };
         let mut read: Vec<(Vec<u8>, Vec<Vec<u8>>)> = Vec::with_capacity(sets.len());
         for chunk in sets.chunks(SCAN_COUNT) {
@@ -556,8 +642,34 @@ impl QueueProbe {
             let members: Vec<Vec<Vec<u8>>> = self.traced(span, reply)?;
             read.extend(chunk.iter().cloned().zip(members));
         }
-        let found = kombu::Found::read(&read, self.configured_sep());
-        self.settle(found);
+        let found = {
+            let mut guard = self.state();
+            let s = &mut *guard;
+            let mut scanned: Vec<Vec<u8>> = s.walk.take().map(|w| w.sets).unwrap_or_default();
+            scanned.sort_unstable();
+            if all {
+                s.sets.clear();
+                s.sets_read = Some(Instant::now());
+            }
+            let before = s.sets.len();
+            s.sets.retain(|k, _| scanned.binary_search(k).is_ok());
+            // The apps whose workers are heard changed: the choice of prefix may too.
+            let live = live_prefixes(&s.heard);
+            let changed = all || !read.is_empty() || s.sets.len() != before || live != s.live;
+            s.live = live;
+            s.sets.extend(read);
+            // The same sets as the last walk: nothing to choose again, only the unbound
+            // queues to look at.
+            changed.then(|| {
+                let sets: Vec<(Vec<u8>, Vec<Vec<u8>>)> =
+                    s.sets.iter().map(|(k, m)| (k.clone(), m.clone())).collect();
+                kombu::Found::read(&sets, self.configured_sep())
+            })
+        };
+        match found {
+            Some(found) => self.settle(found),
+            None => self.walked(),
+        }
         if self.rank_due() {
             self.rank(conn).await?;
         }
@@ -575,12 +687,7 @@ impl QueueProbe {
         let mut guard = self.state();
         let s = &mut *guard;
         let now = Instant::now();
-        let live: Vec<&[u8]> = s
-            .heard
-            .iter()
-            .filter(|(_, at)| now.saturating_duration_since(*at) <= HEARD_WITHIN)
-            .map(|(p, _)| p.as_slice())
-            .collect();
+        let live: Vec<&[u8]> = s.live.iter().map(Vec::as_slice).collect();
         let chosen = choose(
             &found,
             self.prefix_set.then(|| self.configured.prefix()),
@@ -618,8 +725,25 @@ impl QueueProbe {
                     .is_some_and(|t| now.saturating_duration_since(t) < RANK_EVERY)
         });
         s.watched = watch(&s.known);
-        s.bindings = found;
         s.walk = None;
+        s.walked = Some(now);
+    }
+
+    /// A walk that found the same binding sets as the last one: the queues whose binding is
+    /// gone are dropped once they have been empty a while.
+    fn walked(&self) {
+        let mut s = self.state();
+        let now = Instant::now();
+        let before = s.known.len();
+        s.known.retain(|_, k| {
+            k.bound
+                || k.configured
+                || k.nonempty
+                    .is_some_and(|t| now.saturating_duration_since(t) < RANK_EVERY)
+        });
+        if s.known.len() != before {
+            s.watched = watch(&s.known);
+        }
         s.walked = Some(now);
     }
 
@@ -813,6 +937,22 @@ fn fatal(v: &Value) -> Option<RedisError> {
         Value::ServerError(e) if e.code() != "WRONGTYPE" => Some(RedisError::from(e.clone())),
         _ => None,
     }
+}
+
+/// The key prefixes whose workers were heard within `HEARD_WITHIN`, sorted.
+fn live_prefixes(heard: &[(Vec<u8>, Instant)]) -> Vec<Vec<u8>> {
+    let mut live: Vec<Vec<u8>> = heard
+        .iter()
+        .filter(|(_, at)| at.elapsed() <= HEARD_WITHIN)
+        .map(|(p, _)| p.clone())
+        .collect();
+    live.sort();
+    live
+}
+
+/// Bit `i` of a queue's key mask (the last bit stands for every key past 63).
+fn bit(mask: u64, i: usize) -> bool {
+    mask & (1 << i.min(63)) != 0
 }
 
 fn fingerprint(bytes: &[u8]) -> u64 {

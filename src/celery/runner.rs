@@ -58,6 +58,8 @@ pub struct CeleryRunner {
     queues: Option<QueueRun>,
     /// Queue names in the metrics now, to remove the ones that vanish.
     shown: Vec<String>,
+    /// The `queues` object of the last probe, shared by the reports until the next.
+    queues_json: Option<(Instant, Arc<Value>)>,
     /// The workers alive at the last judgement, to log each one that comes or goes.
     up: std::collections::BTreeSet<String>,
     last: Option<Arc<Report>>,
@@ -93,6 +95,7 @@ impl CeleryRunner {
             endpoint,
             queues: None,
             shown: Vec::new(),
+            queues_json: None,
             up: std::collections::BTreeSet::new(),
             last: None,
             last_log: None,
@@ -374,25 +377,17 @@ impl CeleryRunner {
             "unacked": null,
         });
         let mut details = json!({ "events": events });
+        let mut queues_json = None;
         if let Ok(obs) = &run.result {
-            let queues: serde_json::Map<String, Value> = obs
-                .queues
-                .iter()
-                .map(|q| {
-                    (
-                        q.name.clone(),
-                        json!({
-                            "length": q.length,
-                            "oldest_age_seconds": q.oldest_age.map(round1),
-                            "oldest_task": q.oldest_task,
-                            "idle_seconds": q.idle.map(round1),
-                            "unbound": q.unbound,
-                            "stranded": q.stranded,
-                        }),
-                    )
-                })
-                .collect();
-            fields["queues"] = Value::Object(queues);
+            queues_json = Some(match &self.queues_json {
+                // The queues change with a probe, not with each judgement: one copy.
+                Some((at, q)) if *at == run.finished => q.clone(),
+                _ => {
+                    let q = Arc::new(queues_json_of(obs));
+                    self.queues_json = Some((run.finished, q.clone()));
+                    q
+                }
+            });
             fields["unacked"] = json!(obs.unacked);
             details["reservations"] = json!({
                 "unacked": obs.unacked,
@@ -416,6 +411,7 @@ impl CeleryRunner {
             warnings: judged.findings,
             details,
             fields,
+            queues: queues_json,
         };
         log_change(CELERY_CHECK, &self.endpoint, self.last.as_deref(), &report);
         let report = Arc::new(report);
@@ -433,6 +429,33 @@ impl CeleryRunner {
                 .map_or(0.0, |o| o.round_trip.as_secs_f64()),
         );
     }
+}
+
+/// The `queues` object of the celery check: length, oldest front and task always; how long
+/// nothing was taken, unbound and stranded only when they say something (with a thousand
+/// idle queues, every field is memory held for each report).
+fn queues_json_of(obs: &QueueObservation) -> Value {
+    let queues: serde_json::Map<String, Value> = obs
+        .queues
+        .iter()
+        .map(|q| {
+            let mut v = serde_json::Map::new();
+            v.insert("length".into(), json!(q.length));
+            v.insert("oldest_age_seconds".into(), json!(q.oldest_age.map(round1)));
+            v.insert("oldest_task".into(), json!(q.oldest_task));
+            if let Some(idle) = q.idle {
+                v.insert("idle_seconds".into(), json!(round1(idle)));
+            }
+            if q.unbound {
+                v.insert("unbound".into(), json!(true));
+            }
+            if q.stranded > 0 {
+                v.insert("stranded".into(), json!(q.stranded));
+            }
+            (q.name.clone(), Value::Object(v))
+        })
+        .collect();
+    Value::Object(queues)
 }
 
 /// The layout of kombu's keys as `/healthz` shows it (bytes escaped as `config` does).
