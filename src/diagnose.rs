@@ -686,15 +686,10 @@ fn summary(i: &Info) -> String {
 async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping: bool) {
     use crate::celery::kombu::Naming;
     let target = d.target.clone();
-    let queues = read_queues(&target, &Naming::new(c, target.db()), c, config).await;
-    // The names as found on the broker: the key prefix and separator the workers use.
-    let naming = match &queues {
-        Ok((obs, _)) => Naming::new(c, target.db())
-            .with_layout(obs.layout.prefix.clone(), obs.layout.seps.clone()),
-        Err(_) => Naming::new(c, target.db()),
-    };
-    // Workers heard within two heartbeat intervals; with none required (and no ping), the
-    // subscription alone is tried, so that a refusal is seen as the server sees it.
+    let configured = Naming::new(c, target.db());
+    // Workers heard within two heartbeat intervals, under every key prefix (which apps are
+    // alive decides which is watched, as in the server); with none required (and no ping),
+    // the subscription alone is tried, so that a refusal is seen as the server sees it.
     let window = if c.min_workers == 0 && !ping {
         Duration::ZERO
     } else {
@@ -702,12 +697,30 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
     };
     let heard = workers_heard(
         &target,
-        &naming,
+        &configured,
         c.keyprefix.is_some(),
         window,
         config.probe_timeout,
     )
     .await;
+    let prefixes: Vec<(Vec<u8>, tokio::time::Instant)> = heard
+        .as_ref()
+        .map(|h| {
+            h.iter()
+                .filter(|(_, hosts)| !hosts.is_empty())
+                .map(|(p, _)| (p.clone(), Instant::now()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let queues = read_queues(&target, &configured, c, config, prefixes).await;
+    // The names as found on the broker: the key prefix and separator the workers use.
+    let naming = match &queues {
+        Ok((obs, _)) => configured.with_layout(obs.layout.prefix.clone(), obs.layout.seps.clone()),
+        Err(_) => configured.clone(),
+    };
+    // The workers heard under the prefix watched.
+    let heard: Result<Vec<String>, Failure> =
+        heard.map(|mut h| h.remove(naming.prefix()).unwrap_or_default());
     let channel = String::from_utf8_lossy(&naming.events_pattern()).into_owned();
     let alive = heard.as_ref().map_or(0, Vec::len);
     let seen = verdict::Seen {
@@ -832,7 +845,17 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
             heard.join(", ")
         ),
     };
-    d.steps.push(step("celery workers", detail, &findings));
+    let mut workers = step("celery workers", detail, &findings);
+    // The queues could not be read, so the judgement stopped there: a subscription that
+    // failed too is still said.
+    if let (Err(f), Verdict::Ok) = (&heard, workers.verdict) {
+        workers = Step::fail(
+            "celery workers",
+            f.clone(),
+            "the event channels cannot be subscribed: check the ACL (&* channels, +psubscribe) and the broker's connection",
+        );
+    }
+    d.steps.push(workers);
 
     // The ping runs even when no worker was heard: a worker with events disabled
     // (no heartbeats reach this channel) still answers it.
@@ -840,14 +863,25 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
     // whatever SIDECAR_CELERY_SEP says: a worker reads the reply binding with its own, and
     // one that cannot logs a control command error. Workers with two separators cannot
     // both be spoken to.
-    let workers_seps = queues
+    // Members of SIGKILLed workers stay in the pidbox bindings: the separators of the
+    // workers heard are the ones that count, when some were heard.
+    let mut workers_seps: Vec<(Vec<u8>, Vec<String>)> = queues
         .as_ref()
         .map(|(obs, _)| obs.layout.workers_seps.clone())
         .unwrap_or_default();
+    if let Ok(hosts) = &heard
+        && workers_seps
+            .iter()
+            .any(|(_, members)| members.iter().any(|m| hosts.contains(m)))
+    {
+        workers_seps.retain(|(_, members)| members.iter().any(|m| hosts.contains(m)));
+    }
+    // The most used first.
+    workers_seps.sort_by_key(|(sep, members)| (std::cmp::Reverse(members.len()), sep.clone()));
     if ping && workers_seps.len() > 1 {
         let seps: Vec<String> = workers_seps
             .iter()
-            .map(|s| format!("\"{}\"", escape(s)))
+            .map(|(s, _)| format!("\"{}\"", escape(s)))
             .collect();
         let finding = Finding::new(
             "celery ping",
@@ -865,7 +899,7 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
         findings.push(finding);
     } else if ping {
         let naming = match workers_seps.first() {
-            Some(sep) => naming.with_layout(naming.prefix().to_vec(), vec![sep.clone()]),
+            Some((sep, _)) => naming.with_layout(naming.prefix().to_vec(), vec![sep.clone()]),
             None => naming.clone(),
         };
         let heard_some = alive > 0;
@@ -918,11 +952,13 @@ async fn read_queues(
     naming: &crate::celery::kombu::Naming,
     c: &CeleryConfig,
     config: &Config,
+    heard: Vec<(Vec<u8>, tokio::time::Instant)>,
 ) -> Result<(crate::celery::queues::QueueObservation, bool), Failure> {
     let pool = crate::pool::TargetPool::new(target, config.probe_timeout, config.auth_recheck)?;
     // Discovery gets a generous share: the check runs once.
     let probe =
         crate::celery::queues::QueueProbe::new(pool, naming.clone(), c, config.probe_timeout * 4);
+    probe.heard(heard);
     let limit = config.probe_timeout * 4;
     let passes = async {
         loop {
@@ -946,40 +982,50 @@ async fn read_queues(
     }
 }
 
-/// Hostnames of the workers whose events arrive within `window` under the key prefix of
-/// `naming` (none is waited for with a zero window: the subscription itself is then the
-/// test).
+/// The workers whose events arrive within `window`, by key prefix: every prefix's with the
+/// wide subscription, else the prefix of `naming` (none is waited for with a zero window:
+/// the subscription itself is then the test).
 async fn workers_heard(
     target: &Target,
     naming: &crate::celery::kombu::Naming,
     prefix_set: bool,
     window: Duration,
     limit: Duration,
-) -> Result<Vec<String>, Failure> {
+) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<String>>, Failure> {
     use crate::celery::subscriber::{Push, subscribe_events};
-    let (mut resp, _) = subscribe_events(target, naming, prefix_set, limit).await?;
-    let mut heard: Vec<String> = Vec::new();
+    let (mut resp, narrow) = subscribe_events(target, naming, prefix_set, limit).await?;
+    let mut heard: std::collections::BTreeMap<Vec<u8>, Vec<String>> = Default::default();
+    if let Some(n) = &narrow {
+        heard.insert(n.prefix().to_vec(), Vec::new());
+    }
     let until = Instant::now() + window;
     while let Ok(Ok(reply)) = tokio::time::timeout_at(until, resp.read()).await {
         let Push::Message { channel, payload } = Push::from(reply) else {
             continue;
         };
-        if naming.routing_key(&channel).is_none() {
+        let Some((prefix, _)) = naming.split_event_channel(&channel) else {
             continue;
-        }
+        };
         let Ok(events) = crate::celery::event::decode(&payload) else {
             continue;
         };
         for e in events.into_iter().flatten() {
             if let crate::celery::event::Event::Worker(w) = e
                 && w.kind != crate::celery::event::WorkerKind::Offline
-                && !heard.contains(&w.hostname)
             {
-                heard.push(w.hostname);
+                if heard.len() >= crate::celery::MAX_PREFIXES && !heard.contains_key(prefix) {
+                    continue;
+                }
+                let hosts = heard.entry(prefix.to_vec()).or_default();
+                if !hosts.contains(&w.hostname) {
+                    hosts.push(w.hostname);
+                }
             }
         }
     }
-    heard.sort();
+    for hosts in heard.values_mut() {
+        hosts.sort();
+    }
     Ok(heard)
 }
 

@@ -247,18 +247,6 @@ fn classify(err: &RedisError, target: &Target) -> Failure {
             format!("{at} refused the credentials: {}", server_said()),
         );
     }
-    if err.kind() == ErrorKind::AuthenticationFailed {
-        // The redis crate turns any error reply to AUTH into this and drops the server's
-        // text; on Redis 6+ that reply is WRONGPASS (or an ERR for a password sent to a
-        // server that has none).
-        let user = target.user().unwrap_or("default");
-        return Failure::new(
-            Reason::Auth,
-            format!(
-                "WRONGPASS: {at} refused the password for user \"{user}\" (wrong user or password, user disabled, or a password sent to a server that has none): check the URL's credentials"
-            ),
-        );
-    }
     if let Some(failure) = classify_source(err, target) {
         return failure;
     }

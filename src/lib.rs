@@ -11,14 +11,17 @@
 //! - [`pool`]: a bb8 pool per target whose manager remembers why a connect failed.
 //! - [`probe`]: the Redis probe: PING timed, INFO parsed by [`info`], pool state.
 //! - [`failure`]: why a probe failed: a fixed `reason` label and a sentence to act on.
-//! - [`verdict`]: the one judgement of a Redis target, shared by the server and `check`.
+//! - [`verdict`]: the one judgement of a Redis target and of the Celery check, shared by
+//!   the server and `check`.
 //! - [`runner`]: interval, timeout, timing; writes each result to the snapshot and metrics.
 //! - [`snapshot`]: the latest report per check; freshness and status decided when read.
 //! - [`celery`]: Celery through the broker: queue probe, event subscriber, the check.
 //! - [`metrics`]: the Prometheus registry; [`process`]: the `process_*` metrics.
 //! - [`otel`]: OTLP trace export through a bounded queue, and the command spans.
 //! - [`http`]: `/livez`, `/readyz`, `/healthz`, `/metrics`, answered from the snapshot only.
-//! - [`check`]: the `check` command, one probe per target.
+//! - [`check`]: the `check` command, one diagnosis per target; [`diagnose`] walks a target
+//!   step by step over [`resp`], a minimal RESP client (also the Celery event
+//!   subscription's), and [`pidbox`] asks the workers `inspect ping`.
 //! - [`telemetry`]: the log subscriber, text or JSON.
 //!
 //! Probes write, HTTP reads: no request ever waits on Redis.

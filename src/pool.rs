@@ -262,25 +262,36 @@ impl TargetPool {
         })
     }
 
-    /// True when the last login is older than the recheck interval. Before any login, the
-    /// first checkout logs in anyway.
-    fn recheck_due(&self) -> bool {
-        self.verified
+    /// When the last login is older than the recheck interval, claims the recheck (so that
+    /// the probes sharing this pool do not each make one) and returns the time it replaces.
+    /// Before any login, the first checkout logs in anyway.
+    fn claim_recheck(&self) -> Option<Instant> {
+        let mut verified = self
+            .verified
             .lock()
-            .expect("verified lock is never poisoned")
-            .is_some_and(|at| at.elapsed() >= self.recheck)
+            .expect("verified lock is never poisoned");
+        let last = verified.filter(|at| at.elapsed() >= self.recheck)?;
+        *verified = Some(Instant::now());
+        Some(last)
     }
 
     /// Logs in on a fresh connection, outside the pool, and closes it: the credentials are
     /// still good, or the failure says why not (WRONGPASS after a password change, NOPERM,
-    /// "max number of clients reached"...), in the words `check` uses.
-    async fn recheck(&self, started: Instant) -> Result<(), Failure> {
+    /// "max number of clients reached"...), in the words `check` uses. After a failure the
+    /// claim is given back, so that the next probe tries again.
+    async fn recheck(&self, started: Instant, last: Instant) -> Result<(), Failure> {
         match self.pool.dedicated_connection().await {
             Ok(conn) => {
                 drop(conn);
                 Ok(())
             }
-            Err(e) => Err(self.explain(&e, started).await),
+            Err(e) => {
+                *self
+                    .verified
+                    .lock()
+                    .expect("verified lock is never poisoned") = Some(last);
+                Err(self.explain(&e, started).await)
+            }
         }
     }
 
@@ -309,13 +320,13 @@ impl TargetPool {
         batch: Option<usize>,
         pipe: &redis::Pipeline,
     ) -> Result<(bb8::PooledConnection<'_, Manager>, T, Duration), Failure> {
-        if self.recheck_due() {
+        if let Some(last) = self.claim_recheck() {
             tracing::debug!(
                 endpoint = self.target.redacted(),
                 "rechecking the credentials on a fresh connection"
             );
             phase.set(Phase::Connect);
-            self.recheck(started).await?;
+            self.recheck(started, last).await?;
         }
         for _ in 0..=MAX_CONNECTIONS {
             phase.set(Phase::Connect);

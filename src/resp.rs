@@ -13,6 +13,8 @@ const MAX_BULK: usize = 16 * 1024 * 1024;
 const MAX_ITEMS: usize = 1024 * 1024;
 /// A reply's header line (`+OK`, `-ERR ...`, `$5`) longer than this is not Redis.
 const MAX_LINE: u64 = 64 * 1024;
+/// Buffer capacity kept between replies; more is given back once a large reply is read.
+const KEEP: usize = 64 * 1024;
 /// Arrays nested deeper than this are refused (a hostile server cannot exhaust the stack).
 const MAX_DEPTH: usize = 8;
 
@@ -98,6 +100,10 @@ impl Resp {
                 if self.pos == self.buf.len() {
                     self.buf.clear();
                     self.pos = 0;
+                    // A large reply once does not keep its memory for good.
+                    if self.buf.capacity() > KEEP {
+                        self.buf.shrink_to(KEEP);
+                    }
                 }
                 return Ok(reply);
             }

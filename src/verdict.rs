@@ -264,21 +264,22 @@ pub fn celery(
                 f.reason,
                 format!("the broker's queues cannot be read: {}", f.message),
             );
-            return Judgement::new(
-                Some(Cause::new(
-                    "celery queues",
-                    f,
-                    "the sidecar's ACL user needs to read the broker's keys: +@read (LLEN, LINDEX, HLEN, ZRANGE, ZCOUNT, SCAN, SMEMBERS) on ~*",
-                )),
-                vec![],
-            );
+            let fix = if f.reason == Reason::Auth {
+                "the sidecar's ACL user needs to read the broker's keys: +@read (LLEN, EXISTS, LINDEX, HLEN, ZRANGE, ZCOUNT, SCAN, SMEMBERS) on ~*"
+            } else {
+                "the broker did not answer the queue read: see the redis:broker check"
+            };
+            return Judgement::new(Some(Cause::new("celery queues", f, fix)), vec![]);
         }
         Ok(obs) => obs,
     };
     let alive = seen.alive;
     let mut error = None;
     let mut findings = Vec::new();
-    let refused = seen.cause.filter(|f| f.reason == Reason::Auth);
+    // Refused by the ACL (NOPERM): a WRONGPASS is the broker's own check's to tell.
+    let refused = seen
+        .cause
+        .filter(|f| f.reason == Reason::Auth && f.message.starts_with("NOPERM"));
     if !seen.subscribed {
         if let Some(f) = refused {
             // A refusal is a setting to change, not a passing loss: never "stale".

@@ -324,15 +324,21 @@ pub struct Bound {
     pub queues: BTreeSet<String>,
     /// Separators read off the queues' members, with how many members showed each.
     pub seps: BTreeMap<Vec<u8>, usize>,
-    /// Separators of the workers' pidbox bindings, with how many showed each.
-    pub pidbox_seps: BTreeMap<Vec<u8>, usize>,
+    /// Separators of the workers' pidbox bindings, with the hostnames that showed each
+    /// (members of SIGKILLed workers stay there: the hostnames tell the live ones).
+    pub pidbox: BTreeMap<Vec<u8>, BTreeSet<String>>,
 }
 
 impl Bound {
     /// The separators in use: the workers' own first, then the queues', most used first.
     pub fn seps_in_use(&self) -> Vec<Vec<u8>> {
         let mut out: Vec<Vec<u8>> = Vec::new();
-        for counts in [&self.pidbox_seps, &self.seps] {
+        let pidbox: BTreeMap<Vec<u8>, usize> = self
+            .pidbox
+            .iter()
+            .map(|(sep, hosts)| (sep.clone(), hosts.len()))
+            .collect();
+        for counts in [&pidbox, &self.seps] {
             let mut by_use: Vec<(&Vec<u8>, &usize)> = counts.iter().collect();
             by_use.sort_by_key(|(sep, n)| (std::cmp::Reverse(**n), (*sep).clone()));
             for (sep, _) in by_use {
@@ -357,8 +363,18 @@ impl Found {
             };
             let bound = found.prefixes.entry(prefix.to_vec()).or_default();
             if exchange == b"celery.pidbox" {
-                for sep in members.iter().filter_map(|m| pidbox_sep(m, exchange)) {
-                    *bound.pidbox_seps.entry(sep.to_vec()).or_default() += 1;
+                for member in members {
+                    let Some(sep) = pidbox_sep(member, exchange) else {
+                        continue;
+                    };
+                    // `SEP SEP <hostname>.celery.pidbox`
+                    let host = &member[2 * sep.len()..member.len() - exchange.len()];
+                    let host = String::from_utf8_lossy(host.strip_suffix(b".").unwrap_or(host));
+                    bound
+                        .pidbox
+                        .entry(sep.to_vec())
+                        .or_default()
+                        .insert(host.chars().take(255).collect());
                 }
             } else if !is_control_exchange(exchange) {
                 for sep in members.iter().filter_map(|m| symmetric_sep(m)) {

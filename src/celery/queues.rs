@@ -58,6 +58,8 @@ const SCAN_COUNT: usize = 5000;
 const SCAN_PAGES: usize = 10;
 /// Binding sets read at most in one walk.
 const MAX_BINDING_SETS: usize = 10 * MAX_QUEUES;
+/// Binding sets read (SMEMBERS) per pipeline.
+const READ_CHUNK: usize = 1000;
 /// LLENs per pipeline when measuring queues beyond the cap.
 const RANK_CHUNK: usize = 1000;
 /// A key prefix whose workers were heard this recently counts as live.
@@ -98,9 +100,10 @@ pub struct Layout {
     pub steps_seen: BTreeSet<u32>,
     /// Every key prefix with binding sets, when there is more than the one watched.
     pub other_prefixes: Vec<Vec<u8>>,
-    /// The separators of the live workers' own pidbox bindings under the prefix, whatever
-    /// the settings: the dialect `check --ping` must speak.
-    pub workers_seps: Vec<Vec<u8>>,
+    /// The separators of the workers' own pidbox bindings under the prefix, whatever the
+    /// settings, each with the hostnames of its members (stale ones of SIGKILLed workers
+    /// included): the dialect `check --ping` must speak.
+    pub workers_seps: Vec<(Vec<u8>, Vec<String>)>,
     /// What the broker holds that contradicts a setting: (what, fix).
     pub contradictions: Vec<(String, String)>,
 }
@@ -163,6 +166,11 @@ struct Walk {
     sets: Vec<Vec<u8>>,
     /// SCAN came back to cursor 0: the keyspace is covered.
     scanned: bool,
+    /// Once scanned: the sets still to read (SMEMBERS), whether they are all of them, and
+    /// what was read of them so far.
+    todo: Option<Vec<Vec<u8>>>,
+    all: bool,
+    read: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
 }
 
 /// Everything the probe remembers between cycles. A std mutex: held for map operations,
@@ -532,14 +540,16 @@ impl QueueProbe {
                 if state.length > 0 {
                     state.idle = known.progress.map(|t| now.saturating_duration_since(t));
                 }
-                known.length = Some(state.length + state.stranded);
+                // The counted length: what progress is judged on, and what ranking compares.
+                known.length = Some(state.length);
                 if state.length + state.stranded > 0 {
                     known.nonempty = Some(now);
                 }
                 queues.push(state);
             }
-            // Tails of keys that no queue names any more.
-            if s.tails.len() > 20 * MAX_QUEUES {
+            // Tails of keys that no queue names any more: past what every watched queue's
+            // every key could hold, start over.
+            if s.tails.len() > 2 * MAX_QUEUES * specs.len() {
                 s.tails.clear();
             }
         }
@@ -613,51 +623,74 @@ impl QueueProbe {
             walk.scanned = next == 0;
         }
         // The sets to read: the new ones, or all of them once a RANK_EVERY (a queue bound
-        // to an exchange that already had a set, or unbound from one, shows then).
-        let (sets, all) = {
-            let s = self.state();
-            let Some(w) = s.walk.as_ref().filter(|w| w.scanned) else {
+        // to an exchange that already had a set, or unbound from one, shows then). Read a
+        // chunk at a time, each kept as it comes, so a walk cut short by the time limit
+        // goes on where it stopped.
+        {
+            let mut guard = self.state();
+            let s = &mut *guard;
+            let sets_read = s.sets_read;
+            let known = &s.sets;
+            let Some(w) = s.walk.as_mut().filter(|w| w.scanned) else {
                 return Ok(());
             };
-            let all = s.sets_read.is_none_or(|t| t.elapsed() >= RANK_EVERY);
-            let sets: Vec<Vec<u8>> = if all {
-                w.sets.clone()
-            } else {
-                w.sets
-                    .iter()
-                    .filter(|k| !s.sets.contains_key(*k))
-                    .cloned()
-                    .collect()
+            if w.todo.is_none() {
+                w.sets.sort_unstable();
+                w.sets.dedup();
+                w.all = sets_read.is_none_or(|t| t.elapsed() >= RANK_EVERY);
+                w.todo = Some(if w.all {
+                    w.sets.clone()
+                } else {
+                    w.sets
+                        .iter()
+                        .filter(|k| !known.contains_key(*k))
+                        .cloned()
+                        .collect()
+                });
+            }
+        }
+        loop {
+            let chunk: Vec<Vec<u8>> = {
+                let s = self.state();
+                match s.walk.as_ref().and_then(|w| w.todo.as_ref()) {
+                    Some(todo) if !todo.is_empty() => {
+                        todo.iter().take(READ_CHUNK).cloned().collect()
+                    }
+                    _ => break,
+                }
             };
-            (sets, all)
-        };
-        let mut read: Vec<(Vec<u8>, Vec<Vec<u8>>)> = Vec::with_capacity(sets.len());
-        for chunk in sets.chunks(SCAN_COUNT) {
             let mut pipe = redis::pipe();
-            for key in chunk {
+            for key in &chunk {
                 pipe.cmd("SMEMBERS").arg(key);
             }
             let span = otel::Command::new(self.pool.target(), "PIPELINE", Some(chunk.len()));
             let reply = pipe.query_async(conn).instrument(span.span().clone()).await;
             let members: Vec<Vec<Vec<u8>>> = self.traced(span, reply)?;
-            read.extend(chunk.iter().cloned().zip(members));
+            let mut s = self.state();
+            if let Some(w) = s.walk.as_mut()
+                && let Some(todo) = w.todo.as_mut()
+            {
+                todo.drain(..chunk.len().min(todo.len()));
+                w.read.extend(chunk.into_iter().zip(members));
+            }
         }
         let found = {
             let mut guard = self.state();
             let s = &mut *guard;
-            let mut scanned: Vec<Vec<u8>> = s.walk.take().map(|w| w.sets).unwrap_or_default();
-            scanned.sort_unstable();
-            if all {
+            let Some(w) = s.walk.take() else {
+                return Ok(());
+            };
+            if w.all {
                 s.sets.clear();
                 s.sets_read = Some(Instant::now());
             }
             let before = s.sets.len();
-            s.sets.retain(|k, _| scanned.binary_search(k).is_ok());
+            s.sets.retain(|k, _| w.sets.binary_search(k).is_ok());
             // The apps whose workers are heard changed: the choice of prefix may too.
             let live = live_prefixes(&s.heard);
-            let changed = all || !read.is_empty() || s.sets.len() != before || live != s.live;
+            let changed = w.all || !w.read.is_empty() || s.sets.len() != before || live != s.live;
             s.live = live;
-            s.sets.extend(read);
+            s.sets.extend(w.read);
             // The same sets as the last walk: nothing to choose again, only the unbound
             // queues to look at.
             changed.then(|| {
@@ -889,7 +922,12 @@ pub fn choose(
         ));
     }
     let workers_seps = bound
-        .map(|b| b.pidbox_seps.keys().cloned().collect())
+        .map(|b| {
+            b.pidbox
+                .iter()
+                .map(|(sep, hosts)| (sep.clone(), hosts.iter().cloned().collect()))
+                .collect()
+        })
         .unwrap_or_default();
     Layout {
         workers_seps,
@@ -1027,6 +1065,22 @@ mod tests {
             (b"".as_slice(), "default")
         );
         assert_eq!(l.seps, [DEFAULT_SEP.to_vec()]);
+    }
+
+    #[test]
+    fn the_workers_pidbox_bindings_give_their_separator_and_hostnames() {
+        let f = found(&[(
+            b"app:_kombu.binding.celery.pidbox",
+            &[b"::w1@h.celery.pidbox", b"\x06\x16\x06\x16old@h.celery.pidbox"],
+        )]);
+        let l = choose(&f, None, None, &[b"app:"], &Layout::default());
+        assert_eq!(
+            l.workers_seps,
+            [
+                (DEFAULT_SEP.to_vec(), vec!["old@h".to_string()]),
+                (b":".to_vec(), vec!["w1@h".to_string()]),
+            ]
+        );
     }
 
     #[test]

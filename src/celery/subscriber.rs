@@ -153,7 +153,12 @@ impl Subscriber {
             tokio::select! {
                 // Cancel-safe: a read dropped for a PING tick loses nothing.
                 read = resp.read() => match read.map(Push::from) {
-                    Ok(Push::Message { channel, payload }) => self.handle(&channel, &payload),
+                    // Anything read proves the connection alive: a PONG queued behind a
+                    // backlog of messages is not awaited.
+                    Ok(Push::Message { channel, payload }) => {
+                        pong_due = None;
+                        self.handle(&channel, &payload);
+                    }
                     Ok(Push::Pong) => pong_due = None,
                     Ok(Push::Error(text)) => {
                         return Failure::from_redis(&crate::diagnose::server_error(&text), &self.target);
