@@ -1049,6 +1049,15 @@ pub fn unescape(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Byte strings as sentences quote them: `"a", "\x06\x16"`.
+pub fn quoted<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> String {
+    items
+        .into_iter()
+        .map(|b| format!("\"{}\"", escape(b)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Bytes as `config` shows them: printable ASCII as is, others as `\xNN`.
 pub fn escape(bytes: &[u8]) -> String {
     bytes

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::{CeleryConfig, Config, escape, show};
+use crate::config::{CeleryConfig, Config, quoted, show};
 use crate::failure::{Failure, Phase, Reason};
 use crate::info::{self, Info};
 use crate::resp::{Reply, Resp, Stream};
@@ -763,17 +763,12 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
     // kombu's keys: where they were found.
     if let Ok((obs, _)) = &queues {
         let l = &obs.layout;
-        let seps: Vec<String> = l
-            .seps
-            .iter()
-            .map(|s| format!("\"{}\"", escape(s)))
-            .collect();
         let steps: Vec<String> = l.steps_seen.iter().map(u32::to_string).collect();
         let mut detail = format!(
-            "key prefix \"{}\" ({}), separator {} ({}), priority steps holding tasks: {}",
-            escape(&l.prefix),
+            "key prefix {} ({}), separator {} ({}), priority steps holding tasks: {}",
+            quoted([l.prefix.as_slice()]),
             l.prefix_from,
-            seps.join(" and "),
+            quoted(l.seps.iter().map(Vec::as_slice)),
             l.sep_from,
             if steps.is_empty() {
                 "none".to_string()
@@ -782,14 +777,9 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
             }
         );
         if !l.other_prefixes.is_empty() {
-            let others: Vec<String> = l
-                .other_prefixes
-                .iter()
-                .map(|p| format!("\"{}\"", escape(p)))
-                .collect();
             detail.push_str(&format!(
                 "; other apps' key prefixes on this db: {} (set SIDECAR_CELERY_KEYPREFIX to watch another)",
-                others.join(", ")
+                quoted(l.other_prefixes.iter().map(Vec::as_slice))
             ));
         }
         d.steps.push(step("celery keys", detail, &findings));
@@ -879,15 +869,11 @@ async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &Config, ping
     // The most used first.
     workers_seps.sort_by_key(|(sep, members)| (std::cmp::Reverse(members.len()), sep.clone()));
     if ping && workers_seps.len() > 1 {
-        let seps: Vec<String> = workers_seps
-            .iter()
-            .map(|(s, _)| format!("\"{}\"", escape(s)))
-            .collect();
+        let seps = quoted(workers_seps.iter().map(|(s, _)| s.as_slice()));
         let finding = Finding::new(
             "celery ping",
             format!(
-                "not sent: the workers' pidbox bindings use several separators ({}), and a worker that cannot read the request's logs an error",
-                seps.join(", ")
+                "not sent: the workers' pidbox bindings use several separators ({seps}), and a worker that cannot read the request's logs an error"
             ),
             "stop the workers of the old configuration (or remove their stale members from _kombu.binding.celery.pidbox)",
         );

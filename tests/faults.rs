@@ -14,19 +14,8 @@ fn check(url: &str) -> (i32, serde_json::Value) {
 
 #[test]
 fn loading_is_named() {
-    let mut redis = Redis::start(&["--enable-debug-command", "yes"]);
-    assert_eq!(
-        redis.cli(None, &["DEBUG", "POPULATE", "20000"]).trim(),
-        "OK"
-    );
-    assert_eq!(redis.cli(None, &["SAVE"]).trim(), "OK");
-    // 20,000 keys at 200 µs each: about 4 s of loading, answering LOADING meanwhile.
-    redis.restart_with(&[
-        "--key-load-delay",
-        "200",
-        "--loading-process-events-interval-bytes",
-        "1024",
-    ]);
+    // About 4 s answering LOADING.
+    let redis = Redis::loading(20_000);
     let (code, c) = check(&redis.url());
     assert_eq!(code, 1);
     assert_eq!(c["reason"], "other", "{c}");

@@ -138,19 +138,8 @@ fn frozen() {
 
 #[test]
 fn loading() {
-    let mut redis = Redis::start(&["--enable-debug-command", "yes"]);
-    assert_eq!(
-        redis.cli(None, &["DEBUG", "POPULATE", "60000"]).trim(),
-        "OK"
-    );
-    assert_eq!(redis.cli(None, &["SAVE"]).trim(), "OK");
-    // 60,000 keys at 200 µs each: about 12 s answering LOADING.
-    redis.restart_with(&[
-        "--key-load-delay",
-        "200",
-        "--loading-process-events-interval-bytes",
-        "1024",
-    ]);
+    // About 12 s answering LOADING.
+    let redis = Redis::loading(60_000);
     let c = same_verdict(&[("REDIS_URL", &redis.url())]);
     is(&c, "redis:cache", "unhealthy", Some("other"));
     assert!(

@@ -42,7 +42,7 @@ use redis::{RedisError, Value};
 use tokio::time::Instant;
 
 use super::kombu::{self, DEFAULT_SEP, DecodeError, Naming};
-use crate::config::escape;
+use crate::config::{escape, quoted};
 use crate::failure::{Failure, Phase, PhaseCell};
 use crate::otel;
 use crate::pool::TargetPool;
@@ -891,15 +891,11 @@ pub fn choose(
         && !with_queues.is_empty()
         && !with_queues.iter().any(|q| q.as_slice() == p)
     {
-        let there: Vec<String> = with_queues
-            .iter()
-            .map(|q| format!("\"{}\"", escape(q)))
-            .collect();
         contradictions.push((
             format!(
-                "SIDECAR_CELERY_KEYPREFIX is \"{}\", but kombu's bindings on this broker are under {}",
-                escape(p),
-                there.join(", ")
+                "SIDECAR_CELERY_KEYPREFIX is {}, but kombu's bindings on this broker are under {}",
+                quoted([p]),
+                quoted(with_queues.iter().map(|q| q.as_slice()))
             ),
             "unset SIDECAR_CELERY_KEYPREFIX (the sidecar finds the prefix itself), or set it to the app's broker_transport_options global_keyprefix".into(),
         ));
@@ -908,15 +904,11 @@ pub fn choose(
         && !seen_seps.is_empty()
         && !seen_seps.iter().any(|s| s.as_slice() == sep)
     {
-        let there: Vec<String> = seen_seps
-            .iter()
-            .map(|s| format!("\"{}\"", escape(s)))
-            .collect();
         contradictions.push((
             format!(
-                "SIDECAR_CELERY_SEP is \"{}\", but the app's bindings use {}",
-                escape(sep),
-                there.join(", ")
+                "SIDECAR_CELERY_SEP is {}, but the app's bindings use {}",
+                quoted([sep]),
+                quoted(seen_seps.iter().map(Vec::as_slice))
             ),
             "unset SIDECAR_CELERY_SEP (the sidecar finds the separator itself), or set it to the app's broker_transport_options sep".into(),
         ));
@@ -1071,7 +1063,10 @@ mod tests {
     fn the_workers_pidbox_bindings_give_their_separator_and_hostnames() {
         let f = found(&[(
             b"app:_kombu.binding.celery.pidbox",
-            &[b"::w1@h.celery.pidbox", b"\x06\x16\x06\x16old@h.celery.pidbox"],
+            &[
+                b"::w1@h.celery.pidbox",
+                b"\x06\x16\x06\x16old@h.celery.pidbox",
+            ],
         )]);
         let l = choose(&f, None, None, &[b"app:"], &Layout::default());
         assert_eq!(

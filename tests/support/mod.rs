@@ -205,6 +205,25 @@ impl Redis {
         assert!(ok, "redis-server did not restart on port {}", self.port);
     }
 
+    /// A server restarted to load `keys` keys at 200 µs each (`--key-load-delay`): it
+    /// answers LOADING for about `keys` x 200 µs.
+    pub fn loading(keys: u32) -> Redis {
+        let mut redis = Redis::start(&["--enable-debug-command", "yes"]);
+        let populate = keys.to_string();
+        assert_eq!(
+            redis.cli(None, &["DEBUG", "POPULATE", &populate]).trim(),
+            "OK"
+        );
+        assert_eq!(redis.cli(None, &["SAVE"]).trim(), "OK");
+        redis.restart_with(&[
+            "--key-load-delay",
+            "200",
+            "--loading-process-events-interval-bytes",
+            "1024",
+        ]);
+        redis
+    }
+
     /// The directory it runs in (its `--dir`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
