@@ -154,6 +154,10 @@ fn workers_come_up_and_go_down_by_sigkill_and_sigterm() {
         logs.contains("celery is unhealthy: only 0 of the required 1"),
         "{logs}"
     );
+    // Unhealthy for want of workers, then healthy: no probe had failed, and the log says so
+    // without a count of failed probes.
+    assert!(logs.contains("celery is healthy again"), "{logs}");
+    assert!(!logs.contains("after 0 failed probe(s)"), "{logs}");
     // One line per worker and change, naming it and why.
     for (line, times) in [
         ("Celery worker w1@test is up", 1),
