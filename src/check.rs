@@ -62,6 +62,9 @@ pub async fn check(config: &Config, json: bool, ping: bool) -> (u8, String) {
             }
         }
         let mut doc = json!({"status": overall, "checks": checks});
+        if !config.warnings.is_empty() {
+            doc["warnings"] = json!(config.warnings);
+        }
         if crashed > 0 {
             doc["crashed"] = json!(crashed);
         }
@@ -69,7 +72,12 @@ pub async fn check(config: &Config, json: bool, ping: bool) -> (u8, String) {
         text.push('\n');
         return (code, text);
     }
-    let mut text = human(&sections, overall);
+    let mut text: String = config
+        .warnings
+        .iter()
+        .map(|w| format!("warning: {w}\n"))
+        .collect();
+    text.push_str(&human(&sections, overall));
     if crashed > 0 {
         text.push_str(&format!(
             "{crashed} diagnosis(es) crashed: a bug, please report it (RUST_LOG=debug shows more)\n"

@@ -70,6 +70,12 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub celery_result_backend: Option<String>,
+    /// A PEM file of CA certificates trusted for rediss:// beside the built-in roots.
+    #[arg(long, env = "SSL_CERT_FILE", global = true)]
+    pub ssl_cert_file: Option<String>,
+    /// A directory of PEM CA certificates trusted for rediss:// beside the built-in roots.
+    #[arg(long, env = "SSL_CERT_DIR", global = true)]
+    pub ssl_cert_dir: Option<String>,
     /// Listen address; default `[::]:$PORT`, else `[::]:9811`.
     #[arg(
         long,

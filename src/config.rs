@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::cli::Settings;
-use crate::target::{Role, Target};
+use crate::target::{Address, Role, Roots, Target};
 
 /// The URL probed when no Redis variable is set.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -73,6 +73,8 @@ pub mod vars {
         "CELERY_RESULT_BACKEND",
         "celery-result-backend"
     );
+    var!(SSL_CERT_FILE, "SSL_CERT_FILE", "ssl-cert-file");
+    var!(SSL_CERT_DIR, "SSL_CERT_DIR", "ssl-cert-dir");
     var!(LISTEN_ADDR, "SIDECAR_LISTEN_ADDR", "listen-addr");
     var!(PORT, "PORT", "port");
     var!(PROBE_INTERVAL, "SIDECAR_PROBE_INTERVAL", "probe-interval");
@@ -213,6 +215,9 @@ pub enum Sampler {
     ParentBasedRatio(f64),
 }
 
+/// `CeleryConfig::broker` when the broker is not probed: Celery is not watched.
+pub const NO_BROKER: usize = usize::MAX;
+
 /// The name of the Celery check.
 pub const CELERY_CHECK: &str = "celery";
 
@@ -220,7 +225,8 @@ pub const CELERY_CHECK: &str = "celery";
 /// options), and what it calls healthy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CeleryConfig {
-    /// Index in `Config::targets` of the broker: the `broker` role, else the cache.
+    /// Index in `Config::targets` of the broker: the `broker` role, else the cache;
+    /// [`NO_BROKER`] when the broker URL is one the sidecar does not probe (Sentinel).
     pub broker: usize,
     /// Queues watched whether or not a binding names them (`celery` always among them).
     pub queues: Vec<String>,
@@ -271,7 +277,7 @@ impl fmt::Display for ConfigError {
                 problem,
             } => write!(f, "{var}: {problem}"),
             ConfigError::Conflict { var, problem } => write!(f, "{var}: {problem}"),
-            ConfigError::EnvFile { problem } => write!(f, ".env: {problem}"),
+            ConfigError::EnvFile { problem } => write!(f, ".env {problem}"),
         }
     }
 }
@@ -310,6 +316,10 @@ pub struct Config {
     pub default_target: bool,
     /// Variables that were read but do not lead to a probe, with why (for `config` and logs).
     pub ignored: Vec<String>,
+    /// What the app's own libraries would do differently with the settings (a URL form
+    /// redis-py refuses, a parameter nobody reads): shown by `config` and `check`, logged at
+    /// start. Never a secret.
+    pub warnings: Vec<String>,
     pub listen: SocketAddr,
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
@@ -333,7 +343,7 @@ pub struct Config {
 impl Config {
     /// Validates every setting; the first error wins.
     pub fn from_settings(s: &Settings) -> Result<Config, ConfigError> {
-        let (targets, default_target, ignored) = targets(s)?;
+        let (targets, default_target, ignored, warnings) = targets(s)?;
         let listen = listen_addr(s)?;
         let probe_interval = duration_or(vars::PROBE_INTERVAL, &s.probe_interval, "5s")?;
         if probe_interval < Duration::from_millis(50) || probe_interval > Duration::from_secs(3600)
@@ -437,6 +447,7 @@ impl Config {
             targets,
             default_target,
             ignored,
+            warnings,
             listen,
             probe_interval,
             probe_timeout,
@@ -468,6 +479,9 @@ impl Config {
         for note in &self.ignored {
             line("ignored", note);
         }
+        for warning in &self.warnings {
+            line("warning", warning);
+        }
         line("listen", &self.listen.to_string());
         line("probe interval", &show(self.probe_interval));
         line("probe timeout", &show(self.probe_timeout));
@@ -494,7 +508,11 @@ impl Config {
         let c = &self.celery;
         line(
             "celery broker",
-            self.targets.get(c.broker).map_or("", |t| t.redacted()),
+            self.targets
+                .get(c.broker)
+                .map_or("not watched (the broker URL is not probed)", |t| {
+                    t.redacted()
+                }),
         );
         line(
             "celery queues",
@@ -576,23 +594,45 @@ fn non_empty(var: Var, value: &Option<String>) -> Result<Option<&str>, ConfigErr
     }
 }
 
-fn targets(s: &Settings) -> Result<(Vec<Target>, bool, Vec<String>), ConfigError> {
-    let url = |var: Var, role: Role, text: &str| {
-        Target::parse(role, text)
-            .map(|t| t.with_source(var.env))
-            .map_err(|e| invalid(var, None, &e.0))
-    };
+/// The targets, whether the local default is probed, notes and warnings.
+type Targets = (Vec<Target>, bool, Vec<String>, Vec<String>);
+
+fn targets(s: &Settings) -> Result<Targets, ConfigError> {
     let mut ignored = Vec::new();
+    let mut warnings = Vec::new();
     let mut wanted = Vec::new();
+    let url = |var: Var,
+               role: Role,
+               text: &str,
+               wanted: &mut Vec<Target>,
+               ignored: &mut Vec<String>,
+               warnings: &mut Vec<String>|
+     -> Result<(), ConfigError> {
+        let read = Target::read(role, var.env, text).map_err(|e| invalid(var, None, &e.0))?;
+        ignored.extend(read.notes);
+        warnings.extend(read.warnings);
+        if let Some(t) = read.target {
+            wanted.push(t.with_source(var.env));
+        }
+        Ok(())
+    };
 
     let redis_url = non_empty(vars::REDIS_URL, &s.redis_url)?;
     let host = non_empty(vars::REDISHOST, &s.redis_host)?;
     let port = non_empty(vars::REDISPORT, &s.redis_port)?;
     let password = s.redis_password.as_deref();
     let user = s.redis_user.as_deref();
+    let mut parts = None;
     match (redis_url, host) {
         (Some(text), _) => {
-            wanted.push(url(vars::REDIS_URL, Role::Cache, text)?);
+            url(
+                vars::REDIS_URL,
+                Role::Cache,
+                text,
+                &mut wanted,
+                &mut ignored,
+                &mut warnings,
+            )?;
             if host.is_some() {
                 ignored.push(
                     "REDISHOST/REDISPORT/REDISUSER/REDISPASSWORD: REDIS_URL is set and wins".into(),
@@ -622,7 +662,7 @@ fn targets(s: &Settings) -> Result<(Vec<Target>, bool, Vec<String>), ConfigError
                     "must be a host name without a port (put the port in REDISPORT)",
                 ));
             }
-            wanted.push(Target::from_parts(host, port, user, password));
+            parts = Some(Target::from_parts(host, port, user, password));
         }
         (None, None) => {
             if password.is_some_and(|p| !p.is_empty()) || port.is_some() {
@@ -634,17 +674,39 @@ fn targets(s: &Settings) -> Result<(Vec<Target>, bool, Vec<String>), ConfigError
         }
     }
 
-    if let Some(text) = non_empty(vars::CELERY_BROKER_URL, &s.celery_broker_url)? {
-        wanted.push(url(vars::CELERY_BROKER_URL, Role::Broker, text)?);
+    let broker_text = non_empty(vars::CELERY_BROKER_URL, &s.celery_broker_url)?;
+    if let Some(text) = broker_text {
+        url(
+            vars::CELERY_BROKER_URL,
+            Role::Broker,
+            text,
+            &mut wanted,
+            &mut ignored,
+            &mut warnings,
+        )?;
     }
     if let Some(text) = non_empty(vars::CELERY_RESULT_BACKEND, &s.celery_result_backend)? {
-        let scheme = text.split(':').next().unwrap_or("").to_ascii_lowercase();
-        if matches!(scheme.as_str(), "redis" | "rediss" | "redis+unix" | "unix") {
-            wanted.push(url(vars::CELERY_RESULT_BACKEND, Role::ResultBackend, text)?);
+        // Celery's `by_url`: `redis+socket://` is the redis backend with a `socket://` URL;
+        // `redis`, `rediss` and `sentinel` are its Redis backends.
+        let scheme = text.split("://").next().unwrap_or("").to_ascii_lowercase();
+        let backend = scheme.split('+').next().unwrap_or("");
+        let redis_like = text.contains("://")
+            && (matches!(backend, "redis" | "rediss" | "sentinel")
+                || matches!(scheme.as_str(), "unix" | "socket"));
+        if redis_like {
+            url(
+                vars::CELERY_RESULT_BACKEND,
+                Role::ResultBackend,
+                text,
+                &mut wanted,
+                &mut ignored,
+                &mut warnings,
+            )?;
         } else {
             // Named only when it is a URL's scheme (`db+postgresql://`, `rpc://`) or a
             // known alias (`django-db`), never when it could be a credential.
             const ALIASES: [&str; 4] = ["django-db", "django-cache", "disabled", "rpc"];
+            let scheme = text.split(':').next().unwrap_or("").to_ascii_lowercase();
             let clean = if text.contains("://") {
                 scheme.len() <= 24
                     && !scheme.is_empty()
@@ -663,20 +725,75 @@ fn targets(s: &Settings) -> Result<(Vec<Target>, bool, Vec<String>), ConfigError
             });
         }
     }
+    if let Some(p) = parts {
+        wanted.insert(0, p);
+    }
 
-    let default_target = wanted.is_empty();
+    let any_redis = redis_url.is_some() || host.is_some() || broker_text.is_some();
+    let default_target =
+        wanted.is_empty() && !any_redis && ignored.iter().all(|n| !n.contains("Sentinel"));
     if default_target {
         wanted
             .push(Target::parse(Role::Cache, DEFAULT_REDIS_URL).expect("the default URL is valid"));
     }
+    if wanted.is_empty() {
+        return Err(ConfigError::Conflict {
+            var: if broker_text.is_some() {
+                vars::CELERY_BROKER_URL
+            } else {
+                vars::REDIS_URL
+            },
+            problem: "no Redis is left to probe: Redis Sentinel URLs are recognised but not supported yet; set REDIS_URL to the master's redis:// URL to probe it meanwhile".into(),
+        });
+    }
+    // SSL_CERT_FILE and SSL_CERT_DIR add roots to every TLS target, as OpenSSL's default
+    // paths do for the app's Python.
+    let mut extra = Vec::new();
+    for (var, value) in [
+        (vars::SSL_CERT_FILE, &s.ssl_cert_file),
+        (vars::SSL_CERT_DIR, &s.ssl_cert_dir),
+    ] {
+        if let Some(path) = non_empty(var, value)? {
+            extra.push(Roots {
+                origin: var.env,
+                path: path.to_string(),
+            });
+        }
+    }
     let mut merged: Vec<Target> = Vec::new();
-    for t in wanted {
+    for mut t in wanted {
+        t.add_roots(&extra);
+        if let Address::Tcp { tls: Some(tls), .. } = t.address() {
+            crate::tls::check_files(tls).map_err(|problem| {
+                let var = extra
+                    .iter()
+                    .find(|r| problem.starts_with(r.origin))
+                    .map(|r| {
+                        if r.origin == "SSL_CERT_FILE" {
+                            vars::SSL_CERT_FILE
+                        } else {
+                            vars::SSL_CERT_DIR
+                        }
+                    })
+                    .unwrap_or_else(|| source_var(&t));
+                invalid(var, None, &problem)
+            })?;
+        }
         match merged.iter_mut().find(|m| m.same_connection(&t)) {
             Some(m) => m.absorb(&t),
             None => merged.push(t),
         }
     }
-    Ok((merged, default_target, ignored))
+    Ok((merged, default_target, ignored, warnings))
+}
+
+/// The variable a target was read from, for an error about its URL.
+fn source_var(t: &Target) -> Var {
+    match t.sources().first().copied() {
+        Some("CELERY_BROKER_URL") => vars::CELERY_BROKER_URL,
+        Some("CELERY_RESULT_BACKEND") => vars::CELERY_RESULT_BACKEND,
+        _ => vars::REDIS_URL,
+    }
 }
 
 fn listen_addr(s: &Settings) -> Result<SocketAddr, ConfigError> {
@@ -699,15 +816,23 @@ fn listen_addr(s: &Settings) -> Result<SocketAddr, ConfigError> {
 }
 
 fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, ConfigError> {
-    let broker = targets
+    let broker_given = s
+        .celery_broker_url
+        .as_deref()
+        .is_some_and(|t| !t.trim().is_empty());
+    let broker = match targets
         .iter()
         .position(|t| t.roles().contains(&Role::Broker))
-        .or_else(|| {
-            targets
-                .iter()
-                .position(|t| t.roles().contains(&Role::Cache))
-        })
-        .unwrap_or(0);
+    {
+        Some(i) => i,
+        // A broker URL that is not probed (Sentinel): Celery is not watched, rather than
+        // watched on the cache, which is not where its keys are.
+        None if broker_given => NO_BROKER,
+        None => targets
+            .iter()
+            .position(|t| t.roles().contains(&Role::Cache))
+            .unwrap_or(0),
+    };
     let mut queues = vec!["celery".to_string()];
     if let Some(text) = non_empty(vars::CELERY_QUEUES, &s.celery_queues)? {
         for q in text.split(',').map(str::trim).filter(|q| !q.is_empty()) {
@@ -1008,7 +1133,13 @@ fn key_values(
         let Some((k, v)) = item.split_once('=') else {
             return Err(invalid(var, shown, "is not a key=value list"));
         };
-        let (k, v) = (k.trim(), crate::target::percent_decode(v.trim()));
+        let (k, v) = (
+            k.trim(),
+            percent_encoding::percent_decode_str(v.trim())
+                .decode_utf8()
+                .ok()
+                .map(|v| v.into_owned()),
+        );
         let valid_key = !k.is_empty() && k.chars().all(|c| c.is_ascii_graphic() && c != '=');
         match v {
             Some(v) if valid_key => out.push((k.to_string(), v)),
@@ -1439,11 +1570,11 @@ mod tests {
             ),
             (
                 &[("REDIS_URL", "redis://u:hunter2@h:70000")],
-                "REDIS_URL (--redis-url): not a valid URL (invalid port number)",
+                "REDIS_URL (--redis-url): invalid port: out of range 0-65535",
             ),
             (
-                &[("REDIS_URL", "redis://u:hunter2@h/x")],
-                "REDIS_URL (--redis-url): database \"x\"",
+                &[("CELERY_BROKER_URL", "redis://u:hunter2@h/x")],
+                "CELERY_BROKER_URL (--celery-broker-url): database \"x\"",
             ),
             (
                 &[("REDIS_URL", "")],

@@ -4,7 +4,6 @@
 //! step. It runs its own connections (a raw RESP client), never the server loop's pools.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use redis::RedisError;
@@ -150,7 +149,7 @@ pub async fn diagnose(target: &Target, config: &Config, celery: bool, ping: bool
 /// the failing step recorded.
 async fn connect(d: &mut Diagnosis, limit: Duration) -> Option<Box<dyn Stream>> {
     let target = d.target.clone();
-    let (host, port, tls, verify) = match target.address() {
+    let (host, port, tls) = match target.address() {
         Address::Unix { path } => {
             let began = Instant::now();
             return match tokio::time::timeout(limit, tokio::net::UnixStream::connect(path)).await {
@@ -179,12 +178,7 @@ async fn connect(d: &mut Diagnosis, limit: Duration) -> Option<Box<dyn Stream>> 
                 }
             };
         }
-        Address::Tcp {
-            host,
-            port,
-            tls,
-            verify,
-        } => (host.clone(), *port, *tls, *verify),
+        Address::Tcp { host, port, tls } => (host.clone(), *port, tls.clone()),
     };
 
     // DNS: the answers, or why there are none.
@@ -285,47 +279,66 @@ async fn connect(d: &mut Diagnosis, limit: Duration) -> Option<Box<dyn Stream>> 
         return None;
     };
     d.steps.push(Step::ok("tcp", tried.join("; ")));
-    if !tls {
+    let Some(tls) = tls else {
         return Some(Box::new(tcp));
-    }
+    };
 
     // TLS.
     let began = Instant::now();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(verify)));
-    let name = match rustls::pki_types::ServerName::try_from(host.clone()) {
-        Ok(n) => n,
-        Err(_) => {
+    let client = match crate::tls::client(&tls) {
+        Ok(c) => c,
+        Err(problem) => {
             d.steps.push(Step::fail(
                 "tls",
-                Failure::new(Reason::Tls, format!("{host} is not a name TLS can check")),
-                "use the server's DNS name in the URL",
+                Failure::new(Reason::Tls, problem),
+                "fix the path or the file the URL's ssl_ parameter (or SSL_CERT_FILE / SSL_CERT_DIR) names",
             ));
             return None;
         }
     };
+    let connector = tokio_rustls::TlsConnector::from(client.config.clone());
+    let Some(name) = crate::tls::server_name(&host) else {
+        d.steps.push(Step::fail(
+            "tls",
+            Failure::new(Reason::Tls, format!("{host} is not a name TLS can check")),
+            "use the server's DNS name in the URL",
+        ));
+        return None;
+    };
     match tokio::time::timeout(limit, connector.connect(name, tcp)).await {
         Ok(Ok(s)) => {
-            let version = s
-                .get_ref()
-                .1
+            let (_, session) = s.get_ref();
+            let version = session
                 .protocol_version()
                 .map(|v| format!("{v:?}"))
                 .unwrap_or_default();
-            let checked = if verify {
-                "certificate verified"
+            let by = client.verified_by().unwrap_or_default();
+            let checked = if tls.verify {
+                format!("certificate verified by {by}")
             } else {
-                "certificate NOT verified (ssl_cert_reqs=none)"
+                "certificate NOT verified (ssl_cert_reqs=none)".to_string()
             };
-            d.steps
-                .push(Step::ok("tls", format!("{version}, {checked}")).took(began.elapsed()));
+            let presented = match &tls.client_cert {
+                Some(c) => format!(", client certificate {} offered", c.cert),
+                None => String::new(),
+            };
+            d.steps.push(
+                Step::ok("tls", format!("{version}, {checked}{presented}")).took(began.elapsed()),
+            );
             Some(Box::new(s))
         }
         Ok(Err(e)) => {
             let f = Failure::from_redis(&RedisError::from(e), &target);
-            let fix = if f.message.contains("certificate") {
-                "the certificate is self-signed, expired or for another name: fix it, or write ?ssl_cert_reqs=none in the URL to encrypt without verifying (as the app's redis-py does with that setting)"
+            let fix = if f.message.contains("client certificate") {
+                CLIENT_CERT_FIX.to_string()
+            } else if f.message.contains("certificate") {
+                format!(
+                    "roots tried: {}. The certificate is self-signed, from a private CA, expired or for another name: give the CA's file as ?ssl_ca_certs=/path/ca.crt (or SSL_CERT_FILE), fix the certificate, or write ?ssl_cert_reqs=none to encrypt without verifying (as the app's redis-py does with that setting)",
+                    client.roots_tried()
+                )
             } else {
                 "this port does not speak TLS: use redis:// for it, or the TLS port (`tls-port`)"
+                    .to_string()
             };
             d.steps.push(Step::fail("tls", f, fix));
             None
@@ -338,63 +351,6 @@ async fn connect(d: &mut Diagnosis, limit: Duration) -> Option<Box<dyn Stream>> 
             ));
             None
         }
-    }
-}
-
-fn tls_config(verify: bool) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    if verify {
-        return config;
-    }
-    let mut config = config;
-    config
-        .dangerous()
-        .set_certificate_verifier(Arc::new(NoVerification(
-            rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )));
-    config
-}
-
-/// `ssl_cert_reqs=none`: encrypted, certificate not checked (what the URL asks for).
-#[derive(Debug)]
-struct NoVerification(rustls::crypto::WebPkiSupportedAlgorithms);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_schemes()
     }
 }
 
@@ -420,9 +376,15 @@ async fn send(
     }
 }
 
+const CLIENT_CERT_FIX: &str = "the server checks client certificates (tls-auth-clients): give ssl_certfile and ssl_keyfile in the URL, a certificate signed by a CA in the server's tls-ca-cert-file";
+
 /// A step that failed below Redis (I/O, no answer in time): recorded with its fix.
 fn fail_io(d: &mut Diagnosis, step: &'static str, f: Failure) -> bool {
-    let fix = if f.message.contains("closed by the server") {
+    // With TLS 1.3 the server's verdict on the client certificate arrives after the
+    // handshake, with the first command.
+    let fix = if f.reason == Reason::Tls && f.message.contains("client certificate") {
+        CLIENT_CERT_FIX
+    } else if f.message.contains("closed by the server") {
         "the server hung up: a TLS port (use rediss://), `maxclients` reached, or a proxy in between refusing the client"
     } else {
         "the server stopped answering: hung, paused, or overloaded"

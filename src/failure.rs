@@ -111,7 +111,7 @@ impl Failure {
         let message = match phase {
             Phase::Connect => {
                 let tls = match at {
-                    Address::Tcp { tls: true, .. } => {
+                    Address::Tcp { tls: Some(_), .. } => {
                         "; with rediss:// this is also what a server without TLS looks like: try redis://"
                     }
                     _ => "",
@@ -327,7 +327,7 @@ fn io_failure(io: &io::Error, target: &Target) -> Failure {
         | io::ErrorKind::UnexpectedEof
         | io::ErrorKind::NotConnected => {
             let hint = match at {
-                Address::Tcp { tls: false, .. } => {
+                Address::Tcp { tls: None, .. } => {
                     " (if that port expects TLS, use rediss://; otherwise Redis restarted or dropped the connection)"
                 }
                 _ => " (Redis restarted, or dropped the connection)",
@@ -378,6 +378,17 @@ fn tls_failure(err: &rustls::Error, target: &Target) -> Failure {
         }
         rustls::Error::InvalidCertificate(_) => {
             " (the server's certificate is not trusted here: self-signed or unknown issuer, another host name, or expired)"
+        }
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+            " (the server requires a client certificate, tls-auth-clients, and none was given)"
+        }
+        rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::CertificateUnknown
+            | rustls::AlertDescription::CertificateExpired,
+        ) => {
+            " (the server refused the client certificate: not signed by a CA in its tls-ca-cert-file, or expired)"
         }
         _ => "",
     };

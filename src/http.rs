@@ -188,10 +188,15 @@ pub fn respond(
         }
         "/healthz" | "/metrics" if !authorized(app.auth_token.as_ref(), authorization) => {
             let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"redis-celery-sidecar\""),
-            );
+            for challenge in [
+                "Bearer realm=\"redis-celery-sidecar\"",
+                "Basic realm=\"redis-celery-sidecar\", charset=\"UTF-8\"",
+            ] {
+                r.headers_mut().append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            }
             r
         }
         "/healthz" => {
@@ -268,26 +273,38 @@ fn response(code: StatusCode, content_type: &'static str, body: Bytes) -> Respon
     r
 }
 
-/// True when no token is configured, or the request carries `Bearer <token>`. The token is
-/// compared in constant time, so response timing does not reveal how much of it matched.
+/// True when no token is configured, or the request carries the token: `Bearer <token>`, or
+/// `Basic` with the token as the password (what a browser sends after the prompt; the user
+/// name is not checked). The scheme is compared case-insensitively (RFC 9110 section 11.1).
+/// The token is compared in constant time, so response timing does not reveal how much of
+/// it matched.
 fn authorized(token: Option<&Secret>, header: Option<&HeaderValue>) -> bool {
     let Some(token) = token else {
         return true;
     };
-    let Some(given) = header.and_then(|h| h.as_bytes().strip_prefix(b"Bearer ")) else {
+    let Some(header) = header.and_then(|h| h.to_str().ok()) else {
         return false;
     };
-    constant_time_eq(given, token.expose().as_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    std::hint::black_box(diff) == 0
+    let Some((scheme, credentials)) = header.trim().split_once(' ') else {
+        return false;
+    };
+    let credentials = credentials.trim_start_matches(' ');
+    let given = if scheme.eq_ignore_ascii_case("bearer") {
+        credentials.as_bytes().to_vec()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine as _;
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(credentials) else {
+            return false;
+        };
+        match decoded.iter().position(|&b| b == b':') {
+            Some(colon) => decoded[colon + 1..].to_vec(),
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    use subtle::ConstantTimeEq as _;
+    bool::from(given.as_slice().ct_eq(token.expose().as_bytes()))
 }
 
 #[cfg(test)]
@@ -453,22 +470,49 @@ mod tests {
             let (code, _, r) = get(&a, Method::GET, path, None);
             assert_eq!(code, StatusCode::UNAUTHORIZED, "{path}");
             assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+            assert_eq!(
+                r.headers().get_all(header::WWW_AUTHENTICATE).iter().count(),
+                2
+            );
+            use base64::Engine as _;
+            let basic = |userinfo: &str| {
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(userinfo)
+                )
+            };
             for wrong in [
-                "Bearer s3cret-toke",
-                "Bearer s3cret-token2",
-                "Basic s3cret-token",
-                "s3cret-token",
+                "Bearer s3cret-toke".to_string(),
+                "Bearer s3cret-token2".to_string(),
+                "Bearer  ".to_string(),
+                "Basic s3cret-token".to_string(),
+                basic("s3cret-token"),
+                basic("s3cret-token:"),
+                basic("admin:s3cret-toke"),
+                "Digest s3cret-token".to_string(),
+                "s3cret-token".to_string(),
+                "Bearers3cret-token".to_string(),
             ] {
                 assert_eq!(
-                    get(&a, Method::GET, path, Some(wrong)).0,
+                    get(&a, Method::GET, path, Some(&wrong)).0,
                     StatusCode::UNAUTHORIZED,
                     "{wrong}"
                 );
             }
-            assert_eq!(
-                get(&a, Method::GET, path, Some("Bearer s3cret-token")).0,
-                StatusCode::OK
-            );
+            for right in [
+                "Bearer s3cret-token".to_string(),
+                "bearer s3cret-token".to_string(),
+                "BEARER  s3cret-token".to_string(),
+                basic("admin:s3cret-token"),
+                basic(":s3cret-token"),
+                basic("any:s3cret-token").replace("Basic", "basic"),
+            ] {
+                assert_eq!(
+                    get(&a, Method::GET, path, Some(&right)).0,
+                    StatusCode::OK,
+                    "{right}"
+                );
+            }
         }
         assert_eq!(get(&a, Method::GET, "/livez", None).0, StatusCode::OK);
         assert_eq!(get(&a, Method::GET, "/readyz", None).0, StatusCode::OK);
@@ -551,14 +595,5 @@ mod tests {
             Instant::now(),
         );
         assert!(r.headers().get(header::CONTENT_ENCODING).is_none());
-    }
-
-    #[test]
-    fn constant_time_eq_is_eq() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(!constant_time_eq(b"", b"a"));
-        assert!(constant_time_eq(b"", b""));
     }
 }

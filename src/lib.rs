@@ -6,8 +6,11 @@
 //! The data flows down this list:
 //!
 //! - [`cli`]: the command line; every setting is a flag with an environment twin.
+//! - [`dotenv`]: `.env` read as python-dotenv reads it, before the command line.
 //! - [`config`]: those settings validated once into typed values (errors name the variable).
-//! - [`target`]: one Redis server and database, its roles, its URL (shown only redacted).
+//! - [`target`]: one Redis server and database, its roles, its URL (shown only redacted),
+//!   read as redis-py, kombu or Celery reads it, taken apart by [`pyurl`] as Python does.
+//! - [`tls`]: TLS for `rediss://`: built-in and private roots, client certificates.
 //! - [`pool`]: a bb8 pool per target whose manager remembers why a connect failed.
 //! - [`probe`]: the Redis probe: PING timed, INFO parsed by [`info`], pool state.
 //! - [`failure`]: why a probe failed: a fixed `reason` label and a sentence to act on.
@@ -31,6 +34,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod diagnose;
+pub mod dotenv;
 pub mod failure;
 pub mod http;
 pub mod info;
@@ -40,11 +44,13 @@ pub mod pidbox;
 pub mod pool;
 pub mod probe;
 pub mod process;
+pub mod pyurl;
 pub mod resp;
 pub mod runner;
 pub mod snapshot;
 pub mod target;
 pub mod telemetry;
+pub mod tls;
 pub mod verdict;
 
 use std::future::Future;
@@ -71,7 +77,7 @@ use crate::target::Role;
 /// and its event subscriber, the metrics renderer, and the HTTP server on `listener`. Used
 /// by `main` and by the tests alike.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let parts = assemble(&config, true);
+    let parts = assemble(&config, config.targets.get(config.celery.broker).is_some());
     let mut tasks = tokio::task::JoinSet::new();
     // The probers take turns within the interval (see runner::ticks).
     let probers = parts.runners.len() + usize::from(parts.celery.is_some());

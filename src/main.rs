@@ -102,6 +102,9 @@ async fn serve(config: Config) -> ExitCode {
     for note in &config.ignored {
         tracing::info!("ignored: {note}");
     }
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     for t in &config.targets {
         tracing::info!(
             check = %t.check_names().join(","),
@@ -166,24 +169,12 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("the tokio runtime starts (it needs only threads and an epoll handle)")
 }
 
-/// Reads `.env` from the working directory (not its parents): a missing file is fine; one
-/// that cannot be read or parsed is a configuration error. The message never quotes the
-/// file's lines.
+/// Reads `.env` from the working directory (not its parents) as python-dotenv does (see
+/// `dotenv`): a missing file is fine; a file that cannot be read, or a line python-dotenv
+/// would skip, is a configuration error. No message quotes the file's lines.
 fn load_dotenv() -> Result<(), ConfigError> {
-    match dotenvy::from_path(".env") {
-        Ok(_) => Ok(()),
-        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(dotenvy::Error::LineParse(_, index)) => Err(ConfigError::EnvFile {
-            problem: format!("cannot parse the line at byte {index}; lines must be KEY=VALUE"),
-        }),
-        Err(dotenvy::Error::Io(e)) => Err(ConfigError::EnvFile {
-            problem: format!("cannot be read: {e}"),
-        }),
-        Err(_) => Err(ConfigError::EnvFile {
-            // EnvVar errors quote the value, which may be a secret.
-            problem: "cannot be used: a value is not valid UTF-8".into(),
-        }),
-    }
+    redis_celery_sidecar::dotenv::load(std::path::Path::new(".env"))
+        .map_err(|problem| ConfigError::EnvFile { problem })
 }
 
 fn config_error(e: &ConfigError) -> ExitCode {

@@ -153,12 +153,9 @@ pub async fn ping(
     limit: Duration,
 ) -> Result<Vec<(String, Duration)>, Failure> {
     let fail = |e: &RedisError| Failure::from_redis(e, target);
-    let client = redis::Client::open(target.connection_info()).map_err(|e| fail(&e))?;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(limit))
-        .set_response_timeout(Some(window + limit));
+    let config = AsyncConnectionConfig::new().set_response_timeout(Some(window + limit));
     let mut conn =
-        match tokio::time::timeout(limit, crate::pool::open(&client, &config, target)).await {
+        match tokio::time::timeout(limit, crate::pool::open(&config, target, limit)).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(fail(&e)),
             Err(_) => return Err(Failure::timeout(target, Phase::Connect, limit)),

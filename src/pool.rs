@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::{AsyncConnectionConfig, RedisError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -54,8 +54,10 @@ impl Conn {
 
 /// Makes connections for bb8 and reports why one could not be made.
 pub struct Manager {
-    client: Client,
     config: AsyncConnectionConfig,
+    /// Bounds the connect and TLS handshake (the redis crate's connection timeout applies
+    /// only to connections it makes itself).
+    connect_limit: Duration,
     target: Target,
     failures: watch::Sender<Option<ConnectFailure>>,
     /// When a connection last logged in: the credentials worked then.
@@ -74,14 +76,11 @@ impl Manager {
     /// timeout: a backstop only, so that the runner's timeout, which knows what the probe
     /// was waiting for, is the one that fires.
     pub fn new(target: &Target, timeout: Duration) -> Result<Manager, RedisError> {
-        let client = Client::open(target.connection_info())?;
         let backstop = timeout + timeout / 2;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(backstop))
-            .set_response_timeout(Some(backstop));
+        let config = AsyncConnectionConfig::new().set_response_timeout(Some(backstop));
         Ok(Manager {
-            client,
             config,
+            connect_limit: backstop,
             target: target.clone(),
             failures: watch::Sender::new(None),
             verified: Arc::new(Mutex::new(None)),
@@ -101,7 +100,7 @@ impl bb8::ManageConnection for Manager {
     /// Connects and logs in (see [`open`]).
     async fn connect(&self) -> Result<Conn, RedisError> {
         let started = Instant::now();
-        match open(&self.client, &self.config, &self.target).await {
+        match open(&self.config, &self.target, self.connect_limit).await {
             Ok(inner) => {
                 *self
                     .verified
@@ -136,6 +135,38 @@ impl bb8::ManageConnection for Manager {
     }
 }
 
+/// The byte stream to a target: TCP, a Unix socket, or TLS over TCP made by [`crate::tls`]
+/// (the same roots, client certificate and checks as `check`'s). Errors are the I/O errors
+/// the redis crate would have given, so that they are classified the same way.
+async fn stream(target: &Target) -> Result<Box<dyn crate::resp::Stream>, RedisError> {
+    match target.address() {
+        Address::Unix { path } => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
+        Address::Tcp { host, port, tls } => {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            let _ = tcp.set_nodelay(true);
+            let Some(tls) = tls else {
+                return Ok(Box::new(tcp));
+            };
+            let client = crate::tls::client(tls).map_err(|problem| {
+                RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "TLS cannot be set up",
+                    problem,
+                ))
+            })?;
+            let name = crate::tls::server_name(host).ok_or_else(|| {
+                RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "not a name TLS can check",
+                    host.clone(),
+                ))
+            })?;
+            let connector = tokio_rustls::TlsConnector::from(client.config);
+            Ok(Box::new(connector.connect(name, tcp).await?))
+        }
+    }
+}
+
 /// Opens a connection as the app's client would: AUTH with the target's user and password
 /// (the password alone on a Redis before 6, as redis-py retries), SELECT, `CLIENT SETNAME`
 /// (so that an admin reading CLIENT LIST sees who holds it; ignored when an ACL forbids it),
@@ -143,15 +174,26 @@ impl bb8::ManageConnection for Manager {
 /// "max number of clients reached") count as connection failures. The commands are sent
 /// here, not by the redis crate's setup, because the crate replaces the server's refusal of
 /// AUTH with a generic "authentication failed": here the server's own words (WRONGPASS,
-/// "without any password configured") come back, as `check` shows them.
+/// "without any password configured") come back, as `check` shows them. `connect_limit`
+/// bounds the TCP connect and the TLS handshake.
 pub async fn open(
-    client: &Client,
     config: &AsyncConnectionConfig,
     target: &Target,
+    connect_limit: Duration,
 ) -> Result<MultiplexedConnection, RedisError> {
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(config)
-        .await?;
+    let stream = match tokio::time::timeout(connect_limit, stream(target)).await {
+        Ok(s) => s?,
+        Err(_) => {
+            return Err(RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            )));
+        }
+    };
+    // No CLIENT SETINFO before AUTH (a server with a password would refuse it).
+    let settings = redis::RedisConnectionInfo::default().set_skip_set_lib_name();
+    let (mut conn, driver) =
+        MultiplexedConnection::new_with_config(&settings, stream, config.clone()).await?;
+    tokio::spawn(driver);
     if let Some(password) = target.password() {
         let mut auth = redis::cmd("AUTH");
         if let Some(user) = target.user() {
@@ -426,7 +468,7 @@ async fn greeting(address: &Address, left: Duration) -> Option<RedisError> {
     let mut buf = [0u8; 256];
     let read = async {
         let n = match address {
-            Address::Tcp { tls: true, .. } => return None,
+            Address::Tcp { tls: Some(_), .. } => return None,
             Address::Tcp { host, port, .. } => {
                 let mut s = tokio::net::TcpStream::connect((host.as_str(), *port))
                     .await

@@ -25,12 +25,17 @@ fn bad_settings_exit_2_naming_the_variable() {
         (
             "REDIS_URL",
             "redis://u:Secret-91@h:99999",
-            "REDIS_URL (--redis-url): not a valid URL",
+            "REDIS_URL (--redis-url): invalid port: out of range 0-65535",
+        ),
+        (
+            "CELERY_BROKER_URL",
+            "redis://u:Secret-91@h/db1",
+            "CELERY_BROKER_URL (--celery-broker-url): database \"db1\"",
         ),
         (
             "REDIS_URL",
-            "redis://u:Secret-91@h/db1",
-            "REDIS_URL (--redis-url): database \"db1\"",
+            "socket:///run/redis.sock",
+            "REDIS_URL (--redis-url): socket:// is refused by Celery and kombu",
         ),
         (
             "REDIS_URL",
@@ -55,7 +60,7 @@ fn bad_settings_exit_2_naming_the_variable() {
         (
             "CELERY_RESULT_BACKEND",
             "rediss://u:Secret-91@h:x",
-            "CELERY_RESULT_BACKEND (--celery-result-backend): not a valid URL",
+            "CELERY_RESULT_BACKEND (--celery-result-backend): the port is not a number",
         ),
         ("PORT", "eighty", "PORT (--port): \"eighty\" is not a port"),
         (
@@ -234,7 +239,7 @@ fn dotenv_is_read_and_a_broken_one_is_an_error() {
     let out = command(&[], dir.path()).arg("config").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains(".env: cannot parse"),
+        stderr(&out).contains(".env line 1: a value in single quotes is never closed"),
         "{}",
         stderr(&out)
     );

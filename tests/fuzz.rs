@@ -200,7 +200,7 @@ proptest! {
         pw in proptest::collection::vec(prop::sample::select(
             "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".chars().collect::<Vec<_>>()
         ), 10..20).prop_map(|v| format!("Pw{}", v.into_iter().collect::<String>())),
-        scheme in prop::sample::select(vec!["redis", "rediss", "http", "amqp", "unix", "redis+unix", ""]),
+        scheme in prop::sample::select(vec!["redis", "rediss", "http", "amqp", "unix", "redis+unix", "redis+socket", "socket", "sentinel", ""]),
         host in texty(20),
         rest in texty(20),
         field in prop::sample::select(vec![0usize, 5, 6]),
@@ -208,9 +208,16 @@ proptest! {
         let mut s = Settings::default();
         let url = format!("{scheme}://user:{pw}@{host}{rest}");
         *field_of(&mut s, field) = Some(url);
-        if let Err(e) = Config::from_settings(&s) {
-            let said = e.to_string();
-            prop_assert!(!said.contains(&pw), "{said}");
+        match Config::from_settings(&s) {
+            Err(e) => {
+                let said = e.to_string();
+                prop_assert!(!said.contains(&pw), "{said}");
+            }
+            // Nor may what `config` prints: the notes, the warnings, the redacted URLs.
+            Ok(c) => {
+                let said = c.describe();
+                prop_assert!(!said.contains(&pw), "{said}");
+            }
         }
         // The password variable itself, with a bad companion.
         let mut s = Settings { redis_password: Some(pw.clone()), redis_port: Some(rest.clone()), ..Settings::default() };

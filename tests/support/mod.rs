@@ -292,6 +292,146 @@ pub fn tls_redis(dir: &TempDir) -> (Redis, u16) {
     (redis, tls_port)
 }
 
+/// Runs openssl with `args` in `dir`; panics with its words when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run openssl ({e}): run scripts/test, which installs it")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private CA made by the test, a server certificate it signed for `localhost` only
+/// (not 127.0.0.1), a client certificate it signed, and a second, unrelated CA.
+pub struct Pki {
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &TempDir) -> Pki {
+        let d = dir.path();
+        for (name, subject) in [
+            ("ca", "/CN=Sidecar Test CA"),
+            ("other-ca", "/CN=Another CA"),
+        ] {
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    subject,
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.pem"),
+                ],
+            );
+        }
+        for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+            let ext = d.join(format!("{name}.ext"));
+            let san = if name == "server" {
+                "subjectAltName=DNS:localhost\n"
+            } else {
+                ""
+            };
+            std::fs::write(
+                &ext,
+                format!("{san}extendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"),
+            )
+            .unwrap();
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    &format!("/CN={name}"),
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                ],
+            );
+            openssl(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-out",
+                    &format!("{name}.pem"),
+                    "-extfile",
+                    &format!("{name}.ext"),
+                ],
+            );
+        }
+        Pki {
+            ca: d.join("ca.pem"),
+            other_ca: d.join("other-ca.pem"),
+            server_cert: d.join("server.pem"),
+            server_key: d.join("server.key"),
+            client_cert: d.join("client.pem"),
+            client_key: d.join("client.key"),
+        }
+    }
+
+    /// redis-server arguments for a TLS port with this PKI's server certificate;
+    /// `clients`: `tls-auth-clients` (yes for mutual TLS).
+    pub fn redis_args(&self, tls_port: u16, clients: &str) -> Vec<String> {
+        let p = |p: &PathBuf| p.to_str().unwrap().to_string();
+        vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            p(&self.server_cert),
+            "--tls-key-file".into(),
+            p(&self.server_key),
+            "--tls-ca-cert-file".into(),
+            p(&self.ca),
+            "--tls-auth-clients".into(),
+            clients.into(),
+        ]
+    }
+}
+
+/// Runs a script of tests/celery with the pinned venv's python, in a clean environment
+/// plus `env`.
+pub fn python(script: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    celery_command("python", env)
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run the venv's python")
+}
+
 /// An HTTP response as the test sees it.
 #[derive(Debug)]
 pub struct Reply {
