@@ -256,28 +256,8 @@ impl Drop for Redis {
 
 /// A TLS-only redis-server with a fresh self-signed certificate (openssl, from scripts/test).
 pub fn tls_redis(dir: &TempDir) -> (Redis, u16) {
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run openssl ({e}): run scripts/test, which installs it"))
-        .status
-        .success();
-    assert!(ok, "openssl could not make a certificate");
+    self_signed(dir.path(), "cert", "/CN=localhost");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("cert.key"));
     let tls_port = free_port();
     let redis = Redis::start(&[
         "--tls-port",
@@ -308,6 +288,28 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A self-signed certificate for `subject` in `dir`: `<name>.pem` and its key `<name>.key`.
+fn self_signed(dir: &Path, name: &str, subject: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            subject,
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
 /// A private CA made by the test, a server certificate it signed for `localhost` only
 /// (not 127.0.0.1), a client certificate it signed, and a second, unrelated CA.
 pub struct Pki {
@@ -322,29 +324,8 @@ pub struct Pki {
 impl Pki {
     pub fn new(dir: &TempDir) -> Pki {
         let d = dir.path();
-        for (name, subject) in [
-            ("ca", "/CN=Sidecar Test CA"),
-            ("other-ca", "/CN=Another CA"),
-        ] {
-            openssl(
-                d,
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-days",
-                    "2",
-                    "-subj",
-                    subject,
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.pem"),
-                ],
-            );
-        }
+        self_signed(d, "ca", "/CN=Sidecar Test CA");
+        self_signed(d, "other-ca", "/CN=Another CA");
         for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
             let ext = d.join(format!("{name}.ext"));
             let san = if name == "server" {
