@@ -459,11 +459,11 @@ async fn login(d: &mut Diagnosis, resp: &mut Resp, limit: Duration) -> bool {
     let target = d.target.clone();
 
     // AUTH.
-    match target.password() {
+    match target.auth() {
         None => d.steps.push(Step::skip("auth", "no password in the URL")),
-        Some(pw) => {
+        Some((user, pw)) => {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
-            if let Some(user) = target.user() {
+            if let Some(user) = user {
                 args.push(user.as_bytes());
             }
             args.push(pw.as_bytes());
@@ -494,10 +494,9 @@ async fn login(d: &mut Diagnosis, resp: &mut Resp, limit: Duration) -> bool {
                     d.steps.push(Step::fail("auth", f, fix));
                     return false;
                 }
-                Ok(_) => d.steps.push(Step::ok(
-                    "auth",
-                    format!("as user {}", target.user().unwrap_or("default")),
-                )),
+                Ok(_) => d
+                    .steps
+                    .push(Step::ok("auth", format!("as user {}", target.user_shown()))),
             }
         }
     }

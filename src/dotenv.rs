@@ -27,6 +27,8 @@ use std::collections::HashMap;
 pub struct Entry {
     pub key: String,
     pub value: Option<String>,
+    /// The line the statement starts on.
+    pub line: usize,
 }
 
 /// A statement python-dotenv skips: the line it starts on and what is wrong with it.
@@ -108,7 +110,7 @@ pub fn parse(text: &str) -> Parsed {
             break;
         }
         let line = text[..r.pos].matches('\n').count() + 1;
-        match statement(&mut r) {
+        match statement(&mut r, line) {
             Ok(Some(entry)) => parsed.entries.push(entry),
             Ok(None) => {}
             Err(problem) => {
@@ -126,7 +128,7 @@ pub fn parse(text: &str) -> Parsed {
 
 /// One statement from the reader's position (whitespace already skipped): an entry, nothing
 /// for a comment line, or why it cannot be read.
-fn statement(r: &mut Reader) -> Result<Option<Entry>, &'static str> {
+fn statement(r: &mut Reader, line: usize) -> Result<Option<Entry>, &'static str> {
     if let Some(after) = r.rest().strip_prefix("export")
         && after.starts_with(blank)
     {
@@ -183,7 +185,7 @@ fn statement(r: &mut Reader) -> Result<Option<Entry>, &'static str> {
             });
         }
     }
-    Ok(key.map(|key| Entry { key, value }))
+    Ok(key.map(|key| Entry { key, value, line }))
 }
 
 fn value(r: &mut Reader) -> Result<String, &'static str> {
@@ -268,10 +270,13 @@ pub fn resolve(
     let mut values: Vec<(String, Option<String>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     for entry in entries {
+        // A key of the file without a value stands for "" (its default is not used).
         let resolved = entry.value.as_deref().map(|v| {
             interpolate(v, |name| match env(name) {
                 Some(v) => Some(v),
-                None => index.get(name).and_then(|&i| values[i].1.clone()),
+                None => index
+                    .get(name)
+                    .map(|&i| values[i].1.clone().unwrap_or_default()),
             })
         });
         match index.get(&entry.key) {
@@ -318,10 +323,19 @@ fn interpolate(value: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
 }
 
 /// Reads `path` into the environment: every key the environment does not already hold and
-/// that has a value. A missing file is nothing. An unreadable or non-UTF-8 file, or a line
-/// python-dotenv would skip, is an error naming the line and what is wrong on it (never
-/// its text).
+/// that has a value. A missing file (or a directory) is nothing, as for python-dotenv, and
+/// so is any file when `PYTHON_DOTENV_DISABLED` is true. An unreadable or non-UTF-8 file,
+/// a line python-dotenv would skip, or a setting `os.environ` refuses (a key with `=`, a
+/// NUL byte) is an error naming the line and what is wrong on it, never its text.
 pub fn load(path: &std::path::Path) -> Result<(), String> {
+    if std::env::var("PYTHON_DOTENV_DISABLED")
+        .is_ok_and(|v| ["1", "true", "t", "yes", "y"].contains(&v.to_lowercase().as_str()))
+    {
+        return Ok(());
+    }
+    if path.is_dir() {
+        return Ok(());
+    }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -333,7 +347,7 @@ pub fn load(path: &std::path::Path) -> Result<(), String> {
             .filter(|&&b| b == b'\n')
             .count()
             + 1;
-        format!("line {line} is not valid UTF-8 (python-dotenv stops there too)")
+        format!("line {line} is not valid UTF-8 (python-dotenv fails on it: UnicodeDecodeError)")
     })?;
     let parsed = parse(&text);
     if let Some(s) = parsed.skipped.first() {
@@ -342,12 +356,27 @@ pub fn load(path: &std::path::Path) -> Result<(), String> {
             s.line, s.problem
         ));
     }
-    for (key, value) in resolve(&parsed.entries, |k| std::env::var(k).ok()) {
+    let values = resolve(&parsed.entries, |k| std::env::var(k).ok());
+    for entry in &parsed.entries {
+        let bad_key = entry.key.contains(['=', '\0']);
+        let bad_value = values
+            .iter()
+            .any(|(k, v)| *k == entry.key && v.as_deref().is_some_and(|v| v.contains('\0')));
+        if bad_key || bad_value {
+            return Err(format!(
+                "line {}: {} (the app's load_dotenv fails on it: ValueError)",
+                entry.line,
+                if bad_key {
+                    "a key holds = or a NUL byte, which no environment variable may"
+                } else {
+                    "the value holds a NUL byte, which no environment variable may"
+                }
+            ));
+        }
+    }
+    for (key, value) in values {
         if let Some(value) = value
             && std::env::var_os(&key).is_none()
-            && !key.is_empty()
-            && !key.contains(['\0', '='])
-            && !value.contains('\0')
         {
             // SAFETY: called from `main` before any other thread exists.
             unsafe { std::env::set_var(&key, value) };
@@ -379,11 +408,13 @@ mod tests {
             [
                 Entry {
                     key: "A".into(),
-                    value: Some("1".into())
+                    value: Some("1".into()),
+                    line: 1
                 },
                 Entry {
                     key: "D".into(),
-                    value: Some("2".into())
+                    value: Some("2".into()),
+                    line: 6
                 }
             ]
         );

@@ -194,16 +194,16 @@ pub async fn open(
     let (mut conn, driver) =
         MultiplexedConnection::new_with_config(&settings, stream, config.clone()).await?;
     tokio::spawn(driver);
-    if let Some(password) = target.password() {
+    if let Some((user, password)) = target.auth() {
         let mut auth = redis::cmd("AUTH");
-        if let Some(user) = target.user() {
+        if let Some(user) = user {
             auth.arg(user);
         }
         auth.arg(password);
         match run(&mut conn, &auth).await {
             Ok(_) => {}
             Err(e)
-                if target.user().is_some()
+                if user.is_some()
                     && e.detail()
                         .is_some_and(|d| d.contains("wrong number of arguments")) =>
             {

@@ -22,6 +22,10 @@ fn scheme_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "+-.".contains(c)
 }
 
+/// Why `urlsplit` refuses a URL: a `[` or `]` that does not bracket an IPv6 address
+/// (Python raises "Invalid IPv6 URL"; in practice an unencoded bracket in a password).
+pub const BRACKETS: &str = "a [ or ] in the URL does not enclose an IPv6 address, so Python refuses the URL (Invalid IPv6 URL): percent-encode it in the password ([ as %5B, ] as %5D)";
+
 pub fn split(url: &str) -> Split<'_> {
     let mut rest = url;
     let mut raw_scheme = "";
@@ -52,6 +56,24 @@ pub fn split(url: &str) -> Split<'_> {
 }
 
 impl Split<'_> {
+    /// Python 3.11's check of the brackets in the network location: both or neither, and
+    /// the first pair enclosing an IPv6 address (or an `IPvFuture` starting with `v`).
+    pub fn check_brackets(&self) -> Result<(), &'static str> {
+        let (open, close) = (self.netloc.contains('['), self.netloc.contains(']'));
+        if open != close {
+            return Err(BRACKETS);
+        }
+        if open {
+            let inside = self.netloc.split_once('[').map_or("", |(_, r)| r);
+            let host = inside.split_once(']').map_or(inside, |(h, _)| h);
+            let host = host.split_once('%').map_or(host, |(h, _)| h);
+            if !(host.starts_with('v') || host.parse::<std::net::Ipv6Addr>().is_ok()) {
+                return Err(BRACKETS);
+            }
+        }
+        Ok(())
+    }
+
     /// `.username` and `.password`, still encoded: the user information is what comes before
     /// the last `@`, split at its first `:`. The password is `Some("")` for `user:@host`.
     pub fn userinfo(&self) -> (Option<&str>, Option<&str>) {

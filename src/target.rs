@@ -133,88 +133,130 @@ fn library(role: Role) -> &'static str {
     }
 }
 
-/// Query parameters the app's clients know that a probe has no use for, with why.
-const APP_ONLY: &[(&str, &str)] = &[
+/// The kinds of connection redis-py makes, as the bits of [`APP_ONLY`]'s masks: each
+/// class takes its own keyword arguments and refuses the others.
+const TCP: u8 = 1;
+const TLS: u8 = 2;
+const UNIX: u8 = 4;
+const ANY: u8 = TCP | TLS | UNIX;
+
+/// Query parameters the app's clients know that a probe has no use for, with why, and the
+/// connections redis-py 8.1 takes them for (elsewhere it refuses to connect).
+const APP_ONLY: &[(&str, &str, u8)] = &[
     (
         "socket_timeout",
         "the app's read timeout; a probe's is SIDECAR_PROBE_TIMEOUT",
+        ANY,
     ),
     (
         "socket_connect_timeout",
         "the app's connect timeout; a probe's is SIDECAR_PROBE_TIMEOUT",
-    ),
-    (
-        "timeout",
-        "the app's timeout; a probe's is SIDECAR_PROBE_TIMEOUT",
+        ANY,
     ),
     (
         "socket_keepalive",
         "the app's TCP keepalive; a probe uses its connection every interval",
+        TCP | TLS,
     ),
     (
         "socket_keepalive_options",
         "the app's TCP keepalive; a probe uses its connection every interval",
+        TCP | TLS,
     ),
     (
         "health_check_interval",
         "the app's idle check; a probe PINGs every interval",
+        ANY,
     ),
     (
         "max_connections",
         "the app's pool size; the sidecar holds at most 2 connections per Redis",
+        ANY,
     ),
     (
         "retry_on_timeout",
         "the app's retries; a probe reports a failure instead of hiding it",
+        ANY,
     ),
     (
         "retry_on_error",
         "the app's retries; a probe reports a failure instead of hiding it",
+        ANY,
     ),
     (
         "client_name",
         "the app's connection name; the sidecar names its own connections",
+        ANY,
     ),
     (
         "protocol",
         "the app's RESP version; the sidecar speaks RESP2, which every server answers",
+        ANY,
     ),
-    ("decode_responses", "how the app's client decodes replies"),
-    ("encoding", "how the app's client decodes replies"),
-    ("encoding_errors", "how the app's client decodes replies"),
-    ("socket_read_size", "the app's read buffer"),
-    ("legacy_responses", "how the app's client shapes replies"),
-    ("lib_name", "the app's CLIENT SETINFO"),
-    ("lib_version", "the app's CLIENT SETINFO"),
+    (
+        "decode_responses",
+        "how the app's client decodes replies",
+        ANY,
+    ),
+    ("encoding", "how the app's client decodes replies", ANY),
+    (
+        "encoding_errors",
+        "how the app's client decodes replies",
+        ANY,
+    ),
+    ("socket_read_size", "the app's read buffer", ANY),
+    (
+        "legacy_responses",
+        "how the app's client shapes replies",
+        ANY,
+    ),
+    ("lib_name", "the app's CLIENT SETINFO", ANY),
+    ("lib_version", "the app's CLIENT SETINFO", ANY),
     (
         "ssl_min_version",
         "the sidecar's TLS (rustls) speaks TLS 1.2 and 1.3 only",
+        TLS,
     ),
     (
         "ssl_ciphers",
         "the sidecar's TLS (rustls) uses its own safe cipher list",
+        TLS,
     ),
     (
         "ssl_include_verify_flags",
         "OpenSSL verify flags; rustls checks the chain its own way",
+        TLS,
     ),
     (
         "ssl_exclude_verify_flags",
         "OpenSSL verify flags; rustls checks the chain its own way",
+        TLS,
     ),
-    ("ssl_validate_ocsp", "OCSP is not checked by the sidecar"),
+    (
+        "ssl_validate_ocsp",
+        "OCSP is not checked by the sidecar",
+        TLS,
+    ),
     (
         "ssl_validate_ocsp_stapled",
         "OCSP is not checked by the sidecar",
+        TLS,
     ),
     (
         "ssl_ocsp_expected_cert",
         "OCSP is not checked by the sidecar",
+        TLS,
     ),
 ];
 
 /// Parameters kombu takes in a broker URL besides `ssl_*` (its `Connection` arguments).
-const KOMBU_ARGS: &[&str] = &["insist", "connect_timeout", "login_method", "heartbeat"];
+const KOMBU_ARGS: &[&str] = &[
+    "insist",
+    "connect_timeout",
+    "login_method",
+    "heartbeat",
+    "credential_provider",
+];
 
 /// The four TLS parameters Celery's Redis backend reads from a `rediss://` URL.
 const CELERY_SSL: &[&str] = &[
@@ -303,6 +345,11 @@ impl Target {
         let lib = library(role);
         let mut notes = Vec::new();
         let mut warnings = Vec::new();
+        if text.len() != input.len() {
+            warnings.push(format!(
+                "{variable}: the value has whitespace around it, which the sidecar strips and {lib} does not: the app would refuse the URL or misread its host"
+            ));
+        }
         let scheme = pyurl::split(text).scheme;
         if !text.contains("://") || scheme.is_empty() {
             return Err(UrlError(
@@ -328,12 +375,10 @@ impl Target {
             text = first;
         }
         let url = pyurl::split(text);
-        if role == Role::Cache
-            && ["redis", "rediss", "unix"].contains(&scheme.as_str())
-            && url.raw_scheme != scheme
-        {
+        url.check_brackets().map_err(|e| UrlError(e.to_string()))?;
+        if role != Role::Broker && url.raw_scheme != scheme {
             warnings.push(format!(
-                "{variable}: redis-py accepts the scheme only in lowercase ({scheme}://): the app's redis.from_url would refuse this URL"
+                "{variable}: {lib} accepts the scheme only in lowercase ({scheme}://): the app would refuse this URL"
             ));
         }
         let query = Query {
@@ -358,6 +403,11 @@ impl Target {
                 }
             }
         }
+        if user.is_some() && password.is_none() {
+            warnings.push(format!(
+                "{variable}: the URL has a user and no password, so {lib} logs in with the user and an empty password, and so does the sidecar (the user is shown as ***, in case it is a password written without the colon: redis://:PASSWORD@host)"
+            ));
+        }
         let address;
         let db: i64;
         match scheme.as_str() {
@@ -376,7 +426,10 @@ impl Target {
                         fallback.to_string()
                     }
                 };
-                if url.path.contains('@') || url.fragment.contains('@') {
+                if url.path.contains('@')
+                    || url.fragment.contains('@')
+                    || (url.hostname().is_none() && url.query.contains('@'))
+                {
                     return Err(UrlError("an @ after the host".into()));
                 }
                 let port = url
@@ -395,24 +448,14 @@ impl Target {
                         }
                         None => {
                             let digits = path.replace('/', "");
-                            if digits.is_empty() {
-                                0
-                            } else {
-                                match digits.trim().parse::<i64>() {
-                                    Ok(_) => parse_db(digits.trim())?,
-                                    Err(_) => {
-                                        parse_db(&digits).map(drop).or_else(|e| {
-                                            if e.0.starts_with("database \"") {
-                                                Ok(())
-                                            } else {
-                                                Err(e)
-                                            }
-                                        })?;
-                                        warnings.push(format!(
-                                            "{variable}: the path is not a database number, so redis-py ignores it and uses database 0, and so does the sidecar"
-                                        ));
-                                        0
-                                    }
+                            match digits.trim().parse::<i64>() {
+                                _ if digits.is_empty() => 0,
+                                Ok(_) => parse_db(digits.trim())?,
+                                Err(_) => {
+                                    warnings.push(format!(
+                                        "{variable}: the path is not a database number, so redis-py ignores it and uses database 0, and so does the sidecar"
+                                    ));
+                                    0
                                 }
                             }
                         }
@@ -463,6 +506,9 @@ impl Target {
                         "{variable}: Celery refuses {scheme}:// for a result backend: write redis+socket:///path/to/redis.sock?virtual_host=N"
                     )),
                 }
+                if url.path.contains('@') {
+                    return Err(UrlError("an @ in the socket path".into()));
+                }
                 let path = pyurl::unquote(url.path);
                 if path.is_empty() || path == "/" {
                     return Err(UrlError("the unix socket URL has no path".into()));
@@ -495,6 +541,9 @@ impl Target {
                     warnings.push(format!(
                         "{variable}: redis-py refuses redis+socket:// (a kombu and Celery form): write unix:///path/to/redis.sock?db=N"
                     ));
+                }
+                if url.path.contains('@') {
+                    return Err(UrlError("an @ in the socket path".into()));
                 }
                 let path = pyurl::unquote(url.path.strip_prefix('/').unwrap_or(url.path));
                 if path.is_empty() {
@@ -541,6 +590,11 @@ impl Target {
             ));
         }
         // Every other parameter: noted, warned about, never dropped silently.
+        let kind = match &address {
+            Address::Tcp { tls: None, .. } => TCP,
+            Address::Tcp { tls: Some(_), .. } => TLS,
+            Address::Unix { .. } => UNIX,
+        };
         for name in query.names() {
             if used.contains(&name) {
                 continue;
@@ -549,37 +603,48 @@ impl Target {
                 && !name.starts_with("ssl_")
                 && !KOMBU_ARGS.contains(&name)
                 && scheme != "redis+socket";
+            let known = APP_ONLY.iter().find(|(n, _, _)| *n == name);
             if refused_by_kombu {
                 warnings.push(format!(
                     "{variable}: kombu refuses the parameter {} in a broker URL (unexpected keyword argument), so the worker would not start: set it in broker_transport_options; the sidecar does not use it",
                     shown(name)
                 ));
-            } else if let Some((_, why)) = APP_ONLY.iter().find(|(n, _)| *n == name) {
-                notes.push(format!("{variable} ?{name}: not used by the probe ({why})"));
-            } else if KOMBU_ARGS.contains(&name) && role == Role::Broker {
-                notes.push(format!(
-                    "{variable} ?{name}: kombu's, not used by the probe"
-                ));
-            } else if name == "ssl_password" {
-                warnings.push(format!(
-                    "{variable}: an encrypted client key (ssl_password) is not supported: give the sidecar the key unencrypted"
-                ));
             } else if name == "credential_provider" {
                 warnings.push(format!(
                     "{variable}: the sidecar cannot run a Python credential_provider: it sends the URL's user and password"
                 ));
-            } else if name.starts_with("ssl_") {
+            } else if KOMBU_ARGS.contains(&name) && role == Role::Broker {
+                notes.push(format!(
+                    "{variable} ?{name}: kombu's, not used by the probe"
+                ));
+            } else if name == "virtual_host" && role == Role::ResultBackend {
+                notes.push(format!(
+                    "{variable} ?virtual_host: Celery ignores it here (the database is the path), and so does the sidecar"
+                ));
+            } else if let Some((_, why, kinds)) = known {
+                if kinds & kind != 0 {
+                    notes.push(format!("{variable} ?{name}: not used by the probe ({why})"));
+                } else {
+                    warnings.push(format!(
+                        "{variable}: redis-py refuses the parameter {} for this kind of connection (unexpected keyword argument), so the app could not connect; the sidecar does not use it",
+                        shown(name)
+                    ));
+                }
+            } else if name == "ssl_password" {
+                warnings.push(format!(
+                    "{variable}: an encrypted client key (ssl_password) is not supported: give the sidecar the key unencrypted"
+                ));
+            } else if name.starts_with("ssl_") && kind != TLS {
                 warnings.push(format!(
                     "{variable}: the parameter {} is not used here (TLS parameters apply to rediss:// only)",
                     shown(name)
                 ));
             } else {
                 let consequence = match role {
-                    Role::Cache => "redis-py would refuse to connect: unexpected keyword argument",
-                    Role::Broker => "redis-py would refuse to connect: unexpected keyword argument",
                     Role::ResultBackend => {
                         "Celery hands it to redis-py, which would refuse to connect: unexpected keyword argument"
                     }
+                    _ => "redis-py would refuse to connect: unexpected keyword argument",
                 };
                 warnings.push(format!(
                     "{variable}: unknown parameter {} ({consequence}); the sidecar does not use it",
@@ -675,8 +740,11 @@ impl Target {
             port,
             tls: None,
         };
-        let user = user.filter(|u| !u.is_empty()).map(str::to_string);
         let password = password.filter(|p| !p.is_empty()).map(str::to_string);
+        // Railway sets REDISUSER=default with or without a password: without one, no AUTH.
+        let user = user
+            .filter(|u| !u.is_empty() && password.is_some())
+            .map(str::to_string);
         let redacted = redact(&address, 0, user.as_deref(), password.is_some());
         Target {
             roles: vec![Role::Cache],
@@ -714,6 +782,25 @@ impl Target {
 
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
+    }
+
+    /// The user as messages show it: `***` when there is no password, since that "user" may
+    /// be a password written without its colon (`redis://PASSWORD@host`).
+    pub fn user_shown(&self) -> &str {
+        match (&self.user, &self.password) {
+            (Some(u), Some(_)) => u,
+            (Some(_), None) => "***",
+            (None, _) => "default",
+        }
+    }
+
+    /// What AUTH sends, as redis-py sends it: the user and the password, the password alone,
+    /// or the user and an empty password; `None` for no AUTH at all.
+    pub fn auth(&self) -> Option<(Option<&str>, &str)> {
+        match (self.user.as_deref(), self.password.as_deref()) {
+            (None, None) => None,
+            (user, password) => Some((user, password.unwrap_or(""))),
+        }
     }
 
     /// The password, for scrubbing it out of any text that came back from elsewhere.
@@ -902,7 +989,8 @@ fn parse_db(text: &str) -> Result<i64, UrlError> {
 fn redact(address: &Address, db: i64, user: Option<&str>, has_password: bool) -> String {
     let userinfo = match (user, has_password) {
         (Some(u), true) => format!("{u}:***@"),
-        (Some(u), false) => format!("{u}@"),
+        // A user without a password may be a password written without its colon.
+        (Some(_), false) => "***@".to_string(),
         (None, true) => ":***@".to_string(),
         (None, false) => String::new(),
     };
@@ -1212,6 +1300,66 @@ mod tests {
             "Celery refuses TLS parameters",
         );
         warned(Role::ResultBackend, "unix:///s", "Celery refuses unix://");
+        warned(
+            Role::ResultBackend,
+            "REDIS://h",
+            "Celery accepts the scheme only in lowercase",
+        );
+        warned(Role::Cache, " redis://h", "whitespace around it");
+        warned(
+            Role::Cache,
+            "redis://h?timeout=3",
+            "unknown parameter \"timeout\"",
+        );
+        warned(
+            Role::Cache,
+            "unix:///s?socket_keepalive=1",
+            "redis-py refuses the parameter \"socket_keepalive\" for this kind",
+        );
+        warned(
+            Role::Cache,
+            "redis://h?ssl_ciphers=x",
+            "redis-py refuses the parameter \"ssl_ciphers\"",
+        );
+        warned(
+            Role::Cache,
+            "rediss://h?ssl_ciphers=x",
+            "V ?ssl_ciphers: not used by the probe",
+        );
+        warned(
+            Role::ResultBackend,
+            "redis://h/1?virtual_host=2",
+            "Celery ignores it here",
+        );
+        warned(
+            Role::Broker,
+            "redis://h?credential_provider=x",
+            "cannot run a Python credential_provider",
+        );
+        // A "user" without a password may be the password: never shown.
+        warned(Role::Cache, "redis://s3cret@h", "a user and no password");
+        let t = Target::parse(Role::Cache, "redis://s3cret@h").unwrap();
+        assert_eq!(t.redacted(), "redis://***@h:6379/0");
+        assert_eq!(t.user_shown(), "***");
+        assert_eq!(t.auth(), Some((Some("s3cret"), "")));
+        assert_eq!(
+            Target::parse(Role::Cache, "redis://h").unwrap().auth(),
+            None
+        );
+        assert_eq!(
+            Target::parse(Role::Cache, "redis://:pw@h").unwrap().auth(),
+            Some((None, "pw"))
+        );
+        for bad in [
+            "redis://:s3c[ret@h:6379/0",
+            "redis://:s3[c]ret@h:6379/0",
+            "unix://:s3cr/et@/run/redis.sock",
+            "redis://:12?s3cret=x@h:6379/0",
+        ] {
+            let e = Target::parse(Role::Cache, bad).unwrap_err().0;
+            assert!(e.contains("percent-encode"), "{bad}: {e}");
+            assert!(!e.contains("s3c"), "{e}");
+        }
         let read = Target::read(Role::Broker, "V", "sentinel://:s3cret@h:26379").unwrap();
         assert!(read.target.is_none());
         // The broker's db comes from the path, as kombu's virtual host.

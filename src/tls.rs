@@ -52,16 +52,39 @@ fn label(r: &Roots) -> String {
     format!("the CA in {} ({})", r.path, r.origin)
 }
 
-/// The certificates of a PEM file, or of every PEM file in a directory (OpenSSL's
-/// `SSL_CERT_DIR` and redis-py's `ssl_ca_path`).
+/// True for the names OpenSSL looks certificates up by in a directory: the subject hash
+/// and a sequence number, `5ad8a5d6.0`.
+fn hashed_name(name: &str) -> bool {
+    name.split_once('.').is_some_and(|(hash, n)| {
+        hash.len() == 8
+            && hash.bytes().all(|b| b.is_ascii_hexdigit())
+            && !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// The certificates of a PEM file, or of a directory as OpenSSL reads one (`SSL_CERT_DIR`,
+/// redis-py's `ssl_ca_path`): only the files named by subject hash (`openssl rehash`), so
+/// that a directory the app's Python cannot use is not trusted here either.
 fn certificates(r: &Roots) -> Result<Vec<CertificateDer<'static>>, String> {
     let path = Path::new(&r.path);
     let files: Vec<std::path::PathBuf> = if path.is_dir() {
         let mut files: Vec<_> = std::fs::read_dir(path)
             .map_err(|e| format!("{} {}: cannot be read: {e}", r.origin, r.path))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
+            .filter(|p| {
+                p.is_file()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(hashed_name)
+            })
             .collect();
+        if files.is_empty() {
+            return Err(format!(
+                "{} {}: holds no certificate named by its subject hash (such as 5ad8a5d6.0), the only names OpenSSL, and so the app's Python, looks up: run `openssl rehash {}`",
+                r.origin, r.path, r.path
+            ));
+        }
         files.sort();
         files
     } else {

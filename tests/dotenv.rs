@@ -76,6 +76,7 @@ fn hand_written_traps_read_as_python_dotenv_reads_them() {
         "\u{feff}BOM=1\nDUP=first\nDUP=second\nREF=${DUP}\n",
         "'QUOTED KEY'=1\n\"DQ\"=2\nK='a'  # c\nURL=redis://:p%40ss@h:6379/0?ssl_ca_certs=/a b\n",
         "A=$\nB=${\nC=${}\nD=${A\nE=$${A}\nF=${A:b}\nG=${A:-}\nH=${ A }\n",
+        "K\nB=${K:-dflt}\nC=${NOPE:-dflt}\n",
         "P1=pa$$word\nP2=\"pa\\$word\"\nP3=pa\\ss\nP4=\"ends with backslash\\\\\"\n",
     ];
     compare(
@@ -160,6 +161,14 @@ fn a_dollar_password_from_dotenv_logs_in_and_a_bad_line_is_named() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("probe interval     7s"), "{text}");
     assert!(!text.contains(password), "{text}");
+    // As load_dotenv does, PYTHON_DOTENV_DISABLED turns the file off.
+    let out = support::command(&[("PYTHON_DOTENV_DISABLED", "True")], dir.path())
+        .arg("config")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("probe interval     5s"), "{text}");
+    assert!(text.contains("probing the local default"), "{text}");
 
     std::fs::write(&env_file, format!("{good}\nBROKEN=\"s3cret-value\" tail\n")).unwrap();
     let out = support::command(&[], dir.path())

@@ -377,7 +377,19 @@ fn a_missing_ca_file_is_a_configuration_error_naming_its_variable() {
     let junk = dir.path().join("junk.pem");
     std::fs::write(&junk, "not a certificate\n").unwrap();
     let junk = junk.to_str().unwrap();
+    // A directory of certificates not named by hash, which OpenSSL would not read either.
+    let unhashed = dir.path().join("unhashed");
+    std::fs::create_dir(&unhashed).unwrap();
+    std::fs::write(unhashed.join("ca.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let unhashed = unhashed.to_str().unwrap();
     for (env, want) in [
+        (
+            vec![
+                ("REDIS_URL", "rediss://:pw@h:6380/0".to_string()),
+                ("SSL_CERT_DIR", unhashed.to_string()),
+            ],
+            "SSL_CERT_DIR (--ssl-cert-dir): SSL_CERT_DIR",
+        ),
         (
             vec![(
                 "REDIS_URL",
