@@ -31,26 +31,10 @@
 
 pub mod celery;
 pub mod check;
-pub mod cli;
 pub mod config;
-pub mod diagnose;
-pub mod dotenv;
-pub mod failure;
-pub mod http;
-pub mod info;
-pub mod metrics;
-pub mod otel;
-pub mod pidbox;
-pub mod pool;
-pub mod probe;
-pub mod process;
-pub mod pyurl;
-pub mod resp;
-pub mod runner;
-pub mod snapshot;
-pub mod target;
+pub mod redis;
+pub mod serve;
 pub mod telemetry;
-pub mod tls;
 pub mod verdict;
 
 use std::future::Future;
@@ -67,11 +51,12 @@ use crate::celery::queues::QueueProbe;
 use crate::celery::runner::CeleryRunner;
 use crate::celery::subscriber::Subscriber;
 use crate::config::{CELERY_CHECK, Config};
-use crate::metrics::Metrics;
-use crate::pool::TargetPool;
-use crate::runner::Runner;
-use crate::snapshot::Snapshot;
-use crate::target::Role;
+use crate::redis::pool::TargetPool;
+use crate::redis::target::Role;
+use crate::serve::metrics::Metrics;
+use crate::serve::runner::Runner;
+use crate::serve::snapshot::Snapshot;
+use crate::serve::{http, runner};
 
 /// Serves until `shutdown` resolves: one runner task per Redis target, the Celery check
 /// and its event subscriber, the metrics renderer, and the HTTP server on `listener`. Used

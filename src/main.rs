@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use redis_celery_sidecar::cli::{Cli, Command};
+use redis_celery_sidecar::check;
+use redis_celery_sidecar::config::cli::{Cli, Command};
 use redis_celery_sidecar::config::{Config, ConfigError};
-use redis_celery_sidecar::{check, otel, telemetry};
+use redis_celery_sidecar::telemetry::{self, otel};
 
 const NAME: &str = env!("CARGO_PKG_NAME");
 
@@ -173,7 +174,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// `dotenv`): a missing file is fine; a file that cannot be read, or a line python-dotenv
 /// would skip, is a configuration error. No message quotes the file's lines.
 fn load_dotenv() -> Result<(), ConfigError> {
-    redis_celery_sidecar::dotenv::load(std::path::Path::new(".env"))
+    redis_celery_sidecar::config::dotenv::load(std::path::Path::new(".env"))
         .map_err(|problem| ConfigError::EnvFile { problem })
 }
 

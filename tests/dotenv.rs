@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use redis_celery_sidecar::dotenv;
+use redis_celery_sidecar::config::dotenv;
 use support::{Redis, TempDir, python};
 
 /// The environment both readers see: what `python()` sets, plus `extra`.

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use redis_celery_sidecar::celery::{event, kombu};
-use redis_celery_sidecar::cli::Settings;
+use redis_celery_sidecar::config::cli::Settings;
 use redis_celery_sidecar::config::{Config, parse_duration, unescape};
 
 const CASES: u32 = 512;
@@ -135,13 +135,13 @@ proptest! {
 
     #[test]
     fn info_parser_takes_any_text(text in texty(400), raw in bytes(400)) {
-        let _ = redis_celery_sidecar::info::parse(&text);
-        let _ = redis_celery_sidecar::info::parse(&String::from_utf8_lossy(&raw));
+        let _ = redis_celery_sidecar::redis::info::parse(&text);
+        let _ = redis_celery_sidecar::redis::info::parse(&String::from_utf8_lossy(&raw));
         // Known keys with hostile values.
         let keyed = format!(
             "# Server\r\nredis_version:{text}\r\nconnected_clients:{text}\r\nmaxmemory:{text}\r\nrole:{text}\r\nloading:{text}\r\nrejected_connections:{text}\r\n"
         );
-        let _ = redis_celery_sidecar::info::parse(&keyed);
+        let _ = redis_celery_sidecar::redis::info::parse(&keyed);
     }
 
     #[test]
@@ -152,7 +152,7 @@ proptest! {
             let (client, mut server) = tokio::io::duplex(4096);
             server.write_all(&payload).await.unwrap();
             drop(server);
-            let mut r = redis_celery_sidecar::resp::Resp::new(Box::new(client));
+            let mut r = redis_celery_sidecar::redis::resp::Resp::new(Box::new(client));
             // Read until an error (at the latest the end of the input).
             for _ in 0..600 {
                 if r.read().await.is_err() {
@@ -166,7 +166,7 @@ proptest! {
     fn pidbox_reply_filter_takes_arbitrary_bytes(payload in bytes(1024), body in json_value()) {
         let c = Config::from_settings(&Settings::default()).unwrap();
         let naming = kombu::Naming::new(&c.celery, 0);
-        let request = redis_celery_sidecar::pidbox::Request::ping(&naming);
+        let request = redis_celery_sidecar::check::pidbox::Request::ping(&naming);
         prop_assert!(request.answered_by(&payload).is_empty());
         // Any body under another ticket is never an answer.
         prop_assert!(request.answered_by(&envelope(&body, true)).is_empty());
@@ -175,7 +175,7 @@ proptest! {
     #[test]
     fn accept_encoding_takes_any_header(text in texty(80)) {
         if let Ok(h) = hyper::header::HeaderValue::from_str(&text) {
-            let _ = redis_celery_sidecar::http::accepts_gzip(Some(&h));
+            let _ = redis_celery_sidecar::serve::http::accepts_gzip(Some(&h));
         }
     }
 

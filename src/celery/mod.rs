@@ -12,6 +12,7 @@
 
 pub mod event;
 pub mod kombu;
+pub mod metrics;
 pub mod queues;
 pub mod runner;
 pub mod subscriber;
@@ -49,7 +50,7 @@ pub struct Subscription {
     /// When it last came up, or went down.
     pub since: Option<Instant>,
     /// Why it is down.
-    pub error: Option<crate::failure::Failure>,
+    pub error: Option<crate::redis::failure::Failure>,
     /// Messages received (undecodable ones included), undecodable messages skipped,
     /// worker events beyond the cap.
     pub messages: u64,

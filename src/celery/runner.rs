@@ -18,10 +18,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::Shared;
 use super::queues::{QueueObservation, QueueProbe};
 use crate::config::{CELERY_CHECK, CeleryConfig};
-use crate::failure::Failure;
-use crate::metrics::Metrics;
-use crate::runner::log_change;
-use crate::snapshot::{Publisher, Report, Reports, Status};
+use crate::redis::failure::Failure;
+use crate::serve::metrics::Metrics;
+use crate::serve::runner::log_change;
+use crate::serve::snapshot::{Publisher, Report, Reports, Status};
 use crate::verdict::{self, Cause, Seen};
 use tracing::Instrument;
 
@@ -103,9 +103,9 @@ impl CeleryRunner {
     }
 
     /// Probes the queues at once, then every interval, `offset` into it (see
-    /// [`crate::runner::ticks`]); judges workers every second and when one comes or goes.
+    /// [`crate::serve::runner::ticks`]); judges workers every second and when one comes or goes.
     pub async fn run(mut self, offset: Duration) {
-        let mut probe_tick = crate::runner::ticks(self.interval, offset);
+        let mut probe_tick = crate::serve::runner::ticks(self.interval, offset);
         self.probe_queues().await;
         self.publish();
         // In step with this prober's own ticks, not with the first prober's PINGs.
@@ -156,7 +156,7 @@ impl CeleryRunner {
             }
         };
         if let Err(f) = &result {
-            crate::otel::fail(&span, f);
+            crate::telemetry::otel::fail(&span, f);
         }
         let _inside = span.enter();
         let now = SystemTime::now();

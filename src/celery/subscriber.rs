@@ -19,11 +19,11 @@ use super::Shared;
 use super::event::{self, Event, WorkerKind};
 use super::kombu::{DecodeError, Naming};
 use super::workers::Applied;
-use crate::failure::{Failure, Phase};
-use crate::metrics::Metrics;
-use crate::otel;
-use crate::resp::{Reply, Resp};
-use crate::target::Target;
+use crate::redis::failure::{Failure, Phase};
+use crate::redis::resp::{Reply, Resp};
+use crate::redis::target::Target;
+use crate::serve::metrics::Metrics;
+use crate::telemetry::otel;
 use tracing::Instrument;
 
 /// How often the subscription is checked with a PING.
@@ -161,12 +161,12 @@ impl Subscriber {
                     }
                     Ok(Push::Pong) => pong_due = None,
                     Ok(Push::Error(text)) => {
-                        return Failure::from_redis(&crate::diagnose::server_error(&text), &self.target);
+                        return Failure::from_redis(&crate::check::diagnose::server_error(&text), &self.target);
                     }
                     Ok(Push::Other) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                         return Failure::new(
-                            crate::failure::Reason::Connect,
+                            crate::redis::failure::Reason::Connect,
                             format!("the event subscription to {} was closed", self.target.address()),
                         );
                     }
@@ -411,7 +411,7 @@ pub async fn subscribe_events(
 /// A connection to `target` (made as `check` makes it, and named), PSUBSCRIBEd to
 /// `pattern`; or why not, in `check`'s words. `limit` bounds each step.
 pub async fn subscribe(target: &Target, pattern: &[u8], limit: Duration) -> Result<Resp, Failure> {
-    let mut resp = crate::diagnose::link(target, limit).await?;
+    let mut resp = crate::check::diagnose::link(target, limit).await?;
     match tokio::time::timeout(limit, resp.command(&[b"PSUBSCRIBE", pattern])).await {
         Err(_) => Err(Failure::timeout(
             target,
@@ -420,7 +420,7 @@ pub async fn subscribe(target: &Target, pattern: &[u8], limit: Duration) -> Resu
         )),
         Ok(Err(e)) => Err(Failure::from_redis(&redis::RedisError::from(e), target)),
         Ok(Ok(Reply::Error(text))) => Err(Failure::from_redis(
-            &crate::diagnose::server_error(&text),
+            &crate::check::diagnose::server_error(&text),
             target,
         )),
         Ok(Ok(Reply::Array(Some(items))))
@@ -429,7 +429,7 @@ pub async fn subscribe(target: &Target, pattern: &[u8], limit: Duration) -> Resu
             Ok(resp)
         }
         Ok(Ok(other)) => Err(Failure::new(
-            crate::failure::Reason::Protocol,
+            crate::redis::failure::Reason::Protocol,
             format!(
                 "protocol: {} answered PSUBSCRIBE with {other:?}",
                 target.address()

@@ -1,14 +1,17 @@
-//! The `check` command: every target diagnosed once, step by step (see [`crate::diagnose`]),
+//! The `check` command: every target diagnosed once, step by step (see [`crate::check::diagnose`]),
 //! concurrently; a human report or JSON; exit 0 when everything is healthy, 1 otherwise.
+
+pub mod diagnose;
+pub mod pidbox;
 
 use std::fmt::Write as _;
 
 use serde_json::{Map, json};
 
 use crate::config::{CELERY_CHECK, Config};
-use crate::diagnose::{self, Diagnosis, Step, Verdict};
-use crate::failure::Reason;
+use crate::redis::failure::Reason;
 use crate::verdict::Finding;
+use diagnose::{Diagnosis, Step, Verdict};
 
 /// Diagnoses every target (the broker with Celery's steps; with `ping`, an active
 /// `inspect ping` too). Returns the exit code and the report to print.

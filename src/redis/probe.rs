@@ -6,11 +6,11 @@ use std::time::Duration;
 use redis::RedisError;
 use tokio::time::Instant;
 
-use crate::failure::{Failure, Phase, PhaseCell};
-use crate::info::{self, Info};
-use crate::otel;
-use crate::pool::{PoolState, TargetPool, connection_lost};
-use crate::target::Target;
+use crate::redis::failure::{Failure, Phase, PhaseCell};
+use crate::redis::info::{self, Info};
+use crate::redis::pool::{PoolState, TargetPool, connection_lost};
+use crate::redis::target::Target;
+use crate::telemetry::otel;
 use tracing::Instrument;
 
 /// What one successful probe saw.

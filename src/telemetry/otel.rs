@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{OtelConfig, OtlpProtocol, Sampler};
-use crate::failure::Failure;
-use crate::target::{Address, Target};
+use crate::redis::failure::Failure;
+use crate::redis::target::{Address, Target};
 
 /// The target of events meant only as span events (not log lines): the log filter turns
 /// it off, the trace layer keeps it.

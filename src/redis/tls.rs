@@ -15,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::target::{Roots, Tls};
+use crate::redis::target::{Roots, Tls};
 
 /// The label of the roots built into the binary.
 pub const BUILT_IN: &str = "the built-in Mozilla roots";

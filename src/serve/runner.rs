@@ -7,14 +7,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::failure::{Failure, Phase, Reason};
-use crate::info::Info;
-use crate::metrics::Metrics;
-use crate::otel;
-use crate::pool::{PoolState, TargetPool};
-use crate::probe::RedisProbe;
-use crate::snapshot::{Publisher, Report, Status};
-use crate::target::Target;
+use crate::redis::failure::{Failure, Phase, Reason};
+use crate::redis::info::Info;
+use crate::redis::pool::{PoolState, TargetPool};
+use crate::redis::probe::RedisProbe;
+use crate::redis::target::Target;
+use crate::serve::metrics::Metrics;
+use crate::serve::snapshot::{Publisher, Report, Status};
+use crate::telemetry::otel;
 use crate::verdict;
 use tracing::Instrument;
 

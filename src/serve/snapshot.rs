@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::failure::Failure;
+use crate::redis::failure::Failure;
 use crate::verdict::Finding;
 
 /// A check's health. Ordered: the overall status is the worst (greatest) of all checks.
@@ -329,7 +329,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::failure::Reason;
+    use crate::redis::failure::Reason;
 
     fn report(status: Status, finished: Instant) -> Report {
         Report {

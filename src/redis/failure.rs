@@ -11,7 +11,7 @@ use std::time::Duration;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use crate::config::show;
-use crate::target::{Address, Target};
+use crate::redis::target::{Address, Target};
 
 /// The `reason` label of `redis_probe_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -401,7 +401,7 @@ fn tls_failure(err: &rustls::Error, target: &Target) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::Role;
+    use crate::redis::target::Role;
 
     fn target(url: &str) -> Target {
         Target::parse(Role::Cache, url).unwrap()

@@ -75,7 +75,7 @@ mod tests {
 
     /// Real INFO text captured from redis-server 7.0.15 started with
     /// `--maxmemory 64mb --maxmemory-policy allkeys-lru`.
-    const REDIS_7: &str = include_str!("../tests/fixtures/info-redis-7.0.15.txt");
+    const REDIS_7: &str = include_str!("../../tests/fixtures/info-redis-7.0.15.txt");
 
     #[test]
     fn parses_real_info() {

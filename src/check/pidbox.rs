@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::celery::kombu::{self, Naming};
-use crate::failure::{Failure, Phase};
-use crate::target::Target;
+use crate::redis::failure::{Failure, Phase};
+use crate::redis::target::Target;
 
 const REPLY_EXCHANGE: &str = "reply.celery.pidbox";
 
@@ -155,7 +155,7 @@ pub async fn ping(
     let fail = |e: &RedisError| Failure::from_redis(e, target);
     let config = AsyncConnectionConfig::new().set_response_timeout(Some(window + limit));
     let mut conn =
-        match tokio::time::timeout(limit, crate::pool::open(&config, target, limit)).await {
+        match tokio::time::timeout(limit, crate::redis::pool::open(&config, target, limit)).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(fail(&e)),
             Err(_) => return Err(Failure::timeout(target, Phase::Connect, limit)),
@@ -272,8 +272,8 @@ async fn timed<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Settings;
     use crate::config::Config;
+    use crate::config::cli::Settings;
 
     fn naming(prefix: &str) -> Naming {
         let s = Settings {

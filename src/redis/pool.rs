@@ -17,9 +17,9 @@ use redis::{AsyncConnectionConfig, RedisError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::failure::{Failure, Phase, PhaseCell, Reason};
-use crate::otel;
-use crate::target::{Address, Target};
+use crate::redis::failure::{Failure, Phase, PhaseCell, Reason};
+use crate::redis::target::{Address, Target};
+use crate::telemetry::otel;
 use tracing::Instrument;
 
 /// Connections a target's pool may hold: the probe uses one at a time; the second lets a
@@ -135,10 +135,10 @@ impl bb8::ManageConnection for Manager {
     }
 }
 
-/// The byte stream to a target: TCP, a Unix socket, or TLS over TCP made by [`crate::tls`]
+/// The byte stream to a target: TCP, a Unix socket, or TLS over TCP made by [`crate::redis::tls`]
 /// (the same roots, client certificate and checks as `check`'s). Errors are the I/O errors
 /// the redis crate would have given, so that they are classified the same way.
-async fn stream(target: &Target) -> Result<Box<dyn crate::resp::Stream>, RedisError> {
+async fn stream(target: &Target) -> Result<Box<dyn crate::redis::resp::Stream>, RedisError> {
     match target.address() {
         Address::Unix { path } => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
         Address::Tcp { host, port, tls } => {
@@ -147,14 +147,14 @@ async fn stream(target: &Target) -> Result<Box<dyn crate::resp::Stream>, RedisEr
             let Some(tls) = tls else {
                 return Ok(Box::new(tcp));
             };
-            let client = crate::tls::client(tls).map_err(|problem| {
+            let client = crate::redis::tls::client(tls).map_err(|problem| {
                 RedisError::from((
                     redis::ErrorKind::InvalidClientConfig,
                     "TLS cannot be set up",
                     problem,
                 ))
             })?;
-            let name = crate::tls::server_name(host).ok_or_else(|| {
+            let name = crate::redis::tls::server_name(host).ok_or_else(|| {
                 RedisError::from((
                     redis::ErrorKind::InvalidClientConfig,
                     "not a name TLS can check",

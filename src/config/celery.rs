@@ -1,0 +1,176 @@
+//! The Celery settings: the broker, the queues, kombu's options when set, and what is
+//! healthy.
+
+use std::time::Duration;
+
+use super::{ConfigError, count, duration_or, invalid, non_empty, unescape, vars};
+use crate::config::cli::Settings;
+use crate::redis::target::{Role, Target};
+
+/// `CeleryConfig::broker` when the broker is not probed: Celery is not watched.
+pub const NO_BROKER: usize = usize::MAX;
+
+/// The name of the Celery check.
+pub const CELERY_CHECK: &str = "celery";
+
+/// How the sidecar reads Celery's keys and channels on the broker (kombu's transport
+/// options), and what it calls healthy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CeleryConfig {
+    /// Index in `Config::targets` of the broker: the `broker` role, else the cache;
+    /// [`NO_BROKER`] when the broker URL is one the sidecar does not probe (Sentinel).
+    pub broker: usize,
+    /// Queues watched whether or not a binding names them (`celery` always among them).
+    pub queues: Vec<String>,
+    pub min_workers: u32,
+    /// kombu's `global_keyprefix`, when set; else found on the broker.
+    pub keyprefix: Option<Vec<u8>>,
+    /// kombu's `sep`, when set; else found on the broker.
+    pub sep: Option<Vec<u8>>,
+    /// kombu's `priority_steps` (ascending), when set: only these count in a queue's
+    /// length. Else every key kombu can write a priority to counts.
+    pub priority_steps: Option<Vec<u32>>,
+    pub visibility_timeout: Duration,
+    pub heartbeat_misses: u32,
+    pub stall_after: Duration,
+    pub max_workers: usize,
+    pub forget_after: Duration,
+}
+
+pub(super) fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, ConfigError> {
+    let broker_given = s
+        .celery_broker_url
+        .as_deref()
+        .is_some_and(|t| !t.trim().is_empty());
+    let broker = match targets
+        .iter()
+        .position(|t| t.roles().contains(&Role::Broker))
+    {
+        Some(i) => i,
+        // A broker URL that is not probed (Sentinel): Celery is not watched, rather than
+        // watched on the cache, which is not where its keys are.
+        None if broker_given => NO_BROKER,
+        None => targets
+            .iter()
+            .position(|t| t.roles().contains(&Role::Cache))
+            .unwrap_or(0),
+    };
+    let mut queues = vec!["celery".to_string()];
+    if let Some(text) = non_empty(vars::CELERY_QUEUES, &s.celery_queues)? {
+        for q in text.split(',').map(str::trim).filter(|q| !q.is_empty()) {
+            if q.chars().any(char::is_control) || q.len() > 200 {
+                return Err(invalid(
+                    vars::CELERY_QUEUES,
+                    None,
+                    "a queue name must be at most 200 characters, none of them control characters",
+                ));
+            }
+            if !queues.iter().any(|known| known == q) {
+                queues.push(q.to_string());
+            }
+        }
+    }
+    let min_workers = count(
+        vars::CELERY_MIN_WORKERS,
+        &s.celery_min_workers,
+        1,
+        0,
+        100_000,
+    )? as u32;
+    let heartbeat_misses = count(
+        vars::CELERY_HEARTBEAT_MISSES,
+        &s.celery_heartbeat_misses,
+        2,
+        1,
+        100,
+    )? as u32;
+    let max_workers = count(
+        vars::CELERY_MAX_WORKERS,
+        &s.celery_max_workers,
+        256,
+        1,
+        100_000,
+    )? as usize;
+    let keyprefix = match &s.celery_keyprefix {
+        None => None,
+        Some(text) => unescape(text).map(Some).ok_or_else(|| {
+            invalid(
+                vars::CELERY_KEYPREFIX,
+                None,
+                "has a \\x escape that is not two hex digits",
+            )
+        })?,
+    };
+    let sep = match non_empty(vars::CELERY_SEP, &s.celery_sep)? {
+        None => None,
+        Some(text) => unescape(text).map(Some).ok_or_else(|| {
+            invalid(
+                vars::CELERY_SEP,
+                None,
+                "has a \\x escape that is not two hex digits",
+            )
+        })?,
+    };
+    let priority_steps = match non_empty(vars::CELERY_PRIORITY_STEPS, &s.celery_priority_steps)? {
+        None => None,
+        Some(text) => {
+            let steps: Option<Vec<u32>> = text
+                .split(',')
+                .map(|p| p.trim().parse::<u32>().ok().filter(|&p| p <= 255))
+                .collect();
+            match steps {
+                Some(steps)
+                    if !steps.is_empty()
+                        && steps.len() <= 256
+                        && steps.windows(2).all(|w| w[0] < w[1]) =>
+                {
+                    Some(steps)
+                }
+                _ => {
+                    return Err(invalid(
+                        vars::CELERY_PRIORITY_STEPS,
+                        Some(text),
+                        "is not an ascending comma list of priorities from 0 to 255, such as 0,3,6,9",
+                    ));
+                }
+            }
+        }
+    };
+    let visibility_timeout = duration_or(
+        vars::CELERY_VISIBILITY_TIMEOUT,
+        &s.celery_visibility_timeout,
+        "1h",
+    )?;
+    let stall_after = duration_or(vars::CELERY_STALL_AFTER, &s.celery_stall_after, "5m")?;
+    let forget_after = duration_or(vars::CELERY_FORGET_AFTER, &s.celery_forget_after, "10m")?;
+    for (var, value, d) in [
+        (
+            vars::CELERY_VISIBILITY_TIMEOUT,
+            &s.celery_visibility_timeout,
+            visibility_timeout,
+        ),
+        (vars::CELERY_STALL_AFTER, &s.celery_stall_after, stall_after),
+        (
+            vars::CELERY_FORGET_AFTER,
+            &s.celery_forget_after,
+            forget_after,
+        ),
+    ] {
+        if d < Duration::from_secs(1) {
+            return Err(invalid(var, value.as_deref(), "must be at least 1s"));
+        }
+    }
+    Ok(CeleryConfig {
+        broker,
+        queues,
+        min_workers,
+        keyprefix,
+        sep,
+        priority_steps,
+        visibility_timeout,
+        heartbeat_misses,
+        stall_after,
+        max_workers,
+        forget_after,
+    })
+}

@@ -1,0 +1,118 @@
+//! The effective configuration as `config` prints it.
+
+use super::*;
+
+impl Config {
+    /// The effective configuration as `config` prints it: secrets redacted.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let mut line = |k: &str, v: &str| out.push_str(&format!("{k:<18} {v}\n"));
+        for t in &self.targets {
+            line(
+                "target",
+                &format!("{:<34} {}", t.check_names().join(","), t.redacted()),
+            );
+        }
+        if self.default_target {
+            line("", "(no Redis variable set: probing the local default)");
+        }
+        for note in &self.ignored {
+            line("ignored", note);
+        }
+        for warning in &self.warnings {
+            line("warning", warning);
+        }
+        line("listen", &self.listen.to_string());
+        line("probe interval", &show(self.probe_interval));
+        line("probe timeout", &show(self.probe_timeout));
+        line("latency SLO", &show(self.latency_slo));
+        line("auth recheck", &show(self.auth_recheck));
+        line("ready checks", &self.ready_checks.join(","));
+        line("max connections", &self.max_connections.to_string());
+        line(
+            "auth token",
+            if self.auth_token.is_some() {
+                "set (***)"
+            } else {
+                "not set: /metrics and /healthz are open"
+            },
+        );
+        line(
+            "log format",
+            match self.log_format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            },
+        );
+        line("log filter", &self.log_filter);
+        let c = &self.celery;
+        line(
+            "celery broker",
+            self.targets
+                .get(c.broker)
+                .map_or("not watched (the broker URL is not probed)", |t| {
+                    t.redacted()
+                }),
+        );
+        line(
+            "celery queues",
+            &format!("{} (+ discovered)", c.queues.join(",")),
+        );
+        line("celery min workers", &c.min_workers.to_string());
+        let shown = |v: &Option<Vec<u8>>| match v {
+            Some(v) => format!("\"{}\"", escape(v)),
+            None => "found on the broker".to_string(),
+        };
+        line(
+            "celery keys",
+            &format!(
+                "prefix {}, sep {}, priority steps {}",
+                shown(&c.keyprefix),
+                shown(&c.sep),
+                match &c.priority_steps {
+                    Some(steps) => steps
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    None => "any (0 to 9)".to_string(),
+                }
+            ),
+        );
+        line(
+            "celery timing",
+            &format!(
+                "visibility timeout {}, dead after {} missed heartbeats, stalled after {}, forgotten after {}",
+                show(c.visibility_timeout),
+                c.heartbeat_misses,
+                show(c.stall_after),
+                show(c.forget_after)
+            ),
+        );
+        line("celery max workers", &c.max_workers.to_string());
+        match &self.otel {
+            None => line(
+                "traces",
+                "not exported (no OTLP endpoint, or OTEL_SDK_DISABLED)",
+            ),
+            Some(o) => {
+                let protocol = match o.protocol {
+                    OtlpProtocol::Grpc => "grpc",
+                    OtlpProtocol::HttpProtobuf => "http/protobuf",
+                };
+                line(
+                    "traces",
+                    &format!("{protocol} to {} (timeout {})", o.endpoint, show(o.timeout)),
+                );
+                line("service.name", &o.service_name);
+                let headers: Vec<String> =
+                    o.headers.iter().map(|(k, _)| format!("{k}=***")).collect();
+                if !headers.is_empty() {
+                    line("otlp headers", &headers.join(","));
+                }
+                line("sampler", &format!("{:?}", o.sampler));
+            }
+        }
+        out
+    }
+}

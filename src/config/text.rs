@@ -1,0 +1,80 @@
+//! Durations and byte strings as settings and messages write them.
+
+use std::time::Duration;
+
+/// Reads `\xNN` escapes (and `\\`); everything else is taken as UTF-8 bytes.
+pub fn unescape(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1)) {
+            (b'\\', Some(b'x')) => {
+                let hex = std::str::from_utf8(bytes.get(i + 2..i + 4)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 4;
+            }
+            (b'\\', Some(b'\\')) => {
+                out.push(b'\\');
+                i += 2;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Byte strings as sentences quote them: `"a", "\x06\x16"`.
+pub fn quoted<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> String {
+    items
+        .into_iter()
+        .map(|b| format!("\"{}\"", escape(b)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Bytes as `config` shows them: printable ASCII as is, others as `\xNN`.
+pub fn escape(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) && b != b'\\' {
+                (b as char).to_string()
+            } else {
+                format!("\\x{b:02x}")
+            }
+        })
+        .collect()
+}
+
+/// Parses `250us`, `500ms`, `1.5s`, `2m`, `1h`. A bare number has no unit and is refused.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "us" | "µs" => number / 1e6,
+        "ms" => number / 1e3,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return None,
+    };
+    if !seconds.is_finite() || seconds > 1e9 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(seconds))
+}
+
+/// A duration the way a person writes it: `500ms`, `5s`, `1.5s`.
+pub fn show(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}

@@ -1,0 +1,8 @@
+//! The server: runners probe on their interval and write to the snapshot and the metrics
+//! registry; HTTP answers from them alone.
+
+pub mod http;
+pub mod metrics;
+pub mod process;
+pub mod runner;
+pub mod snapshot;

@@ -1,0 +1,338 @@
+use super::*;
+
+const SLO: Duration = Duration::from_millis(100);
+const FAST: Duration = Duration::from_millis(1);
+
+fn judge(info: Info, roles: &[Role]) -> Judgement {
+    redis(FAST, Ok(&info), roles, SLO)
+}
+
+fn texts(j: &Judgement) -> Vec<&str> {
+    j.findings.iter().map(|f| f.text.as_str()).collect()
+}
+
+#[test]
+fn healthy_slow_and_info_refused() {
+    assert_eq!(
+        judge(Info::default(), &[Role::Cache]).status,
+        Status::Healthy
+    );
+    let at_slo = redis(SLO, Ok(&Info::default()), &[Role::Cache], SLO);
+    assert_eq!(at_slo.status, Status::Healthy, "at the SLO is not over it");
+    let slow = redis(
+        Duration::from_millis(150),
+        Ok(&Info::default()),
+        &[Role::Cache],
+        SLO,
+    );
+    assert_eq!(slow.status, Status::Degraded);
+    assert_eq!(
+        texts(&slow),
+        ["slow: PING took 150.0ms, over the 100ms latency SLO"]
+    );
+    assert_eq!(slow.findings[0].step, "ping");
+    let denied = Failure::new(Reason::Auth, "NOPERM: no info");
+    let j = redis(FAST, Err(&denied), &[Role::Cache], SLO);
+    assert_eq!(j.status, Status::Degraded);
+    assert!(j.findings[0].text.starts_with("INFO failed"));
+    assert_eq!(j.findings[0].fix, "grant the ACL user +info");
+}
+
+#[test]
+fn a_replica_is_unusable_where_celery_writes() {
+    let replica = Info {
+        role: Some("slave".into()),
+        ..Info::default()
+    };
+    let j = judge(replica.clone(), &[Role::Cache]);
+    assert_eq!(j.status, Status::Degraded);
+    assert!(texts(&j)[0].starts_with("a replica: reads work"));
+    for (roles, starts) in [
+        (
+            &[Role::Cache, Role::Broker][..],
+            "a read-only replica is the Celery broker",
+        ),
+        (
+            &[Role::ResultBackend][..],
+            "a read-only replica is the Celery result backend",
+        ),
+    ] {
+        let j = judge(replica.clone(), roles);
+        assert_eq!(j.status, Status::Unhealthy);
+        let cause = j.error.unwrap();
+        assert_eq!(cause.failure.reason, Reason::Other);
+        assert!(cause.failure.message.starts_with(starts), "{cause:?}");
+        assert!(cause.fix.starts_with("point CELERY_"), "{cause:?}");
+    }
+    let loading = Info {
+        loading: Some(true),
+        ..Info::default()
+    };
+    let j = judge(loading, &[Role::Cache]);
+    assert_eq!(j.status, Status::Unhealthy);
+    assert!(j.error.unwrap().failure.message.starts_with("LOADING"));
+}
+
+#[test]
+fn limits_eviction_and_persistence() {
+    let info = Info {
+        connected_clients: Some(95),
+        maxclients: Some(100),
+        used_memory_bytes: Some(95 << 20),
+        maxmemory_bytes: Some(100 << 20),
+        maxmemory_policy: Some("allkeys-lru".into()),
+        rdb_last_bgsave_status: Some("err".into()),
+        ..Info::default()
+    };
+    let j = judge(info.clone(), &[Role::Broker]);
+    assert_eq!(j.status, Status::Degraded);
+    assert_eq!(
+        texts(&j),
+        [
+            "95 of 100 clients: near maxclients",
+            "memory 95.0 MiB of 100.0 MiB: near maxmemory, keys are evicted (allkeys-lru)",
+            "a Celery broker with maxmemory-policy allkeys-lru",
+            "the last RDB save failed",
+        ]
+    );
+    // The eviction policy matters only for a broker.
+    let j = judge(info, &[Role::Cache]);
+    assert!(!texts(&j).iter().any(|t| t.contains("Celery broker")));
+    // Without a memory limit, no policy evicts anything.
+    let unlimited = Info {
+        used_memory_bytes: Some(1 << 20),
+        maxmemory_bytes: Some(0),
+        maxmemory_policy: Some("allkeys-lru".into()),
+        ..Info::default()
+    };
+    assert_eq!(judge(unlimited, &[Role::Broker]).status, Status::Healthy);
+}
+
+mod celery {
+    use super::super::*;
+    use crate::celery::queues::QueueState;
+
+    fn config() -> CeleryConfig {
+        crate::config::Config::from_settings(&crate::config::cli::Settings::default())
+            .unwrap()
+            .celery
+    }
+
+    fn obs() -> QueueObservation {
+        QueueObservation {
+            queues: vec![QueueState {
+                name: "celery".into(),
+                length: 1,
+                oldest_age: Some(Duration::from_secs(1)),
+                oldest_task: Some("tasks.add".into()),
+                idle: Some(Duration::from_secs(1)),
+                error: None,
+                unbound: false,
+                stranded: 0,
+            }],
+            unacked: 0,
+            oldest_reservation: None,
+            orphaned: 0,
+            round_trip: Duration::from_millis(1),
+            bad_messages: vec![],
+            left_out: 0,
+            discovered: true,
+            layout: Default::default(),
+        }
+    }
+
+    fn seen<'a>(alive: usize, down: &'a [&'a str]) -> Seen<'a> {
+        Seen {
+            subscribed: true,
+            cause: None,
+            held: true,
+            in_grace: false,
+            alive,
+            down,
+            channel: "/0.celeryev/*",
+        }
+    }
+
+    fn run(s: &Seen, o: Result<QueueObservation, Failure>) -> Judgement {
+        celery(
+            &config(),
+            "redis://h:6379/0",
+            Duration::from_millis(100),
+            None,
+            &o,
+            s,
+        )
+    }
+
+    fn error(j: &Judgement) -> &str {
+        j.error.as_ref().map_or("", |c| c.failure.message.as_str())
+    }
+
+    #[test]
+    fn healthy_with_enough_workers_and_moving_queues() {
+        let j = run(&seen(1, &[]), Ok(obs()));
+        assert_eq!((j.status, j.findings.len()), (Status::Healthy, 0));
+    }
+
+    #[test]
+    fn an_unusable_or_unreadable_broker_is_unhealthy_with_its_cause() {
+        let f = Failure::new(Reason::Connect, "connection refused by h:6379");
+        let j = run(&seen(1, &[]), Err(f.clone()));
+        assert_eq!(j.status, Status::Unhealthy);
+        assert_eq!(j.error.as_ref().unwrap().failure.reason, Reason::Connect);
+        assert_eq!(
+            error(&j),
+            "the broker's queues cannot be read: connection refused by h:6379"
+        );
+        // The broker's own Redis check failed: that cause, as `check` gives it.
+        let broker = Cause::new("info", f, "start Redis");
+        let j = celery(
+            &config(),
+            "redis://h:6379/0",
+            Duration::from_millis(100),
+            Some(&broker),
+            &Ok(obs()),
+            &seen(1, &[]),
+        );
+        assert_eq!(
+            error(&j),
+            "the broker is not usable: connection refused by h:6379"
+        );
+        assert_eq!(j.error.unwrap().fix, "start Redis");
+    }
+
+    #[test]
+    fn too_few_workers() {
+        let j = run(&seen(0, &[]), Ok(obs()));
+        assert_eq!(j.status, Status::Unhealthy);
+        assert!(error(&j).starts_with("no Celery worker is alive"));
+        let j = run(&seen(0, &["w1@a", "w2@b"]), Ok(obs()));
+        assert_eq!(
+            error(&j),
+            "only 0 of the required 1 Celery workers are alive; down: w1@a, w2@b"
+        );
+        let mut s = seen(0, &[]);
+        s.in_grace = true;
+        let j = run(&s, Ok(obs()));
+        assert_eq!(j.status, Status::Degraded);
+        assert!(
+            j.findings[0]
+                .text
+                .starts_with("waiting for worker heartbeats")
+        );
+    }
+
+    #[test]
+    fn a_lost_subscription_is_stale_not_zero_and_a_refused_one_is_unhealthy() {
+        let lost = Failure::new(Reason::Connect, "connection reset");
+        let s = Seen {
+            subscribed: false,
+            cause: Some(&lost),
+            held: true,
+            in_grace: false,
+            alive: 0,
+            down: &[],
+            channel: "/0.celeryev/*",
+        };
+        let j = run(&s, Ok(obs()));
+        assert_eq!(j.status, Status::Degraded);
+        assert!(j.findings[0].text.starts_with(
+            "worker data is stale: the event subscription is down (connection reset)"
+        ));
+        // Never up: not stale (there never was data), and not yet a failure.
+        let j = run(&Seen { held: false, ..s }, Ok(obs()));
+        assert_eq!(j.status, Status::Degraded);
+        assert!(j.findings[0].text.starts_with("no worker data yet"));
+        // Refused by the ACL: a setting to change, unhealthy while workers are required.
+        let refused = Failure::new(Reason::Auth, "NOPERM: no channels");
+        let s = Seen {
+            cause: Some(&refused),
+            held: false,
+            ..s
+        };
+        let j = run(&s, Ok(obs()));
+        assert_eq!(j.status, Status::Unhealthy);
+        let cause = j.error.unwrap();
+        assert_eq!(cause.failure.reason, Reason::Auth);
+        assert_eq!(
+            cause.failure.message,
+            "the Celery event channels cannot be subscribed: NOPERM: no channels"
+        );
+        assert!(cause.fix.contains("+psubscribe"));
+        let mut c = config();
+        c.min_workers = 0;
+        let j = celery(&c, "", Duration::from_millis(100), None, &Ok(obs()), &s);
+        assert_eq!(j.status, Status::Degraded, "no worker required");
+    }
+
+    #[test]
+    fn stalls_orphans_and_slowness_degrade() {
+        // An old front alone (a low priority waiting while higher ones drain) is no stall.
+        let mut o = obs();
+        o.queues[0].oldest_age = Some(Duration::from_secs(3000));
+        assert_eq!(run(&seen(2, &[]), Ok(o.clone())).status, Status::Healthy);
+        // Nothing taken for longer than the stall window is, workers or not.
+        o.queues[0].idle = Some(Duration::from_secs(301));
+        let j = run(&seen(2, &[]), Ok(o.clone()));
+        assert_eq!(j.status, Status::Degraded);
+        assert_eq!(
+            j.findings[0].text,
+            "queue celery is stalled: nothing has been taken from it for 5m01s while 1 task(s) wait (the oldest: tasks.add); 2 worker(s) are alive: none consumes this queue (check the workers' -Q), or they lost their broker connection"
+        );
+        assert_eq!(
+            j.findings[0].fix,
+            "start a worker for this queue (celery worker -Q celery), or restart the workers"
+        );
+        let mut c = config();
+        c.min_workers = 0;
+        let j = celery(
+            &c,
+            "",
+            Duration::from_millis(100),
+            None,
+            &Ok(o),
+            &seen(0, &[]),
+        );
+        assert!(
+            j.findings[0].text.ends_with("; no worker is alive"),
+            "{j:?}"
+        );
+        let mut o = obs();
+        o.orphaned = 3;
+        let j = run(&seen(1, &[]), Ok(o));
+        assert_eq!(j.status, Status::Degraded);
+        assert!(
+            j.findings[0]
+                .text
+                .starts_with("3 reservation(s) are older than the visibility timeout (1h00m)"),
+            "{j:?}"
+        );
+        let mut o = obs();
+        o.round_trip = Duration::from_millis(250);
+        let j = run(&seen(1, &[]), Ok(o));
+        assert_eq!(j.status, Status::Degraded);
+        assert!(
+            j.findings[0]
+                .text
+                .starts_with("slow: the queue pipeline took 250.0ms")
+        );
+    }
+
+    #[test]
+    fn lost_bindings_stranded_tasks_contradictions_and_the_cap_are_said() {
+        let mut o = obs();
+        o.queues[0].unbound = true;
+        o.queues[0].stranded = 4;
+        o.layout
+            .contradictions
+            .push(("SIDECAR_CELERY_SEP is".into(), "unset it".into()));
+        o.left_out = 1002;
+        let j = run(&seen(1, &[]), Ok(o));
+        assert_eq!(j.status, Status::Degraded);
+        let texts: Vec<&str> = j.findings.iter().map(|f| f.text.as_str()).collect();
+        assert!(texts[0].starts_with("queue celery holds 5 task(s) but its binding set is gone"));
+        assert!(texts[1].starts_with("queue celery holds 4 task(s) under priority steps"));
+        assert_eq!(texts[2], "SIDECAR_CELERY_SEP is");
+        assert!(texts[3].starts_with("1002 queue(s) are not watched"));
+    }
+}
