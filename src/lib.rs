@@ -3,29 +3,41 @@
 //!
 //! # Layout
 //!
-//! The data flows down this list:
+//! Folders by layer, from the bottom; a module imports only from its own layer and the
+//! ones above it in this list (`lib.rs` and `main.rs` assemble them):
 //!
-//! - [`cli`]: the command line; every setting is a flag with an environment twin.
-//! - [`dotenv`]: `.env` read as python-dotenv reads it, before the command line.
-//! - [`config`]: those settings validated once into typed values (errors name the variable).
-//! - [`target`]: one Redis server and database, its roles, its URL (shown only redacted),
-//!   read as redis-py, kombu or Celery reads it, taken apart by [`pyurl`] as Python does.
-//! - [`tls`]: TLS for `rediss://`: built-in and private roots, client certificates.
-//! - [`pool`]: a bb8 pool per target whose manager remembers why a connect failed.
-//! - [`probe`]: the Redis probe: PING timed, INFO parsed by [`info`], pool state.
-//! - [`failure`]: why a probe failed: a fixed `reason` label and a sentence to act on.
+//! - [`text`]: durations, times and byte strings as settings and messages write them.
+//! - [`redis`]: Redis itself. [`redis::target`] is one server and database, its roles and
+//!   its URL (shown only redacted), read as redis-py, kombu or Celery reads it
+//!   ([`redis::target`]'s `url` and `ssl`), taken apart by [`redis::pyurl`] as Python's
+//!   urllib does; [`redis::tls`] makes TLS (built-in and private roots, client
+//!   certificates); [`redis::pool`] is a bb8 pool per target whose manager remembers why a
+//!   connect failed; [`redis::probe`] times PING and reads INFO ([`redis::info`]);
+//!   [`redis::failure`] says why something failed (a fixed `reason` and a sentence);
+//!   [`redis::resp`] is a minimal RESP client (`check`'s and the event subscription's);
+//!   [`redis::span`] traces each command.
+//! - [`config`]: the settings. [`config::cli`] is the command line (every setting a flag
+//!   with an environment twin, named once in [`config::vars`]); [`config::dotenv`] reads
+//!   `.env` as python-dotenv does; `config` validates everything once into typed values
+//!   (the targets, the Celery and OTLP settings; errors name the variable) and describes
+//!   it for `config`.
+//! - [`celery`]: Celery through the broker. [`celery::kombu`] names kombu's keys and
+//!   channels; [`celery::queues`] reads queues and reservations (and finds kombu's layout);
+//!   [`celery::subscriber`] hears the events ([`celery::event`]) into the worker table
+//!   ([`celery::workers`]) and task book ([`celery::tasks`]); [`celery::metrics`] holds its
+//!   metric families.
 //! - [`verdict`]: the one judgement of a Redis target and of the Celery check, shared by
 //!   the server and `check`.
-//! - [`runner`]: interval, timeout, timing; writes each result to the snapshot and metrics.
-//! - [`snapshot`]: the latest report per check; freshness and status decided when read.
-//! - [`celery`]: Celery through the broker: queue probe, event subscriber, the check.
-//! - [`metrics`]: the Prometheus registry; [`process`]: the `process_*` metrics.
-//! - [`otel`]: OTLP trace export through a bounded queue, and the command spans.
-//! - [`http`]: `/livez`, `/readyz`, `/healthz`, `/metrics`, answered from the snapshot only.
-//! - [`check`]: the `check` command, one diagnosis per target; [`diagnose`] walks a target
-//!   step by step over [`resp`], a minimal RESP client (also the Celery event
-//!   subscription's), and [`pidbox`] asks the workers `inspect ping`.
-//! - [`telemetry`]: the log subscriber, text or JSON.
+//! - [`check`]: the `check` command, one diagnosis per target: [`check::diagnose`] walks a
+//!   target step by step (its `connect` and `celery` steps), [`check::pidbox`] asks the
+//!   workers `inspect ping`.
+//! - [`telemetry`]: the log subscriber, text or JSON, and [`telemetry::otel`], OTLP trace
+//!   export through a bounded queue.
+//! - [`serve`]: the server. [`serve::runner`] probes a Redis target every interval under
+//!   the timeout and [`serve::celery`] runs the Celery check; both write the
+//!   [`serve::snapshot`] (the latest report per check; freshness and status decided when
+//!   read) and the [`serve::metrics`] registry (with [`serve::process`]'s `process_*`);
+//!   [`serve::http`] answers `/livez`, `/readyz`, `/healthz` and `/metrics` from them only.
 //!
 //! Probes write, HTTP reads: no request ever waits on Redis.
 
@@ -35,6 +47,7 @@ pub mod config;
 pub mod redis;
 pub mod serve;
 pub mod telemetry;
+pub mod text;
 pub mod verdict;
 
 use std::future::Future;
@@ -48,11 +61,11 @@ use tokio::sync::Notify;
 use crate::celery::Shared;
 use crate::celery::kombu::Naming;
 use crate::celery::queues::QueueProbe;
-use crate::celery::runner::CeleryRunner;
 use crate::celery::subscriber::Subscriber;
 use crate::config::{CELERY_CHECK, Config};
 use crate::redis::pool::TargetPool;
 use crate::redis::target::Role;
+use crate::serve::celery::CeleryRunner;
 use crate::serve::metrics::Metrics;
 use crate::serve::runner::Runner;
 use crate::serve::snapshot::Snapshot;
@@ -177,10 +190,11 @@ pub fn assemble(config: &Config, celery: bool) -> Parts {
             );
             let subscriber = Subscriber::new(
                 broker.clone(),
+                crate::check::diagnose::link_boxed,
                 c.keyprefix.is_some(),
                 shared,
                 changed,
-                metrics.clone(),
+                metrics.celery.clone(),
                 config.probe_timeout,
             );
             Some((runner, subscriber))

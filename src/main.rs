@@ -111,7 +111,7 @@ async fn serve(config: Config) -> ExitCode {
             check = %t.check_names().join(","),
             endpoint = t.redacted(),
             "probing every {}",
-            redis_celery_sidecar::config::show(config.probe_interval)
+            redis_celery_sidecar::text::show(config.probe_interval)
         );
     }
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "listening");

@@ -9,13 +9,36 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::celery::queues::QueueObservation;
-use crate::celery::runner::human;
 use crate::config::CeleryConfig;
-use crate::config::show;
 use crate::redis::failure::{Failure, Reason};
 use crate::redis::info::Info;
 use crate::redis::target::Role;
-use crate::serve::snapshot::Status;
+use crate::text::human;
+use crate::text::show;
+
+/// A check's health. Ordered: the overall status is the worst (greatest) of all checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Healthy => "healthy",
+            Status::Degraded => "degraded",
+            Status::Unhealthy => "unhealthy",
+        }
+    }
+
+    /// The value of `sidecar_check_status`.
+    pub fn code(self) -> i64 {
+        self as i64
+    }
+}
 
 /// Something wrong that does not stop the check working (it is degraded), and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -10,8 +10,9 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use redis_celery_sidecar::celery::{event, kombu};
+use redis_celery_sidecar::config::Config;
 use redis_celery_sidecar::config::cli::Settings;
-use redis_celery_sidecar::config::{Config, parse_duration, unescape};
+use redis_celery_sidecar::text::{parse_duration, unescape};
 
 const CASES: u32 = 512;
 

@@ -303,4 +303,3 @@ impl CeleryMetrics {
         let _ = self.queues_left_out.remove_label_values(&[] as &[&str]);
     }
 }
-

@@ -7,14 +7,14 @@
 //! - [`tasks`]: task events turned into counter labels, bounded (pure).
 //! - [`queues`]: the queue probe, one pipelined round trip per cycle.
 //! - [`subscriber`]: the pub/sub connection that feeds [`Shared`].
-//! - [`runner`]: the `celery` check: probes the queues on the probe interval, re-judges
-//!   the workers every second, writes the snapshot and metrics.
+//! - [`metrics`]: Celery's metric families, set from what the two above observe.
+//!
+//! The `celery` check that runs them is the server's (`crate::serve::celery`).
 
 pub mod event;
 pub mod kombu;
 pub mod metrics;
 pub mod queues;
-pub mod runner;
 pub mod subscriber;
 pub mod tasks;
 pub mod workers;

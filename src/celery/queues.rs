@@ -31,6 +31,9 @@
 //! emptied) or the queue getting shorter; a stall is judged on that, not on the age of one
 //! low-priority key that waits while higher priorities drain. Both start at 0 when the
 //! sidecar starts, with the precision of one probe interval.
+//!
+//! About 650 lines: `probe` reads one cycle in the order the broker is asked, kept in one
+//! function so that the order reads top to bottom; discovery and the cap live beside it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -42,10 +45,10 @@ use redis::{RedisError, Value};
 use tokio::time::Instant;
 
 use super::kombu::{self, DEFAULT_SEP, DecodeError, Naming};
-use crate::config::{escape, quoted};
 use crate::redis::failure::{Failure, Phase, PhaseCell};
 use crate::redis::pool::TargetPool;
-use crate::telemetry::otel;
+use crate::redis::span as otel;
+use crate::text::{escape, quoted};
 use tracing::Instrument;
 
 mod choose;

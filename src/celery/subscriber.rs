@@ -18,12 +18,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::Shared;
 use super::event::{self, Event, WorkerKind};
 use super::kombu::{DecodeError, Naming};
+use super::metrics::CeleryMetrics;
 use super::workers::Applied;
+use crate::redis::failure::server_error;
 use crate::redis::failure::{Failure, Phase};
 use crate::redis::resp::{Reply, Resp};
+use crate::redis::span as otel;
 use crate::redis::target::Target;
-use crate::serve::metrics::Metrics;
-use crate::telemetry::otel;
 use tracing::Instrument;
 
 /// How often the subscription is checked with a PING.
@@ -50,15 +51,26 @@ fn next_backoff(current: Duration, held: Option<Duration>) -> (Duration, Duratio
     (wait, (wait * 2).min(BACKOFF_MAX))
 }
 
+/// Opens a raw connection to a target, logged in and named: the server and `check` pass
+/// `check`'s own (`crate::check::diagnose::link_boxed`), so that a failure is told in the
+/// words of `check`'s step that failed.
+pub type Link = for<'a> fn(
+    &'a Target,
+    Duration,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Resp, Failure>> + Send + 'a>,
+>;
+
 pub struct Subscriber {
     target: Target,
+    link: Link,
     /// The key prefix is set (SIDECAR_CELERY_KEYPREFIX): only its channels are subscribed;
     /// else every prefix's, and those of the prefix the queue probe found are kept.
     prefix_set: bool,
     shared: Arc<Mutex<Shared>>,
     /// Wakes the celery runner when a worker comes or goes.
     changed: Arc<Notify>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<CeleryMetrics>,
     timeout: Duration,
     last_log: Option<Instant>,
     unlogged: u64,
@@ -67,14 +79,16 @@ pub struct Subscriber {
 impl Subscriber {
     pub fn new(
         target: Target,
+        link: Link,
         prefix_set: bool,
         shared: Arc<Mutex<Shared>>,
         changed: Arc<Notify>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<CeleryMetrics>,
         timeout: Duration,
     ) -> Subscriber {
         Subscriber {
             target,
+            link,
             prefix_set,
             shared,
             changed,
@@ -123,9 +137,15 @@ impl Subscriber {
                 );
             }
         }
-        let subscribed = subscribe_events(&self.target, &naming, self.prefix_set, self.timeout)
-            .instrument(span.clone())
-            .await;
+        let subscribed = subscribe_events(
+            &self.target,
+            self.link,
+            &naming,
+            self.prefix_set,
+            self.timeout,
+        )
+        .instrument(span.clone())
+        .await;
         let (mut resp, mut narrow) = match subscribed {
             Err(f) => {
                 command.failed(&f);
@@ -161,7 +181,7 @@ impl Subscriber {
                     }
                     Ok(Push::Pong) => pong_due = None,
                     Ok(Push::Error(text)) => {
-                        return Failure::from_redis(&crate::check::diagnose::server_error(&text), &self.target);
+                        return Failure::from_redis(&server_error(&text), &self.target);
                     }
                     Ok(Push::Other) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -226,7 +246,7 @@ impl Subscriber {
         s.error = None;
         s.connects += 1;
         drop(shared);
-        self.metrics.celery.set_subscribed(true);
+        self.metrics.set_subscribed(true);
         self.changed.notify_one();
     }
 
@@ -248,7 +268,7 @@ impl Subscriber {
                 why.message
             );
         }
-        self.metrics.celery.set_subscribed(false);
+        self.metrics.set_subscribed(false);
         self.changed.notify_one();
     }
 
@@ -269,7 +289,7 @@ impl Subscriber {
             }
             shared.subscription.messages += 1;
         }
-        self.metrics.celery.event_received();
+        self.metrics.event_received();
         let events = match event::decode(payload) {
             Ok(events) => events,
             Err(e) => return self.skip(channel, &e, now),
@@ -288,7 +308,7 @@ impl Subscriber {
                         Applied::Added { evicted } => {
                             changed = true;
                             if let Some(name) = evicted {
-                                self.metrics.celery.forget_worker(&name);
+                                self.metrics.forget_worker(&name);
                             }
                         }
                         Applied::Updated => {
@@ -296,14 +316,14 @@ impl Subscriber {
                         }
                         Applied::Untracked => {
                             shared.subscription.untracked += 1;
-                            self.metrics.celery.untracked();
+                            self.metrics.untracked();
                         }
                         Applied::Ignored => {}
                     }
                 }
                 Ok(Event::Task(t)) => {
                     let count = shared.book.record(&t);
-                    self.metrics.celery.record_task(&count);
+                    self.metrics.record_task(&count);
                 }
                 Ok(Event::Other) => {}
                 Err(e) => skipped.push(e),
@@ -321,7 +341,7 @@ impl Subscriber {
     /// Counts an undecodable message (or event of a batch); logs at most once a minute,
     /// never the payload.
     fn skip(&mut self, channel: &[u8], e: &DecodeError, now: Instant) {
-        self.metrics.celery.decode_error("events");
+        self.metrics.decode_error("events");
         self.shared
             .lock()
             .expect("shared lock is never poisoned")
@@ -393,25 +413,31 @@ impl From<Reply> for Push {
 /// when that is one prefix only.
 pub async fn subscribe_events(
     target: &Target,
+    link: Link,
     naming: &Naming,
     prefix_set: bool,
     limit: Duration,
 ) -> Result<(Resp, Option<Naming>), Failure> {
     if !prefix_set {
-        match subscribe(target, &naming.any_events_pattern(), limit).await {
+        match subscribe(target, link, &naming.any_events_pattern(), limit).await {
             Ok(resp) => return Ok((resp, None)),
             Err(f) if f.message.starts_with("NOPERM") => {}
             Err(f) => return Err(f),
         }
     }
-    let resp = subscribe(target, &naming.events_pattern(), limit).await?;
+    let resp = subscribe(target, link, &naming.events_pattern(), limit).await?;
     Ok((resp, Some(naming.clone())))
 }
 
 /// A connection to `target` (made as `check` makes it, and named), PSUBSCRIBEd to
 /// `pattern`; or why not, in `check`'s words. `limit` bounds each step.
-pub async fn subscribe(target: &Target, pattern: &[u8], limit: Duration) -> Result<Resp, Failure> {
-    let mut resp = crate::check::diagnose::link(target, limit).await?;
+pub async fn subscribe(
+    target: &Target,
+    link: Link,
+    pattern: &[u8],
+    limit: Duration,
+) -> Result<Resp, Failure> {
+    let mut resp = link(target, limit).await?;
     match tokio::time::timeout(limit, resp.command(&[b"PSUBSCRIBE", pattern])).await {
         Err(_) => Err(Failure::timeout(
             target,
@@ -419,10 +445,7 @@ pub async fn subscribe(target: &Target, pattern: &[u8], limit: Duration) -> Resu
             limit,
         )),
         Ok(Err(e)) => Err(Failure::from_redis(&redis::RedisError::from(e), target)),
-        Ok(Ok(Reply::Error(text))) => Err(Failure::from_redis(
-            &crate::check::diagnose::server_error(&text),
-            target,
-        )),
+        Ok(Ok(Reply::Error(text))) => Err(Failure::from_redis(&server_error(&text), target)),
         Ok(Ok(Reply::Array(Some(items))))
             if items.first() == Some(&Reply::Bulk(Some(b"psubscribe".to_vec()))) =>
         {

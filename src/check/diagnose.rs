@@ -11,11 +11,12 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::{CeleryConfig, Config, quoted, show};
-use crate::redis::failure::{Failure, Phase, Reason};
+use crate::config::{CeleryConfig, Config};
+use crate::redis::failure::{Failure, Phase, Reason, server_error};
 use crate::redis::info::{self, Info};
 use crate::redis::resp::{Reply, Resp, Stream};
 use crate::redis::target::{Address, Target};
+use crate::text::{quoted, show};
 use crate::verdict::{self, Finding, mib};
 
 mod celery;
@@ -151,13 +152,6 @@ pub async fn diagnose(target: &Target, config: &Config, celery: bool, ping: bool
     d
 }
 
-/// A server's error reply as the redis crate's error, so that it is classified (and
-/// scrubbed) like every other failure.
-pub(crate) fn server_error(text: &str) -> RedisError {
-    let (code, detail) = text.split_once(' ').unwrap_or((text, ""));
-    redis::make_extension_error(code.to_string(), Some(detail.to_string()))
-}
-
 /// One command under the time limit: its reply, or the failure (I/O or a timeout).
 async fn send(
     resp: &mut Resp,
@@ -226,6 +220,14 @@ pub async fn link(target: &Target, limit: Duration) -> Result<Resp, Failure> {
         Ok(()) => Ok(resp),
         Err(f) => Err(f),
     }
+}
+
+/// [`link`] as the Celery event subscription takes it ([`crate::celery::subscriber::Link`]).
+pub fn link_boxed(
+    target: &Target,
+    limit: Duration,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Resp, Failure>> + Send + '_>> {
+    Box::pin(link(target, limit))
 }
 
 /// Names the connection in CLIENT LIST (`CLIENT SETNAME`). A refusal of the command itself

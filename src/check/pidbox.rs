@@ -264,7 +264,7 @@ async fn timed<T>(
         Ok(r) => r,
         Err(_) => Err(RedisError::from(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("no answer within {}", crate::config::show(limit)),
+            format!("no answer within {}", crate::text::show(limit)),
         ))),
     }
 }

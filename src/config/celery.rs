@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use super::{ConfigError, count, duration_or, invalid, non_empty, unescape, vars};
+use super::{ConfigError, count, duration_or, invalid, non_empty, vars};
 use crate::config::cli::Settings;
 use crate::redis::target::{Role, Target};
+use crate::text::unescape;
 
 /// `CeleryConfig::broker` when the broker is not probed: Celery is not watched.
 pub const NO_BROKER: usize = usize::MAX;

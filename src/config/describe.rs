@@ -1,6 +1,7 @@
 //! The effective configuration as `config` prints it.
 
 use super::*;
+use crate::text::escape;
 
 impl Config {
     /// The effective configuration as `config` prints it: secrets redacted.

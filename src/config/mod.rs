@@ -7,12 +7,11 @@ mod describe;
 pub mod dotenv;
 mod otel;
 mod targets;
-mod text;
 pub mod vars;
 
+use crate::text::{parse_duration, show};
 pub use celery::{CELERY_CHECK, CeleryConfig, NO_BROKER};
 pub use otel::{OtelConfig, OtlpProtocol, Sampler};
-pub use text::{escape, parse_duration, quoted, show, unescape};
 pub use vars::Var;
 
 use std::fmt;

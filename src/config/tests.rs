@@ -1,4 +1,5 @@
 use super::*;
+use crate::text::{escape, unescape};
 
 fn settings(pairs: &[(&str, &str)]) -> Settings {
     let mut s = Settings::default();

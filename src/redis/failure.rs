@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
-use crate::config::show;
 use crate::redis::target::{Address, Target};
+use crate::text::show;
 
 /// The `reason` label of `redis_probe_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -396,6 +396,13 @@ fn tls_failure(err: &rustls::Error, target: &Target) -> Failure {
         Reason::Tls,
         format!("TLS handshake with {at} failed: {err}{hint}"),
     )
+}
+
+/// A server's error reply as the redis crate's error, so that it is classified (and
+/// scrubbed) like every other failure.
+pub fn server_error(text: &str) -> RedisError {
+    let (code, detail) = text.split_once(' ').unwrap_or((text, ""));
+    redis::make_extension_error(code.to_string(), Some(detail.to_string()))
 }
 
 #[cfg(test)]

@@ -7,5 +7,6 @@ pub mod pool;
 pub mod probe;
 pub mod pyurl;
 pub mod resp;
+pub mod span;
 pub mod target;
 pub mod tls;

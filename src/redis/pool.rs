@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::redis::failure::{Failure, Phase, PhaseCell, Reason};
+use crate::redis::span as otel;
 use crate::redis::target::{Address, Target};
-use crate::telemetry::otel;
 use tracing::Instrument;
 
 /// Connections a target's pool may hold: the probe uses one at a time; the second lets a

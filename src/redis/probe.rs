@@ -9,8 +9,8 @@ use tokio::time::Instant;
 use crate::redis::failure::{Failure, Phase, PhaseCell};
 use crate::redis::info::{self, Info};
 use crate::redis::pool::{PoolState, TargetPool, connection_lost};
+use crate::redis::span as otel;
 use crate::redis::target::Target;
-use crate::telemetry::otel;
 use tracing::Instrument;
 
 /// What one successful probe saw.

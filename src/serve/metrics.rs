@@ -4,6 +4,7 @@
 //! (and at least every second, for `process_*` and freshness), never per request: a scrape
 //! only clones the last rendered body.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Bytes;
@@ -56,7 +57,7 @@ pub struct Metrics {
     last_probe: GaugeVec,
     probe_duration: GaugeVec,
     /// Celery's families.
-    pub celery: CeleryMetrics,
+    pub celery: Arc<CeleryMetrics>,
     /// Signalled by runners after they record a probe.
     updated: Notify,
     /// The last rendered text exposition, plain and gzipped.
@@ -205,7 +206,7 @@ impl Metrics {
                 "How long the last probe of this check took, connect included.",
                 &["check"],
             )?,
-            celery: CeleryMetrics::new(&registry)?,
+            celery: Arc::new(CeleryMetrics::new(&registry)?),
             registry,
             updated: Notify::new(),
             body: watch::Sender::new(Exposition::default()),

@@ -1,6 +1,7 @@
 //! The server: runners probe on their interval and write to the snapshot and the metrics
 //! registry; HTTP answers from them alone.
 
+pub mod celery;
 pub mod http;
 pub mod metrics;
 pub mod process;

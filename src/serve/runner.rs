@@ -11,10 +11,10 @@ use crate::redis::failure::{Failure, Phase, Reason};
 use crate::redis::info::Info;
 use crate::redis::pool::{PoolState, TargetPool};
 use crate::redis::probe::RedisProbe;
+use crate::redis::span as otel;
 use crate::redis::target::Target;
 use crate::serve::metrics::Metrics;
 use crate::serve::snapshot::{Publisher, Report, Status};
-use crate::telemetry::otel;
 use crate::verdict;
 use tracing::Instrument;
 

@@ -23,7 +23,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
-use crate::serve::snapshot::rfc3339;
+use crate::text::rfc3339;
 
 /// Installs the global subscriber. `filter` was validated with the configuration; `tracer`
 /// is given when traces are exported.
@@ -32,7 +32,7 @@ pub fn init(format: LogFormat, filter: &str, tracer: Option<opentelemetry_sdk::t
         .parse(filter)
         .unwrap_or_else(|_| EnvFilter::new("info"))
         .add_directive(
-            format!("{}=off", crate::telemetry::otel::SPAN_EVENT)
+            format!("{}=off", crate::redis::span::SPAN_EVENT)
                 .parse()
                 .expect("a valid directive"),
         );

@@ -131,10 +131,7 @@ pub(super) async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &C
                 obs.orphaned
             );
             if let Some(age) = obs.oldest_reservation {
-                detail.push_str(&format!(
-                    ", oldest reservation {}",
-                    crate::celery::runner::human(age)
-                ));
+                detail.push_str(&format!(", oldest reservation {}", crate::text::human(age)));
             }
             detail
         }
@@ -302,7 +299,8 @@ async fn workers_heard(
     limit: Duration,
 ) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<String>>, Failure> {
     use crate::celery::subscriber::{Push, subscribe_events};
-    let (mut resp, narrow) = subscribe_events(target, naming, prefix_set, limit).await?;
+    let (mut resp, narrow) =
+        subscribe_events(target, super::link_boxed, naming, prefix_set, limit).await?;
     let mut heard: std::collections::BTreeMap<Vec<u8>, Vec<String>> = Default::default();
     if let Some(n) = &narrow {
         heard.insert(n.prefix().to_vec(), Vec::new());

@@ -15,13 +15,14 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::Shared;
-use super::queues::{QueueObservation, QueueProbe};
+use crate::celery::Shared;
+use crate::celery::queues::{Layout, QueueObservation, QueueProbe};
 use crate::config::{CELERY_CHECK, CeleryConfig};
 use crate::redis::failure::Failure;
 use crate::serve::metrics::Metrics;
 use crate::serve::runner::log_change;
 use crate::serve::snapshot::{Publisher, Report, Reports, Status};
+use crate::text::human;
 use crate::verdict::{self, Cause, Seen};
 use tracing::Instrument;
 
@@ -156,7 +157,7 @@ impl CeleryRunner {
             }
         };
         if let Err(f) = &result {
-            crate::telemetry::otel::fail(&span, f);
+            crate::redis::span::fail(&span, f);
         }
         let _inside = span.enter();
         let now = SystemTime::now();
@@ -459,39 +460,17 @@ fn queues_json_of(obs: &QueueObservation) -> Value {
 }
 
 /// The layout of kombu's keys as `/healthz` shows it (bytes escaped as `config` does).
-pub fn layout_json(l: &super::queues::Layout) -> Value {
+pub fn layout_json(l: &Layout) -> Value {
     json!({
-        "key_prefix": crate::config::escape(&l.prefix),
+        "key_prefix": crate::text::escape(&l.prefix),
         "key_prefix_from": l.prefix_from,
-        "separators": l.seps.iter().map(|s| crate::config::escape(s)).collect::<Vec<_>>(),
+        "separators": l.seps.iter().map(|s| crate::text::escape(s)).collect::<Vec<_>>(),
         "separator_from": l.sep_from,
         "priority_steps_seen": l.steps_seen,
-        "other_key_prefixes": l.other_prefixes.iter().map(|p| crate::config::escape(p)).collect::<Vec<_>>(),
+        "other_key_prefixes": l.other_prefixes.iter().map(|p| crate::text::escape(p)).collect::<Vec<_>>(),
     })
 }
 
 fn round1(d: Duration) -> f64 {
     (d.as_secs_f64() * 10.0).round() / 10.0
-}
-
-/// `45.2s`, `6m12s`, `2h05m`.
-pub fn human(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..60 => format!("{:.1}s", d.as_secs_f64()),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_durations() {
-        assert_eq!(human(Duration::from_millis(45_200)), "45.2s");
-        assert_eq!(human(Duration::from_secs(372)), "6m12s");
-        assert_eq!(human(Duration::from_secs(7500)), "2h05m");
-    }
 }

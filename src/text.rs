@@ -1,6 +1,6 @@
 //! Durations and byte strings as settings and messages write them.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Reads `\xNN` escapes (and `\\`); everything else is taken as UTF-8 bytes.
 pub fn unescape(text: &str) -> Option<Vec<u8>> {
@@ -76,5 +76,43 @@ pub fn show(d: Duration) -> String {
         format!("{}ms", d.as_secs_f64() * 1e3)
     } else {
         format!("{}s", d.as_secs_f64())
+    }
+}
+
+/// `45.2s`, `6m12s`, `2h05m`.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{:.1}s", d.as_secs_f64()),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// `2026-11-27T10:00:00.123Z`: UTC with milliseconds, as `/healthz` and the JSON logs write
+/// times.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(Duration::from_millis(45_200)), "45.2s");
+        assert_eq!(human(Duration::from_secs(372)), "6m12s");
+        assert_eq!(human(Duration::from_secs(7500)), "2h05m");
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_777_764_473);
+        assert_eq!(rfc3339(t), "2026-11-27T11:09:24.473Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
     }
 }
