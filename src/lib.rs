@@ -62,27 +62,27 @@ use crate::celery::Shared;
 use crate::celery::kombu::Naming;
 use crate::celery::queues::QueueProbe;
 use crate::celery::subscriber::Subscriber;
-use crate::config::{CELERY_CHECK, Config};
+use crate::config::Config;
 use crate::redis::pool::TargetPool;
-use crate::redis::target::Role;
-use crate::serve::celery::CeleryRunner;
+use crate::serve::celery::CeleryCheck;
+use crate::serve::http;
 use crate::serve::metrics::Metrics;
-use crate::serve::runner::Runner;
+use crate::serve::redis::RedisCheck;
+use crate::serve::runner::{self, Runner};
 use crate::serve::snapshot::Snapshot;
-use crate::serve::{http, runner};
 
 /// Serves until `shutdown` resolves: one runner task per Redis target, the Celery check
 /// and its event subscriber, the metrics renderer, and the HTTP server on `listener`. Used
-/// by `main` and by the tests alike.
+/// by `main` and by the in-process test (tests/inprocess.rs).
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let parts = assemble(&config, config.targets.get(config.celery.broker).is_some());
+    let parts = assemble(&config, true);
     let mut tasks = tokio::task::JoinSet::new();
     // The probers take turns within the interval (see runner::ticks).
     let probers = parts.runners.len() + usize::from(parts.celery.is_some());
     let offset = |k| runner::offset(config.probe_interval, k, probers);
     let runners = parts.runners.len();
     for (k, runner) in parts.runners.into_iter().enumerate() {
-        tasks.spawn(runner.run(config.probe_interval, offset(k)));
+        tasks.spawn(runner.run(offset(k)));
     }
     if let Some((celery, subscriber)) = parts.celery {
         tasks.spawn(celery.run(offset(runners)));
@@ -104,9 +104,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 pub struct Parts {
     pub snapshot: Snapshot,
     /// One per Redis target.
-    pub runners: Vec<Runner>,
+    pub runners: Vec<Runner<RedisCheck>>,
     /// The Celery check and its event subscriber, when asked for.
-    pub celery: Option<(CeleryRunner, Subscriber)>,
+    pub celery: Option<(Runner<CeleryCheck>, Subscriber)>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -115,24 +115,7 @@ pub struct Parts {
 /// probe and the Celery queue probe.
 pub fn assemble(config: &Config, celery: bool) -> Parts {
     let metrics = Arc::new(Metrics::new().expect("metric names and labels are valid and unique"));
-    let broker = config.targets.get(config.celery.broker);
-    let mut checks: Vec<(String, Option<String>)> = config
-        .targets
-        .iter()
-        .flat_map(|t| {
-            t.check_names()
-                .into_iter()
-                .map(|name| (name, Some(t.redacted().to_string())))
-        })
-        .collect();
-    if celery {
-        checks.push((
-            CELERY_CHECK.to_string(),
-            broker.map(|t| t.redacted().to_string()),
-        ));
-    }
-    let (snapshot, mut publishers) =
-        Snapshot::new(checks, &config.ready_checks, config.probe_interval);
+    let mut snapshot = Snapshot::new(&config.ready_checks, config.probe_interval);
     let pools: Vec<_> = config
         .targets
         .iter()
@@ -143,64 +126,62 @@ pub fn assemble(config: &Config, celery: bool) -> Parts {
         .iter()
         .zip(&pools)
         .map(|(t, pool)| {
-            let mine: Vec<_> = publishers.drain(..t.roles().len()).collect();
+            let check = RedisCheck::new(t.clone(), pool.clone(), config.latency_slo, &metrics);
             Runner::new(
-                t.clone(),
-                pool.clone(),
-                config.probe_timeout,
-                config.latency_slo,
-                mine,
+                check,
+                t.check_names(),
+                t.redacted().to_string(),
+                &mut snapshot,
                 metrics.clone(),
+                config.probe_interval,
+                config.probe_timeout,
             )
         })
         .collect();
-    let celery = match (
-        celery,
-        broker,
-        pools.get(config.celery.broker),
-        publishers.pop(),
-    ) {
-        (true, Some(broker), Some(pool), Some(publisher)) => {
-            let c = &config.celery;
-            let naming = Naming::new(c, broker.db());
-            let shared = Arc::new(Mutex::new(Shared::new(c, naming.clone())));
-            let changed = Arc::new(Notify::new());
-            let probe = pool
-                .clone()
-                .map(|pool| QueueProbe::new(pool, naming.clone(), c, config.probe_timeout));
-            let broker_reports = broker
-                .roles()
-                .iter()
-                .find(|r| **r == Role::Broker)
-                .or(broker.roles().first())
-                .and_then(|r| snapshot.reports(&r.check_name()))
-                .expect("the broker's checks are in the snapshot");
-            let runner = CeleryRunner::new(
-                probe,
-                shared.clone(),
-                changed.clone(),
-                publisher,
-                broker_reports,
-                metrics.clone(),
-                c.clone(),
-                config.probe_interval,
-                config.probe_timeout,
-                config.latency_slo,
-                broker.redacted().to_string(),
-            );
-            let subscriber = Subscriber::new(
-                broker.clone(),
-                crate::check::diagnose::link_boxed,
-                c.keyprefix.is_some(),
-                shared,
-                changed,
-                metrics.celery.clone(),
-                config.probe_timeout,
-            );
-            Some((runner, subscriber))
-        }
-        _ => None,
-    };
+    let broker = config.celery.broker.as_ref().filter(|_| celery);
+    let celery = broker.and_then(|broker| {
+        // The broker's pool serves both its Redis probe and the Celery queue probe.
+        let pool = config
+            .targets
+            .iter()
+            .zip(&pools)
+            .find(|(t, _)| *t == broker)
+            .map(|(_, p)| p.clone())?;
+        let c = &config.celery;
+        let naming = Naming::new(c, broker.db());
+        let shared = Arc::new(Mutex::new(Shared::new(c, naming.clone())));
+        let changed = Arc::new(Notify::new());
+        let probe = pool.map(|pool| QueueProbe::new(pool, naming.clone(), c, config.probe_timeout));
+        let check = CeleryCheck::new(
+            probe,
+            shared.clone(),
+            changed.clone(),
+            &snapshot,
+            broker,
+            c.clone(),
+            config.latency_slo,
+        );
+        let (checks, endpoint) = check.check();
+        let runner = Runner::new(
+            check,
+            checks,
+            endpoint,
+            &mut snapshot,
+            metrics.clone(),
+            config.probe_interval,
+            config.probe_timeout,
+        );
+        let subscriber = Subscriber::new(
+            broker.clone(),
+            crate::check::diagnose::link_boxed,
+            c.keyprefix.is_some(),
+            shared,
+            changed,
+            metrics.celery.clone(),
+            config.probe_timeout,
+        );
+        Some((runner, subscriber))
+    });
     Parts {
         snapshot,
         runners,

@@ -19,7 +19,7 @@ pub async fn check(config: &Config, json: bool, ping: bool) -> (u8, String) {
     let mut tasks = tokio::task::JoinSet::new();
     for (i, target) in config.targets.iter().enumerate() {
         let (target, config) = (target.clone(), config.clone());
-        let broker = i == config.celery.broker;
+        let broker = config.celery.broker.as_ref() == Some(&target);
         tasks.spawn(async move {
             (
                 i,
@@ -38,9 +38,9 @@ pub async fn check(config: &Config, json: bool, ping: bool) -> (u8, String) {
     }
     done.sort_by_key(|(i, _)| *i);
     let mut sections: Vec<(Vec<String>, Diagnosis)> = Vec::new();
-    for (i, d) in done {
+    for (_, d) in done {
         let (redis, celery) = split(d);
-        let broker = i == config.celery.broker;
+        let broker = config.celery.broker.as_ref() == Some(&redis.target);
         let celery = broker.then(|| celery_part(&redis, celery));
         sections.push((redis.target.check_names(), redis));
         if let Some(c) = celery {

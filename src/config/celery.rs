@@ -8,9 +8,6 @@ use crate::config::cli::Settings;
 use crate::redis::target::{Role, Target};
 use crate::text::unescape;
 
-/// `CeleryConfig::broker` when the broker is not probed: Celery is not watched.
-pub const NO_BROKER: usize = usize::MAX;
-
 /// The name of the Celery check.
 pub const CELERY_CHECK: &str = "celery";
 
@@ -18,9 +15,9 @@ pub const CELERY_CHECK: &str = "celery";
 /// options), and what it calls healthy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CeleryConfig {
-    /// Index in `Config::targets` of the broker: the `broker` role, else the cache;
-    /// [`NO_BROKER`] when the broker URL is one the sidecar does not probe (Sentinel).
-    pub broker: usize,
+    /// The broker: the target with the `broker` role, else the cache; `None` when the
+    /// broker URL is one the sidecar does not probe (Sentinel): Celery is not watched.
+    pub broker: Option<Target>,
     /// Queues watched whether or not a binding names them (`celery` always among them).
     pub queues: Vec<String>,
     pub min_workers: u32,
@@ -43,18 +40,16 @@ pub(super) fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, C
         .celery_broker_url
         .as_deref()
         .is_some_and(|t| !t.trim().is_empty());
-    let broker = match targets
-        .iter()
-        .position(|t| t.roles().contains(&Role::Broker))
-    {
-        Some(i) => i,
+    let broker = match targets.iter().find(|t| t.roles().contains(&Role::Broker)) {
+        Some(t) => Some(t.clone()),
         // A broker URL that is not probed (Sentinel): Celery is not watched, rather than
         // watched on the cache, which is not where its keys are.
-        None if broker_given => NO_BROKER,
+        None if broker_given => None,
         None => targets
             .iter()
-            .position(|t| t.roles().contains(&Role::Cache))
-            .unwrap_or(0),
+            .find(|t| t.roles().contains(&Role::Cache))
+            .or(targets.first())
+            .cloned(),
     };
     let mut queues = vec!["celery".to_string()];
     if let Some(text) = non_empty(vars::CELERY_QUEUES, &s.celery_queues)? {

@@ -49,8 +49,8 @@ impl Config {
         let c = &self.celery;
         line(
             "celery broker",
-            self.targets
-                .get(c.broker)
+            c.broker
+                .as_ref()
                 .map_or("not watched (the broker URL is not probed)", |t| {
                     t.redacted()
                 }),

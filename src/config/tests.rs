@@ -131,8 +131,9 @@ fn non_redis_result_backend_is_noted_not_probed() {
 
 #[test]
 fn celery_defaults_and_settings() {
-    let c = Config::from_settings(&Settings::default()).unwrap().celery;
-    assert_eq!(c.broker, 0);
+    let config = Config::from_settings(&Settings::default()).unwrap();
+    let c = config.celery;
+    assert_eq!(c.broker.as_ref(), config.targets.first());
     assert_eq!(c.queues, ["celery"]);
     assert_eq!(c.min_workers, 1);
     assert_eq!(c.keyprefix, None, "found on the broker");
@@ -154,7 +155,10 @@ fn celery_defaults_and_settings() {
         ("SIDECAR_READY_CHECKS", "redis:broker,celery"),
     ]))
     .unwrap();
-    assert_eq!(c.targets[c.celery.broker].check_names(), ["redis:broker"]);
+    assert_eq!(
+        c.celery.broker.as_ref().map(|b| b.check_names()),
+        Some(vec!["redis:broker".to_string()])
+    );
     assert_eq!(c.celery.queues, ["celery", "emails", "default"]);
     assert_eq!(c.celery.min_workers, 0);
     assert_eq!(c.celery.keyprefix.as_deref(), Some(&b"myapp:"[..]));

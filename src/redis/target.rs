@@ -99,7 +99,7 @@ impl fmt::Display for Address {
 
 /// One Redis server and database to probe. Several roles share a target when their URLs
 /// name the same server, database and credentials.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Target {
     roles: Vec<Role>,
     address: Address,

@@ -19,12 +19,12 @@ use crate::celery::Shared;
 use crate::celery::queues::{Layout, QueueObservation, QueueProbe};
 use crate::config::{CELERY_CHECK, CeleryConfig};
 use crate::redis::failure::Failure;
+use crate::redis::target::{Role, Target};
 use crate::serve::metrics::Metrics;
-use crate::serve::runner::log_change;
-use crate::serve::snapshot::{Publisher, Report, Reports, Status};
+use crate::serve::runner::Probe;
+use crate::serve::snapshot::{Report, Reports, Snapshot, Status};
 use crate::text::human;
 use crate::verdict::{self, Cause, Seen};
-use tracing::Instrument;
 
 /// How often workers are judged again between queue probes.
 const JUDGE_EVERY: Duration = Duration::from_secs(1);
@@ -42,17 +42,13 @@ struct QueueRun {
     last_success: Option<SystemTime>,
 }
 
-pub struct CeleryRunner {
+pub struct CeleryCheck {
     probe: Result<QueueProbe, Failure>,
     shared: Arc<Mutex<Shared>>,
     changed: Arc<Notify>,
-    publisher: Publisher,
     /// The broker's own Redis check.
     broker: Reports,
-    metrics: Arc<Metrics>,
     config: CeleryConfig,
-    interval: Duration,
-    timeout: Duration,
     endpoint: String,
     /// A queue pipeline slower than this makes the check degraded.
     slo: Duration,
@@ -63,146 +59,59 @@ pub struct CeleryRunner {
     queues_json: Option<(Instant, Arc<Value>)>,
     /// The workers alive at the last judgement, to log each one that comes or goes.
     up: std::collections::BTreeSet<String>,
-    last: Option<Arc<Report>>,
     last_log: Option<Instant>,
+    /// Workers are judged again every second between queue probes (made at the first wait).
+    judge_tick: Option<tokio::time::Interval>,
 }
 
-impl CeleryRunner {
-    #[allow(clippy::too_many_arguments)]
+impl CeleryCheck {
+    /// `snapshot` gives the reports of the broker's own Redis check (registered before, by
+    /// its runner), which this check follows; `broker` is the broker target.
     pub fn new(
         probe: Result<QueueProbe, Failure>,
         shared: Arc<Mutex<Shared>>,
         changed: Arc<Notify>,
-        publisher: Publisher,
-        broker: Reports,
-        metrics: Arc<Metrics>,
+        snapshot: &Snapshot,
+        broker: &Target,
         config: CeleryConfig,
-        interval: Duration,
-        timeout: Duration,
         slo: Duration,
-        endpoint: String,
-    ) -> CeleryRunner {
-        CeleryRunner {
+    ) -> CeleryCheck {
+        // The broker's `redis:broker` check, or its cache check when it has no broker role.
+        let broker_reports = broker
+            .roles()
+            .iter()
+            .find(|r| **r == Role::Broker)
+            .or(broker.roles().first())
+            .and_then(|r| snapshot.reports(&r.check_name()))
+            .expect("the broker's runner registered its checks first");
+        CeleryCheck {
             probe,
             shared,
             changed,
-            publisher,
-            broker,
-            metrics,
+            broker: broker_reports,
             config,
-            interval,
-            timeout,
+            endpoint: broker.redacted().to_string(),
             slo,
-            endpoint,
             queues: None,
             shown: Vec::new(),
             queues_json: None,
             up: std::collections::BTreeSet::new(),
-            last: None,
             last_log: None,
+            judge_tick: None,
         }
     }
 
-    /// Probes the queues at once, then every interval, `offset` into it (see
-    /// [`crate::serve::runner::ticks`]); judges workers every second and when one comes or goes.
-    pub async fn run(mut self, offset: Duration) {
-        let mut probe_tick = crate::serve::runner::ticks(self.interval, offset);
-        self.probe_queues().await;
-        self.publish();
-        // In step with this prober's own ticks, not with the first prober's PINGs.
-        let mut judge_tick = tokio::time::interval_at(Instant::now() + offset, JUDGE_EVERY);
-        judge_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let changed = self.changed.clone();
-        loop {
-            tokio::select! {
-                _ = probe_tick.tick() => self.probe_queues().await,
-                _ = judge_tick.tick() => {}
-                () = changed.notified() => {}
-            }
-            self.publish();
-        }
+    /// The check's name and the broker's redacted URL, for the runner.
+    pub fn check(&self) -> (Vec<String>, String) {
+        (vec![CELERY_CHECK.to_string()], self.endpoint.clone())
     }
 
-    async fn probe_queues(&mut self) {
-        let span = tracing::info_span!(
-            "probe",
-            otel.name = "probe celery",
-            check = CELERY_CHECK,
-            otel.status_code = tracing::field::Empty,
-            otel.status_description = tracing::field::Empty,
-            "error.type" = tracing::field::Empty,
-        );
-        let result = match &self.probe {
-            Err(f) => Err(f.clone()),
-            Ok(p) => {
-                // Which apps' workers are heard decides which key prefix is watched.
-                let heard = self
-                    .shared
-                    .lock()
-                    .expect("shared lock is never poisoned")
-                    .heard
-                    .clone();
-                p.heard(heard);
-                let run = tokio::time::timeout(self.timeout, p.probe());
-                let result = match run.instrument(span.clone()).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Failure::timeout(p.pool().target(), p.phase(), self.timeout)),
-                };
-                // The subscriber keeps the events of the prefix found.
-                self.shared
-                    .lock()
-                    .expect("shared lock is never poisoned")
-                    .naming = p.naming();
-                result
-            }
-        };
-        if let Err(f) = &result {
-            crate::redis::span::fail(&span, f);
-        }
-        let _inside = span.enter();
-        let now = SystemTime::now();
-        match &result {
-            Ok(obs) => {
-                let names: Vec<String> = obs.queues.iter().map(|q| q.name.clone()).collect();
-                let gone: Vec<String> = self
-                    .shown
-                    .iter()
-                    .filter(|n| !names.contains(n))
-                    .cloned()
-                    .collect();
-                self.metrics.celery.set_queues(obs, &gone);
-                self.shown = names;
-                self.count_bad_messages(obs);
-            }
-            Err(_) => {
-                self.metrics.celery.clear_queues(&self.shown);
-                self.shown.clear();
-            }
-        }
-        let previous = self.queues.as_ref();
-        let consecutive_failures = match &result {
-            Ok(_) => 0,
-            Err(_) => previous.map_or(0, |r| r.consecutive_failures) + 1,
-        };
-        let last_success = match &result {
-            Ok(_) => Some(now),
-            Err(_) => previous.and_then(|r| r.last_success),
-        };
-        self.queues = Some(QueueRun {
-            result,
-            finished: Instant::now(),
-            finished_at: now,
-            consecutive_failures,
-            last_success,
-        });
-    }
-
-    fn count_bad_messages(&mut self, obs: &QueueObservation) {
+    fn count_bad_messages(&mut self, obs: &QueueObservation, metrics: &Metrics) {
         if obs.bad_messages.is_empty() {
             return;
         }
         for _ in &obs.bad_messages {
-            self.metrics.celery.decode_error("queue");
+            metrics.celery.decode_error("queue");
         }
         let now = Instant::now();
         if self
@@ -219,18 +128,16 @@ impl CeleryRunner {
         }
     }
 
-    /// Judges the check from the last queue probe and the worker table, and publishes it.
-    /// Nothing is published before the first queue probe finished.
-    fn publish(&mut self) {
-        let Some(run) = &self.queues else {
-            return;
-        };
+    /// Judges the check from the last queue probe and the worker table. Nothing before the
+    /// first queue probe finished, nor before the subscriber connected or failed once.
+    fn judgement(&mut self, metrics: &Metrics) -> Option<Report> {
+        let run = self.queues.as_ref()?;
         let now = Instant::now();
         let mut shared = self.shared.lock().expect("shared lock is never poisoned");
         // Until the subscriber has connected or failed once, there is nothing to say about
         // workers yet (it takes milliseconds, or the probe timeout at most).
         if shared.subscription.connects == 0 && shared.subscription.error.is_none() {
-            return;
+            return None;
         }
         // While the subscription is down, workers are judged as of the moment it was lost:
         // the data is stale, which is not the same as "no workers". Nobody is forgotten
@@ -241,7 +148,7 @@ impl CeleryRunner {
             shared.subscription.since.unwrap_or(now).min(now)
         };
         for gone in shared.workers.forget(as_of) {
-            self.metrics.celery.forget_worker(&gone);
+            metrics.celery.forget_worker(&gone);
         }
         let sub = &shared.subscription;
         let workers = &shared.workers;
@@ -308,7 +215,7 @@ impl CeleryRunner {
             tracing::warn!("{unlogged} more Celery workers came up or went down at once");
         }
         self.up.retain(|h| workers.get(h).is_some());
-        self.metrics.celery.set_workers(
+        metrics.celery.set_workers(
             alive,
             workers
                 .sorted()
@@ -414,21 +321,123 @@ impl CeleryRunner {
             fields,
             queues: queues_json,
         };
-        log_change(CELERY_CHECK, &self.endpoint, self.last.as_deref(), &report);
-        let report = Arc::new(report);
-        self.publisher.send_replace(Some(report.clone()));
-        self.last = Some(report);
+        Some(report)
+    }
+}
+
+impl Probe for CeleryCheck {
+    type Observation = QueueObservation;
+    const SPAN: &'static str = "probe celery";
+
+    async fn probe(&self) -> Result<QueueObservation, Failure> {
+        match &self.probe {
+            Err(f) => Err(f.clone()),
+            Ok(p) => {
+                // Which apps' workers are heard decides which key prefix is watched.
+                let heard = self
+                    .shared
+                    .lock()
+                    .expect("shared lock is never poisoned")
+                    .heard
+                    .clone();
+                p.heard(heard);
+                p.probe().await
+            }
+        }
+    }
+
+    fn timed_out(&self, limit: Duration) -> Failure {
+        match &self.probe {
+            Ok(p) => Failure::timeout(p.pool().target(), p.phase(), limit),
+            Err(f) => f.clone(),
+        }
+    }
+
+    fn observed(
+        &mut self,
+        result: Result<QueueObservation, Failure>,
+        _: Duration,
+        now: SystemTime,
+        metrics: &Metrics,
+    ) {
+        if let Ok(p) = &self.probe {
+            // The subscriber keeps the events of the prefix found.
+            self.shared
+                .lock()
+                .expect("shared lock is never poisoned")
+                .naming = p.naming();
+        }
+        match &result {
+            Ok(obs) => {
+                let names: Vec<String> = obs.queues.iter().map(|q| q.name.clone()).collect();
+                let gone: Vec<String> = self
+                    .shown
+                    .iter()
+                    .filter(|n| !names.contains(n))
+                    .cloned()
+                    .collect();
+                metrics.celery.set_queues(obs, &gone);
+                self.shown = names;
+                self.count_bad_messages(obs, metrics);
+            }
+            Err(_) => {
+                metrics.celery.clear_queues(&self.shown);
+                self.shown.clear();
+            }
+        }
+        let previous = self.queues.as_ref();
+        let consecutive_failures = match &result {
+            Ok(_) => 0,
+            Err(_) => previous.map_or(0, |r| r.consecutive_failures) + 1,
+        };
+        let last_success = match &result {
+            Ok(_) => Some(now),
+            Err(_) => previous.and_then(|r| r.last_success),
+        };
+        self.queues = Some(QueueRun {
+            result,
+            finished: Instant::now(),
+            finished_at: now,
+            consecutive_failures,
+            last_success,
+        });
+    }
+
+    fn judge(&mut self, _: Option<&Report>, metrics: &Metrics) -> Option<Report> {
+        self.judgement(metrics)
+    }
+
+    /// Every second, and at once when a worker comes or goes.
+    async fn wake(&mut self) {
+        let tick = self.judge_tick.get_or_insert_with(|| {
+            let mut t = tokio::time::interval_at(Instant::now() + JUDGE_EVERY, JUDGE_EVERY);
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        });
+        let changed = self.changed.clone();
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = changed.notified() => {}
+        }
+    }
+
+    fn published(&self, _: &Report, checks: &[String], metrics: &Metrics) {
+        let Some(run) = &self.queues else {
+            return;
+        };
         let unix = run
             .finished_at
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        self.metrics.record_probe(
-            CELERY_CHECK,
-            unix.as_secs_f64(),
-            run.result
-                .as_ref()
-                .map_or(0.0, |o| o.round_trip.as_secs_f64()),
-        );
+        for check in checks {
+            metrics.record_probe(
+                check,
+                unix.as_secs_f64(),
+                run.result
+                    .as_ref()
+                    .map_or(0.0, |o| o.round_trip.as_secs_f64()),
+            );
+        }
     }
 }
 

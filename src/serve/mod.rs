@@ -5,5 +5,6 @@ pub mod celery;
 pub mod http;
 pub mod metrics;
 pub mod process;
+pub mod redis;
 pub mod runner;
 pub mod snapshot;

@@ -1,189 +1,171 @@
-//! The runner: runs a probe every interval under the timeout, times it, and writes the
-//! result once into the snapshot, the metrics and (on a change of state) the log.
+//! The runner: one for every kind of probe. It owns the interval, the offset, the
+//! timeout, the span, the publishing of each report under its checks and the logging of
+//! changes; a [`Probe`] says what is probed and how it is judged. Redis
+//! ([`crate::serve::redis`]) and Celery ([`crate::serve::celery`]) are its two kinds:
+//! adding one (Sentinel, say) is a file and a line in `lib.rs`.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::redis::failure::{Failure, Phase, Reason};
-use crate::redis::info::Info;
-use crate::redis::pool::{PoolState, TargetPool};
-use crate::redis::probe::RedisProbe;
-use crate::redis::span as otel;
-use crate::redis::target::Target;
+use crate::redis::failure::Failure;
+use crate::redis::span;
 use crate::serve::metrics::Metrics;
-use crate::serve::snapshot::{Publisher, Report, Status};
-use crate::verdict;
+use crate::serve::snapshot::{Publisher, Report, Snapshot, Status};
 use tracing::Instrument;
 
-/// One check a target's probe reports under: a target that plays several roles is probed
-/// once and its report published under each role's check and `role` label.
-pub struct Outlet {
-    pub role: &'static str,
-    pub check: String,
-    pub publisher: Publisher,
+/// One kind of probe, as the [`Runner`] runs it.
+pub trait Probe: Send + 'static {
+    type Observation: Send + 'static;
+    /// The span's name: `probe redis`, `probe celery`.
+    const SPAN: &'static str;
+
+    /// One probe; the runner bounds it by the timeout.
+    fn probe(&self) -> impl Future<Output = Result<Self::Observation, Failure>> + Send;
+
+    /// The failure of a probe the timeout cut short, naming what it was waiting for.
+    fn timed_out(&self, limit: Duration) -> Failure;
+
+    /// Takes one probe's result (metrics, what judging needs); `elapsed` is how long it
+    /// took, `now` when it finished.
+    fn observed(
+        &mut self,
+        result: Result<Self::Observation, Failure>,
+        elapsed: Duration,
+        now: SystemTime,
+        metrics: &Metrics,
+    );
+
+    /// The report to publish now (`last` is the previous one), or `None` while there is
+    /// nothing to say yet.
+    fn judge(&mut self, last: Option<&Report>, metrics: &Metrics) -> Option<Report>;
+
+    /// Resolves when the report should be judged again between probes; never, unless the
+    /// probe says otherwise (the Celery check: every second, and when a worker comes or
+    /// goes).
+    fn wake(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
+    /// After `report` was published under `checks`: the `sidecar_probe_*` figures.
+    fn published(&self, report: &Report, checks: &[String], metrics: &Metrics);
 }
 
-/// Probes one Redis target and publishes what it found.
-pub struct Runner {
-    /// The probe, or why one could not be built (then every run reports that).
-    probe: Result<RedisProbe, Failure>,
-    target: Target,
-    outlets: Vec<Outlet>,
+/// Runs one probe every interval and publishes what it found under its checks.
+pub struct Runner<P: Probe> {
+    probe: P,
+    checks: Vec<String>,
+    publishers: Vec<Publisher>,
     /// The check names joined, for log lines.
     names: String,
+    endpoint: String,
     metrics: Arc<Metrics>,
+    interval: Duration,
     timeout: Duration,
-    slo: Duration,
     last: Option<Arc<Report>>,
 }
 
-impl Runner {
-    /// `publishers` are in the order of `target.roles()`; `pool` is the target's pool, or
-    /// why it could not be built.
+impl<P: Probe> Runner<P> {
+    /// Registers `checks` (shown with `endpoint`) in `snapshot`: the runner publishes each
+    /// report under all of them.
     pub fn new(
-        target: Target,
-        pool: Result<TargetPool, Failure>,
-        timeout: Duration,
-        slo: Duration,
-        publishers: Vec<Publisher>,
+        probe: P,
+        checks: Vec<String>,
+        endpoint: String,
+        snapshot: &mut Snapshot,
         metrics: Arc<Metrics>,
-    ) -> Runner {
-        let outlets: Vec<Outlet> = target
-            .roles()
+        interval: Duration,
+        timeout: Duration,
+    ) -> Runner<P> {
+        let publishers = checks
             .iter()
-            .zip(publishers)
-            .map(|(role, publisher)| Outlet {
-                role: role.as_str(),
-                check: role.check_name(),
-                publisher,
-            })
+            .map(|c| snapshot.register(c, Some(endpoint.clone())))
             .collect();
-        for o in &outlets {
-            metrics.init_redis(o.role);
-        }
-        let names: Vec<&str> = outlets.iter().map(|o| o.check.as_str()).collect();
         Runner {
-            probe: pool.map(RedisProbe::new),
-            names: names.join(","),
-            target,
-            outlets,
+            probe,
+            names: checks.join(","),
+            checks,
+            publishers,
+            endpoint,
             metrics,
+            interval,
             timeout,
-            slo,
             last: None,
         }
     }
 
-    /// Probes at once, then every `interval`, `offset` into it (see [`ticks`]), until the
-    /// task is aborted.
-    pub async fn run(mut self, interval: Duration, offset: Duration) {
-        let mut ticker = ticks(interval, offset);
+    /// Probes at once, then every interval, `offset` into it (see [`ticks`]), judging again
+    /// whenever the probe wakes, until the task is aborted.
+    pub async fn run(mut self, offset: Duration) {
+        let mut ticker = ticks(self.interval, offset);
         self.probe_once().await;
         loop {
-            ticker.tick().await;
-            self.probe_once().await;
+            let woke = tokio::select! {
+                _ = ticker.tick() => false,
+                () = self.probe.wake() => true,
+            };
+            if woke {
+                self.publish();
+            } else {
+                self.probe_once().await;
+            }
         }
     }
 
-    /// One probe under the timeout; returns the report it published.
-    pub async fn probe_once(&mut self) -> Arc<Report> {
+    /// One probe under the timeout, then its report published.
+    pub async fn probe_once(&mut self) {
         let span = tracing::info_span!(
             "probe",
-            otel.name = "probe redis",
+            otel.name = P::SPAN,
             check = %self.names,
             otel.status_code = tracing::field::Empty,
             otel.status_description = tracing::field::Empty,
             "error.type" = tracing::field::Empty,
         );
         let started = Instant::now();
-        let result = match &self.probe {
-            Err(failure) => Err(failure.clone()),
-            Ok(probe) => {
-                let run = tokio::time::timeout(self.timeout, probe.probe());
-                match run.instrument(span.clone()).await {
-                    Ok(result) => result,
-                    Err(_) => Err(Failure::timeout(&self.target, probe.phase(), self.timeout)),
-                }
-            }
+        let run = tokio::time::timeout(self.timeout, self.probe.probe());
+        let result = match run.instrument(span.clone()).await {
+            Ok(result) => result,
+            Err(_) => Err(self.probe.timed_out(self.timeout)),
         };
         if let Err(f) = &result {
-            otel::fail(&span, f);
+            span::fail(&span, f);
         }
         // What follows logs inside the probe's span: its lines carry the trace id.
         let _inside = span.enter();
         let elapsed = started.elapsed();
-        let now = SystemTime::now();
-        // A timeout while still waiting for a connection, from bb8 or from the runner.
-        let checkout_timeout = matches!(&result, Err(f) if f.reason == Reason::Timeout)
-            && matches!(&self.probe, Ok(p) if p.phase() == Phase::Connect);
-        let report = match result {
-            Ok(obs) => {
-                for o in &self.outlets {
-                    self.metrics.record_redis_success(
-                        o.role,
-                        obs.ping.as_secs_f64(),
-                        obs.info.as_ref().ok(),
-                        obs.pool,
-                    );
-                }
-                let judged =
-                    verdict::redis(obs.ping, obs.info.as_ref(), self.target.roles(), self.slo);
-                let (error, fix) = judged.error.map(|c| (c.failure, c.fix)).unzip();
-                Report {
-                    status: judged.status,
-                    finished: Instant::now(),
-                    finished_at: now,
-                    latency: Some(obs.ping),
-                    last_success: Some(now),
-                    consecutive_failures: 0,
-                    error,
-                    fix,
-                    warnings: judged.findings,
-                    details: details(obs.pool, obs.info.as_ref().ok()),
-                    fields: json!({}),
-                    queues: None,
-                }
-            }
-            Err(failure) => {
-                let pool = self
-                    .probe
-                    .as_ref()
-                    .map(|p| p.pool_state())
-                    .unwrap_or_default();
-                for o in &self.outlets {
-                    self.metrics
-                        .record_redis_failure(o.role, &failure, pool, checkout_timeout);
-                }
-                failed(failure, self.last.as_deref(), now, details(pool, None))
-            }
-        };
+        self.probe
+            .observed(result, elapsed, SystemTime::now(), &self.metrics);
+        self.publish();
         tracing::debug!(
             check = %self.names,
-            status = report.status.as_str(),
+            status = self.last.as_ref().map_or("none", |r| r.status.as_str()),
             duration_ms = elapsed.as_secs_f64() * 1e3,
             "probe finished"
         );
-        log_change(
-            &self.names,
-            self.target.redacted(),
-            self.last.as_deref(),
-            &report,
-        );
+    }
+
+    /// Judges, logs a change, publishes under every check, then records the figures (last:
+    /// that wakes the metrics renderer, which reads the snapshot just written).
+    fn publish(&mut self) {
+        let Some(report) = self.probe.judge(self.last.as_deref(), &self.metrics) else {
+            return;
+        };
+        log_change(&self.names, &self.endpoint, self.last.as_deref(), &report);
         let report = Arc::new(report);
-        for o in &self.outlets {
-            o.publisher.send_replace(Some(report.clone()));
+        for p in &self.publishers {
+            p.send_replace(Some(report.clone()));
         }
         self.last = Some(report.clone());
-        // Last: this wakes the metrics renderer, which reads the snapshot just written.
-        let unix = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-        for o in &self.outlets {
-            self.metrics
-                .record_probe(&o.check, unix.as_secs_f64(), elapsed.as_secs_f64());
-        }
-        report
+        self.probe.published(&report, &self.checks, &self.metrics);
+    }
+
+    /// The last report published.
+    pub fn last(&self) -> Option<Arc<Report>> {
+        self.last.clone()
     }
 }
 
@@ -201,32 +183,6 @@ pub fn ticks(interval: Duration, offset: Duration) -> tokio::time::Interval {
 /// The offset of prober `k` of `n` within `interval`: `k / n` of it.
 pub fn offset(interval: Duration, k: usize, n: usize) -> Duration {
     interval.mul_f64(k as f64 / n.max(1) as f64)
-}
-
-/// The `details` of a Redis check: the pool, and INFO's figures when there are any.
-fn details(pool: PoolState, info: Option<&Info>) -> Value {
-    let mut details = json!({
-        "pool": { "connections": pool.connections, "idle": pool.idle, "in_use": pool.in_use() }
-    });
-    if let (Some(i), Some(d)) = (info, details.as_object_mut()) {
-        let fields = json!({
-            "role": i.role,
-            "redis_version": i.redis_version,
-            "uptime_seconds": i.uptime_seconds,
-            "connected_clients": i.connected_clients,
-            "blocked_clients": i.blocked_clients,
-            "maxclients": i.maxclients,
-            "used_memory_bytes": i.used_memory_bytes,
-            "maxmemory_bytes": i.maxmemory_bytes,
-            "maxmemory_policy": i.maxmemory_policy,
-            "evicted_keys": i.evicted_keys,
-            "rejected_connections": i.rejected_connections,
-        });
-        if let Some(f) = fields.as_object() {
-            d.extend(f.clone());
-        }
-    }
-    details
 }
 
 /// The report of a failed probe: unhealthy, the last success carried over.
@@ -296,6 +252,7 @@ pub fn log_change(names: &str, endpoint: &str, prev: Option<&Report>, next: &Rep
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redis::failure::Reason;
 
     #[test]
     fn probers_are_spread_over_the_interval() {

@@ -73,43 +73,37 @@ pub struct Snapshot {
     /// A report older than this is stale: three probe intervals.
     max_age: Duration,
     checks: Vec<Check>,
-    /// Indexes of the checks that gate `/readyz`.
+    /// The names of the checks that gate `/readyz`, and the indexes of those registered.
+    ready_names: Vec<String>,
     ready: Vec<usize>,
 }
 
 impl Snapshot {
-    /// An empty snapshot; each `(name, endpoint)` gets a publisher, in order.
-    pub fn new(
-        checks: Vec<(String, Option<String>)>,
-        ready: &[String],
-        probe_interval: Duration,
-    ) -> (Snapshot, Vec<Publisher>) {
-        let mut publishers = Vec::new();
-        let checks: Vec<Check> = checks
-            .into_iter()
-            .map(|(name, endpoint)| {
-                let (tx, rx) = watch::channel(None);
-                publishers.push(tx);
-                Check {
-                    name,
-                    endpoint,
-                    reports: rx,
-                }
-            })
-            .collect();
-        let ready = checks
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| ready.contains(&c.name))
-            .map(|(i, _)| i)
-            .collect();
-        let snapshot = Snapshot {
+    /// An empty snapshot: each runner adds the checks it writes ([`Snapshot::register`]).
+    /// `ready` names the checks that gate `/readyz`.
+    pub fn new(ready: &[String], probe_interval: Duration) -> Snapshot {
+        Snapshot {
             started: Instant::now(),
             max_age: probe_interval * 3,
-            checks,
-            ready,
-        };
-        (snapshot, publishers)
+            checks: Vec::new(),
+            ready_names: ready.to_vec(),
+            ready: Vec::new(),
+        }
+    }
+
+    /// Adds the check `name` (shown in the order added) and returns the writing end of its
+    /// reports, which the runner that writes them keeps.
+    pub fn register(&mut self, name: &str, endpoint: Option<String>) -> Publisher {
+        let (tx, rx) = watch::channel(None);
+        if self.ready_names.iter().any(|r| r == name) {
+            self.ready.push(self.checks.len());
+        }
+        self.checks.push(Check {
+            name: name.to_string(),
+            endpoint,
+            reports: rx,
+        });
+        tx
     }
 
     pub fn checks(&self) -> &[Check] {
@@ -302,14 +296,15 @@ mod tests {
     }
 
     fn two_checks(interval: Duration) -> (Snapshot, Vec<Publisher>) {
-        Snapshot::new(
-            vec![
-                ("redis:cache".into(), Some("redis://a:6379/0".into())),
-                ("redis:broker".into(), Some("redis://b:6379/0".into())),
-            ],
+        let mut snap = Snapshot::new(
             &["redis:cache".to_string(), "redis:broker".to_string()],
             interval,
-        )
+        );
+        let tx = vec![
+            snap.register("redis:cache", Some("redis://a:6379/0".into())),
+            snap.register("redis:broker", Some("redis://b:6379/0".into())),
+        ];
+        (snap, tx)
     }
 
     #[test]
@@ -379,11 +374,11 @@ mod tests {
 
     #[test]
     fn only_ready_checks_gate_readiness() {
-        let (snap, tx) = Snapshot::new(
-            vec![("redis:cache".into(), None), ("redis:broker".into(), None)],
-            &["redis:cache".to_string()],
-            Duration::from_secs(5),
-        );
+        let mut snap = Snapshot::new(&["redis:cache".to_string()], Duration::from_secs(5));
+        let tx = [
+            snap.register("redis:cache", None),
+            snap.register("redis:broker", None),
+        ];
         let now = Instant::now();
         tx[0].send_replace(Some(Arc::new(report(Status::Healthy, now))));
         tx[1].send_replace(Some(Arc::new(report(Status::Unhealthy, now))));

@@ -5,14 +5,14 @@ use http_body_util::BodyExt;
 use std::time::SystemTime;
 
 fn app(token: Option<&str>, status: Option<Status>) -> App {
-    let (snapshot, publishers) = Snapshot::new(
-        vec![
-            ("redis:cache".into(), Some("redis://h:6379/0".into())),
-            ("redis:broker".into(), Some("redis://h:6379/0".into())),
-        ],
+    let mut snapshot = Snapshot::new(
         &["redis:cache".to_string(), "redis:broker".to_string()],
         Duration::from_secs(5),
     );
+    let publishers = [
+        snapshot.register("redis:cache", Some("redis://h:6379/0".into())),
+        snapshot.register("redis:broker", Some("redis://h:6379/0".into())),
+    ];
     if let Some(status) = status {
         // One probe, two roles: the same report under both checks.
         let report = Arc::new(Report {

@@ -1,7 +1,7 @@
 use super::*;
 
 fn text(m: &Metrics) -> String {
-    let (snapshot, _) = Snapshot::new(vec![], &[], Duration::from_secs(5));
+    let snapshot = Snapshot::new(&[], Duration::from_secs(5));
     m.render(&snapshot, Instant::now());
     String::from_utf8(m.exposition().plain.to_vec()).unwrap()
 }

@@ -1,0 +1,171 @@
+//! The Redis check, as the [`Runner`](crate::serve::runner::Runner) runs it: PING and INFO
+//! through the target's pool, judged by [`verdict::redis`], published under each role's
+//! check, with the metrics of each role.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::redis::failure::{Failure, Phase, Reason};
+use crate::redis::info::Info;
+use crate::redis::pool::{PoolState, TargetPool};
+use crate::redis::probe::{Observation, RedisProbe};
+use crate::redis::target::Target;
+use crate::serve::metrics::Metrics;
+use crate::serve::runner::{Probe, failed};
+use crate::serve::snapshot::Report;
+use crate::verdict;
+
+/// One Redis target's check.
+pub struct RedisCheck {
+    /// The probe, or why one could not be built (then every run reports that).
+    probe: Result<RedisProbe, Failure>,
+    target: Target,
+    slo: Duration,
+    /// The last probe's result, when it finished and how long it took, until judged.
+    pending: Option<(Result<Observation, Failure>, SystemTime, Duration)>,
+}
+
+impl RedisCheck {
+    /// `pool` is the target's pool, or why it could not be built. Every role's metrics
+    /// start at their initial values.
+    pub fn new(
+        target: Target,
+        pool: Result<TargetPool, Failure>,
+        slo: Duration,
+        metrics: &Metrics,
+    ) -> RedisCheck {
+        for role in target.roles() {
+            metrics.init_redis(role.as_str());
+        }
+        RedisCheck {
+            probe: pool.map(RedisProbe::new),
+            target,
+            slo,
+            pending: None,
+        }
+    }
+
+    fn pool_state(&self) -> PoolState {
+        self.probe
+            .as_ref()
+            .map(|p| p.pool_state())
+            .unwrap_or_default()
+    }
+}
+
+impl Probe for RedisCheck {
+    type Observation = Observation;
+    const SPAN: &'static str = "probe redis";
+
+    async fn probe(&self) -> Result<Observation, Failure> {
+        match &self.probe {
+            Err(failure) => Err(failure.clone()),
+            Ok(probe) => probe.probe().await,
+        }
+    }
+
+    fn timed_out(&self, limit: Duration) -> Failure {
+        let phase = self.probe.as_ref().map_or(Phase::Connect, |p| p.phase());
+        Failure::timeout(&self.target, phase, limit)
+    }
+
+    fn observed(
+        &mut self,
+        result: Result<Observation, Failure>,
+        elapsed: Duration,
+        now: SystemTime,
+        metrics: &Metrics,
+    ) {
+        match &result {
+            Ok(obs) => {
+                for role in self.target.roles() {
+                    metrics.record_redis_success(
+                        role.as_str(),
+                        obs.ping.as_secs_f64(),
+                        obs.info.as_ref().ok(),
+                        obs.pool,
+                    );
+                }
+            }
+            Err(failure) => {
+                // A timeout while still waiting for a connection, from bb8 or the runner.
+                let checkout_timeout = failure.reason == Reason::Timeout
+                    && matches!(&self.probe, Ok(p) if p.phase() == Phase::Connect);
+                let pool = self.pool_state();
+                for role in self.target.roles() {
+                    metrics.record_redis_failure(role.as_str(), failure, pool, checkout_timeout);
+                }
+            }
+        }
+        self.pending = Some((result, now, elapsed));
+    }
+
+    fn judge(&mut self, last: Option<&Report>, _: &Metrics) -> Option<Report> {
+        let (result, now, _) = self.pending.as_ref()?;
+        Some(match result {
+            Ok(obs) => {
+                let judged =
+                    verdict::redis(obs.ping, obs.info.as_ref(), self.target.roles(), self.slo);
+                let (error, fix) = judged.error.map(|c| (c.failure, c.fix)).unzip();
+                Report {
+                    status: judged.status,
+                    finished: Instant::now(),
+                    finished_at: *now,
+                    latency: Some(obs.ping),
+                    last_success: Some(*now),
+                    consecutive_failures: 0,
+                    error,
+                    fix,
+                    warnings: judged.findings,
+                    details: details(obs.pool, obs.info.as_ref().ok()),
+                    fields: json!({}),
+                    queues: None,
+                }
+            }
+            Err(failure) => failed(
+                failure.clone(),
+                last,
+                *now,
+                details(self.pool_state(), None),
+            ),
+        })
+    }
+
+    fn published(&self, _: &Report, checks: &[String], metrics: &Metrics) {
+        let Some((_, now, elapsed)) = &self.pending else {
+            return;
+        };
+        let unix = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        for check in checks {
+            metrics.record_probe(check, unix.as_secs_f64(), elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// The `details` of a Redis check: the pool, and INFO's figures when there are any.
+fn details(pool: PoolState, info: Option<&Info>) -> Value {
+    let mut details = json!({
+        "pool": { "connections": pool.connections, "idle": pool.idle, "in_use": pool.in_use() }
+    });
+    if let (Some(i), Some(d)) = (info, details.as_object_mut()) {
+        let fields = json!({
+            "role": i.role,
+            "redis_version": i.redis_version,
+            "uptime_seconds": i.uptime_seconds,
+            "connected_clients": i.connected_clients,
+            "blocked_clients": i.blocked_clients,
+            "maxclients": i.maxclients,
+            "used_memory_bytes": i.used_memory_bytes,
+            "maxmemory_bytes": i.maxmemory_bytes,
+            "maxmemory_policy": i.maxmemory_policy,
+            "evicted_keys": i.evicted_keys,
+            "rejected_connections": i.rejected_connections,
+        });
+        if let Some(f) = fields.as_object() {
+            d.extend(f.clone());
+        }
+    }
+    details
+}
