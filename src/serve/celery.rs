@@ -11,7 +11,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -20,9 +20,14 @@ use crate::celery::queues::{Layout, QueueObservation, QueueProbe};
 use crate::config::{CELERY_CHECK, CeleryConfig};
 use crate::redis::failure::Failure;
 use crate::redis::target::{Role, Target};
+use crate::serve::health::{
+    CeleryDetails, CeleryFields, CeleryReport, Details, EventsDoc, LayoutDoc, QueueDoc,
+    ReservationsDoc, WorkerDoc,
+};
 use crate::serve::metrics::Metrics;
 use crate::serve::runner::Probe;
 use crate::serve::snapshot::{Report, Reports, Snapshot, Status};
+use crate::text::escape;
 use crate::text::human;
 use crate::verdict::{self, Cause, Seen};
 
@@ -152,20 +157,18 @@ impl CeleryCheck {
         }
         let sub = &shared.subscription;
         let workers = &shared.workers;
-        let listed: Vec<Value> = workers
+        let listed: Vec<WorkerDoc> = workers
             .sorted()
             .iter()
-            .map(|w| {
-                json!({
-                    "hostname": w.hostname,
-                    "alive": workers.alive(w, as_of),
-                    "active": w.active,
-                    "processed": w.processed,
-                    "heartbeat_age_seconds": round1(now.saturating_duration_since(w.last_heard)),
-                    "freq": w.freq,
-                    "pid": w.pid,
-                    "sw_ver": w.sw_ver,
-                })
+            .map(|w| WorkerDoc {
+                hostname: w.hostname.clone(),
+                alive: workers.alive(w, as_of),
+                active: w.active,
+                processed: w.processed,
+                heartbeat_age_seconds: round1(now.saturating_duration_since(w.last_heard)),
+                freq: w.freq,
+                pid: w.pid,
+                sw_ver: w.sw_ver.clone(),
             })
             .collect();
         let alive = workers.alive_count(as_of);
@@ -265,29 +268,33 @@ impl CeleryCheck {
             &run.result,
             &seen,
         );
-        let events = json!({
-            "subscribed": sub.up,
-            "since_seconds": sub.since.map(|t| round1(now.saturating_duration_since(t))),
-            "error": sub.error.as_ref().map(|f| f.message.as_str()),
-            "received": sub.messages,
-            "decode_errors": sub.decode_errors,
-            "untracked_workers": sub.untracked,
-            "reconnects": sub.connects.saturating_sub(1),
-            "tasks_remembered": shared.book.remembered(),
-        });
+        let events = EventsDoc {
+            subscribed: sub.up,
+            since_seconds: sub.since.map(|t| round1(now.saturating_duration_since(t))),
+            error: sub.error.as_ref().map(|f| f.message.clone()),
+            received: sub.messages,
+            decode_errors: sub.decode_errors,
+            untracked_workers: sub.untracked,
+            reconnects: sub.connects.saturating_sub(1),
+            tasks_remembered: shared.book.remembered(),
+        };
         drop(shared);
 
-        let mut fields = json!({
-            "workers_alive": alive,
-            "min_workers": self.config.min_workers,
-            "workers": listed,
-            "queues": {},
-            "unacked": null,
-        });
-        let mut details = json!({ "events": events });
-        let mut queues_json = None;
+        let mut fields = CeleryFields {
+            workers_alive: alive,
+            min_workers: self.config.min_workers,
+            workers: listed,
+            queues: Arc::new(Value::Object(serde_json::Map::new())),
+            unacked: None,
+        };
+        let mut details = CeleryDetails {
+            events,
+            reservations: None,
+            queues_left_out: None,
+            kombu: None,
+        };
         if let Ok(obs) = &run.result {
-            queues_json = Some(match &self.queues_json {
+            fields.queues = match &self.queues_json {
                 // The queues change with a probe, not with each judgement: one copy.
                 Some((at, q)) if *at == run.finished => q.clone(),
                 _ => {
@@ -295,16 +302,16 @@ impl CeleryCheck {
                     self.queues_json = Some((run.finished, q.clone()));
                     q
                 }
+            };
+            fields.unacked = Some(obs.unacked);
+            details.reservations = Some(ReservationsDoc {
+                unacked: obs.unacked,
+                oldest_age_seconds: obs.oldest_reservation.map(round1),
+                orphaned: obs.orphaned,
+                visibility_timeout_seconds: self.config.visibility_timeout.as_secs_f64(),
             });
-            fields["unacked"] = json!(obs.unacked);
-            details["reservations"] = json!({
-                "unacked": obs.unacked,
-                "oldest_age_seconds": obs.oldest_reservation.map(round1),
-                "orphaned": obs.orphaned,
-                "visibility_timeout_seconds": self.config.visibility_timeout.as_secs_f64(),
-            });
-            details["queues_left_out"] = json!(obs.left_out);
-            details["kombu"] = layout_json(&obs.layout);
+            details.queues_left_out = Some(obs.left_out);
+            details.kombu = Some(layout_doc(&obs.layout));
         }
         let (error, fix) = judged.error.map(|c| (c.failure, c.fix)).unzip();
         let report = Report {
@@ -317,9 +324,7 @@ impl CeleryCheck {
             error,
             fix,
             warnings: judged.findings,
-            details,
-            fields,
-            queues: queues_json,
+            details: Details::Celery(Box::new(CeleryReport { details, fields })),
         };
         Some(report)
     }
@@ -441,43 +446,37 @@ impl Probe for CeleryCheck {
     }
 }
 
-/// The `queues` object of the celery check: length, oldest front and task always; how long
-/// nothing was taken, unbound and stranded only when they say something (with a thousand
-/// idle queues, every field is memory held for each report).
+/// The `queues` object of the celery check, one [`QueueDoc`] per queue.
 fn queues_json_of(obs: &QueueObservation) -> Value {
     let queues: serde_json::Map<String, Value> = obs
         .queues
         .iter()
         .map(|q| {
-            let mut v = serde_json::Map::new();
-            v.insert("length".into(), json!(q.length));
-            v.insert("oldest_age_seconds".into(), json!(q.oldest_age.map(round1)));
-            v.insert("oldest_task".into(), json!(q.oldest_task));
-            if let Some(idle) = q.idle {
-                v.insert("idle_seconds".into(), json!(round1(idle)));
-            }
-            if q.unbound {
-                v.insert("unbound".into(), json!(true));
-            }
-            if q.stranded > 0 {
-                v.insert("stranded".into(), json!(q.stranded));
-            }
-            (q.name.clone(), Value::Object(v))
+            let doc = QueueDoc {
+                length: q.length,
+                oldest_age_seconds: q.oldest_age.map(round1),
+                oldest_task: q.oldest_task.clone(),
+                idle_seconds: q.idle.map(round1),
+                unbound: q.unbound,
+                stranded: q.stranded,
+            };
+            let v = serde_json::to_value(doc).expect("a queue's document serializes");
+            (q.name.clone(), v)
         })
         .collect();
     Value::Object(queues)
 }
 
 /// The layout of kombu's keys as `/healthz` shows it (bytes escaped as `config` does).
-pub fn layout_json(l: &Layout) -> Value {
-    json!({
-        "key_prefix": crate::text::escape(&l.prefix),
-        "key_prefix_from": l.prefix_from,
-        "separators": l.seps.iter().map(|s| crate::text::escape(s)).collect::<Vec<_>>(),
-        "separator_from": l.sep_from,
-        "priority_steps_seen": l.steps_seen,
-        "other_key_prefixes": l.other_prefixes.iter().map(|p| crate::text::escape(p)).collect::<Vec<_>>(),
-    })
+pub fn layout_doc(l: &Layout) -> LayoutDoc {
+    LayoutDoc {
+        key_prefix: escape(&l.prefix),
+        key_prefix_from: l.prefix_from,
+        separators: l.seps.iter().map(|s| escape(s)).collect(),
+        separator_from: l.sep_from,
+        priority_steps_seen: l.steps_seen.iter().copied().collect(),
+        other_key_prefixes: l.other_prefixes.iter().map(|p| escape(p)).collect(),
+    }
 }
 
 fn round1(d: Duration) -> f64 {

@@ -2,6 +2,7 @@
 //! registry; HTTP answers from them alone.
 
 pub mod celery;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod process;

@@ -4,7 +4,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::redis::failure::{Failure, Phase, Reason};
@@ -12,6 +11,7 @@ use crate::redis::info::Info;
 use crate::redis::pool::{PoolState, TargetPool};
 use crate::redis::probe::{Observation, RedisProbe};
 use crate::redis::target::Target;
+use crate::serve::health::{Details, InfoDoc, RedisDetails};
 use crate::serve::metrics::Metrics;
 use crate::serve::runner::{Probe, failed};
 use crate::serve::snapshot::Report;
@@ -120,8 +120,6 @@ impl Probe for RedisCheck {
                     fix,
                     warnings: judged.findings,
                     details: details(obs.pool, obs.info.as_ref().ok()),
-                    fields: json!({}),
-                    queues: None,
                 }
             }
             Err(failure) => failed(
@@ -145,27 +143,9 @@ impl Probe for RedisCheck {
 }
 
 /// The `details` of a Redis check: the pool, and INFO's figures when there are any.
-fn details(pool: PoolState, info: Option<&Info>) -> Value {
-    let mut details = json!({
-        "pool": { "connections": pool.connections, "idle": pool.idle, "in_use": pool.in_use() }
-    });
-    if let (Some(i), Some(d)) = (info, details.as_object_mut()) {
-        let fields = json!({
-            "role": i.role,
-            "redis_version": i.redis_version,
-            "uptime_seconds": i.uptime_seconds,
-            "connected_clients": i.connected_clients,
-            "blocked_clients": i.blocked_clients,
-            "maxclients": i.maxclients,
-            "used_memory_bytes": i.used_memory_bytes,
-            "maxmemory_bytes": i.maxmemory_bytes,
-            "maxmemory_policy": i.maxmemory_policy,
-            "evicted_keys": i.evicted_keys,
-            "rejected_connections": i.rejected_connections,
-        });
-        if let Some(f) = fields.as_object() {
-            d.extend(f.clone());
-        }
-    }
-    details
+fn details(pool: PoolState, info: Option<&Info>) -> Details {
+    Details::Redis(Box::new(RedisDetails {
+        pool: pool.into(),
+        info: info.map(InfoDoc::from),
+    }))
 }

@@ -8,11 +8,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde_json::{Value, json};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::redis::failure::Failure;
 use crate::redis::span;
+use crate::serve::health::Details;
 use crate::serve::metrics::Metrics;
 use crate::serve::snapshot::{Publisher, Report, Snapshot, Status};
 use tracing::Instrument;
@@ -186,7 +186,12 @@ pub fn offset(interval: Duration, k: usize, n: usize) -> Duration {
 }
 
 /// The report of a failed probe: unhealthy, the last success carried over.
-pub fn failed(failure: Failure, last: Option<&Report>, now: SystemTime, details: Value) -> Report {
+pub fn failed(
+    failure: Failure,
+    last: Option<&Report>,
+    now: SystemTime,
+    details: Details,
+) -> Report {
     Report {
         status: Status::Unhealthy,
         finished: Instant::now(),
@@ -198,8 +203,6 @@ pub fn failed(failure: Failure, last: Option<&Report>, now: SystemTime, details:
         fix: None,
         warnings: Vec::new(),
         details,
-        fields: json!({}),
-        queues: None,
     }
 }
 
@@ -274,7 +277,7 @@ mod tests {
             Failure::new(Reason::Connect, "refused"),
             None,
             then,
-            json!({}),
+            Details::None,
         );
         assert_eq!(first.status, Status::Unhealthy);
         assert_eq!(first.consecutive_failures, 1);
@@ -287,7 +290,7 @@ mod tests {
             Failure::new(Reason::Connect, "refused"),
             Some(&ok),
             then,
-            json!({}),
+            Details::None,
         );
         assert_eq!(next.consecutive_failures, 1);
         assert_eq!(next.last_success, Some(then));
@@ -295,7 +298,7 @@ mod tests {
             Failure::new(Reason::Connect, "refused"),
             Some(&next),
             then,
-            json!({}),
+            Details::None,
         );
         assert_eq!(third.consecutive_failures, 2);
     }

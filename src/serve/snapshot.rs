@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::redis::failure::Failure;
+use crate::serve::health::{CheckDoc, Details};
 use crate::text::rfc3339;
 use crate::verdict::Finding;
 pub use crate::verdict::Status;
@@ -34,14 +35,9 @@ pub struct Report {
     pub fix: Option<String>,
     /// Why the check is degraded, each with what to do.
     pub warnings: Vec<Finding>,
-    /// Check-specific figures for `/healthz`, under `details`.
-    pub details: Value,
-    /// Check-specific fields at the top level of the check's `/healthz` object (the
-    /// contract puts `workers_alive`, `workers`, `queues`, `unacked` there for celery).
-    pub fields: Value,
-    /// The celery check's `queues` object, shared by the reports of one probe (they are
-    /// made every second, and a thousand queues make a large object).
-    pub queues: Option<Arc<Value>>,
+    /// What the check's kind adds to its `/healthz` object (`details`, and for celery
+    /// `workers_alive`, `workers`, `queues`, `unacked` at its top level).
+    pub details: Details,
 }
 
 /// The fixed description of a check and the receiving end of its reports.
@@ -222,46 +218,34 @@ pub fn verdict(report: Option<&Report>, now: Instant, max_age: Duration) -> Verd
 }
 
 fn check_json(check: &Check, report: Option<&Report>, verdict: &Verdict) -> Value {
-    let mut doc = json!({
-        "status": verdict.status,
-        "endpoint": check.endpoint,
-        "latency_ms": null,
-        "last_success": null,
-        "last_probe": null,
-        "consecutive_failures": 0,
-        "error": null,
-        "reason": null,
-        "fix": null,
-        "warnings": [],
-        "findings": [],
-        "details": {},
-    });
-    if let Some(r) = report {
-        doc["latency_ms"] = json!(r.latency.map(|d| round3(d.as_secs_f64() * 1e3)));
-        doc["last_success"] = json!(r.last_success.map(rfc3339));
-        doc["last_probe"] = json!(rfc3339(r.finished_at));
-        doc["consecutive_failures"] = json!(r.consecutive_failures);
-        doc["reason"] = json!(r.error.as_ref().map(|f| f.reason.as_str()));
-        let texts: Vec<&str> = r.warnings.iter().map(|w| w.text.as_str()).collect();
-        doc["warnings"] = json!(texts);
-        doc["findings"] = json!(r.warnings);
-        doc["fix"] = json!(match r.status {
+    let none = Details::None;
+    let details = report.map_or(&none, |r| &r.details);
+    let doc = CheckDoc {
+        status: verdict.status,
+        endpoint: check.endpoint.as_deref(),
+        latency_ms: report
+            .and_then(|r| r.latency)
+            .map(|d| round3(d.as_secs_f64() * 1e3)),
+        last_success: report.and_then(|r| r.last_success).map(rfc3339),
+        last_probe: report.map(|r| rfc3339(r.finished_at)),
+        consecutive_failures: report.map_or(0, |r| r.consecutive_failures),
+        error: (verdict.status == Status::Unhealthy)
+            .then(|| verdict.reason.clone())
+            .flatten(),
+        reason: report.and_then(|r| r.error.as_ref().map(|f| f.reason.as_str())),
+        fix: report.and_then(|r| match r.status {
             Status::Unhealthy => r.fix.as_deref(),
             Status::Degraded => r.warnings.first().map(|w| w.fix.as_str()),
             Status::Healthy => None,
-        });
-        doc["details"] = r.details.clone();
-        if let (Some(d), Some(f)) = (doc.as_object_mut(), r.fields.as_object()) {
-            d.extend(f.clone());
-        }
-        if let Some(q) = &r.queues {
-            doc["queues"] = (**q).clone();
-        }
-    }
-    if verdict.status == Status::Unhealthy {
-        doc["error"] = json!(verdict.reason);
-    }
-    doc
+        }),
+        warnings: report.map_or(Vec::new(), |r| {
+            r.warnings.iter().map(|w| w.text.as_str()).collect()
+        }),
+        findings: report.map_or(&[], |r| r.warnings.as_slice()),
+        details: details.doc(),
+        celery: details.celery_fields(),
+    };
+    serde_json::to_value(doc).expect("a check's document serializes")
 }
 
 fn round3(x: f64) -> f64 {
@@ -289,9 +273,7 @@ mod tests {
             } else {
                 vec![]
             },
-            details: json!({}),
-            fields: json!({}),
-            queues: None,
+            details: Details::None,
         }
     }
 

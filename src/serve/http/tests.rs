@@ -26,9 +26,7 @@ fn app(token: Option<&str>, status: Option<Status>) -> App {
                 .then(|| Failure::new(Reason::Connect, "connection refused by h:6379")),
             fix: None,
             warnings: vec![],
-            details: serde_json::json!({}),
-            fields: serde_json::json!({}),
-            queues: None,
+            details: crate::serve::health::Details::None,
         });
         for p in &publishers {
             p.send_replace(Some(report.clone()));

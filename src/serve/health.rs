@@ -1,0 +1,225 @@
+//! What each check adds to its `/healthz` object, typed: one type per check kind
+//! ([`RedisDetails`], [`CeleryReport`]), serialized to the JSON clients have always received
+//! (docs/endpoints.md). [`CheckDoc`] is one check's whole object.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::redis::info::Info;
+use crate::redis::pool::PoolState;
+use crate::verdict::{Finding, Status};
+
+/// A check's kind-specific part.
+#[derive(Debug, Clone, Default)]
+pub enum Details {
+    /// Nothing to add (no probe has said more yet).
+    #[default]
+    None,
+    Redis(Box<RedisDetails>),
+    Celery(Box<CeleryReport>),
+}
+
+/// `details` of a Redis check: the pool, and INFO's figures when there are any.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisDetails {
+    pub pool: PoolDoc,
+    #[serde(flatten)]
+    pub info: Option<InfoDoc>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PoolDoc {
+    pub connections: u32,
+    pub idle: u32,
+    pub in_use: u32,
+}
+
+impl From<PoolState> for PoolDoc {
+    fn from(p: PoolState) -> PoolDoc {
+        PoolDoc {
+            connections: p.connections,
+            idle: p.idle,
+            in_use: p.in_use(),
+        }
+    }
+}
+
+/// INFO's figures, as `/healthz` names them.
+#[derive(Debug, Clone, Serialize)]
+pub struct InfoDoc {
+    pub role: Option<String>,
+    pub redis_version: Option<String>,
+    pub uptime_seconds: Option<u64>,
+    pub connected_clients: Option<u64>,
+    pub blocked_clients: Option<u64>,
+    pub maxclients: Option<u64>,
+    pub used_memory_bytes: Option<u64>,
+    pub maxmemory_bytes: Option<u64>,
+    pub maxmemory_policy: Option<String>,
+    pub evicted_keys: Option<u64>,
+    pub rejected_connections: Option<u64>,
+}
+
+impl From<&Info> for InfoDoc {
+    fn from(i: &Info) -> InfoDoc {
+        InfoDoc {
+            role: i.role.clone(),
+            redis_version: i.redis_version.clone(),
+            uptime_seconds: i.uptime_seconds,
+            connected_clients: i.connected_clients,
+            blocked_clients: i.blocked_clients,
+            maxclients: i.maxclients,
+            used_memory_bytes: i.used_memory_bytes,
+            maxmemory_bytes: i.maxmemory_bytes,
+            maxmemory_policy: i.maxmemory_policy.clone(),
+            evicted_keys: i.evicted_keys,
+            rejected_connections: i.rejected_connections,
+        }
+    }
+}
+
+/// The Celery check's part: its `details` and the fields at the check's top level.
+#[derive(Debug, Clone)]
+pub struct CeleryReport {
+    pub details: CeleryDetails,
+    pub fields: CeleryFields,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CeleryDetails {
+    pub events: EventsDoc,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reservations: Option<ReservationsDoc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queues_left_out: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kombu: Option<LayoutDoc>,
+}
+
+/// The event subscription.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventsDoc {
+    pub subscribed: bool,
+    pub since_seconds: Option<f64>,
+    pub error: Option<String>,
+    pub received: u64,
+    pub decode_errors: u64,
+    pub untracked_workers: u64,
+    pub reconnects: u64,
+    pub tasks_remembered: usize,
+}
+
+/// The unacked reservations.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReservationsDoc {
+    pub unacked: u64,
+    pub oldest_age_seconds: Option<f64>,
+    pub orphaned: u64,
+    pub visibility_timeout_seconds: f64,
+}
+
+/// kombu's layout as found on the broker (bytes escaped as `config` shows them).
+#[derive(Debug, Clone, Serialize)]
+pub struct LayoutDoc {
+    pub key_prefix: String,
+    pub key_prefix_from: &'static str,
+    pub separators: Vec<String>,
+    pub separator_from: &'static str,
+    pub priority_steps_seen: Vec<u32>,
+    pub other_key_prefixes: Vec<String>,
+}
+
+/// One queue in the Celery check's `queues`: length, oldest front and task always; how long
+/// nothing was taken, unbound and stranded only when they say something (with a thousand
+/// idle queues, every field is memory held for each report).
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueDoc {
+    pub length: u64,
+    pub oldest_age_seconds: Option<f64>,
+    pub oldest_task: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unbound: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub stranded: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The Celery check's top-level fields.
+#[derive(Debug, Clone, Serialize)]
+pub struct CeleryFields {
+    pub workers_alive: usize,
+    pub min_workers: u32,
+    pub workers: Vec<WorkerDoc>,
+    /// One object per queue, shared by the reports until the next queue probe (with a
+    /// thousand queues, a copy per judgement would be memory held for nothing).
+    pub queues: Arc<Value>,
+    pub unacked: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerDoc {
+    pub hostname: String,
+    pub alive: bool,
+    pub active: u64,
+    pub processed: u64,
+    pub heartbeat_age_seconds: f64,
+    pub freq: f64,
+    pub pid: Option<u64>,
+    pub sw_ver: Option<String>,
+}
+
+/// One check's `/healthz` object.
+#[derive(Serialize)]
+pub struct CheckDoc<'a> {
+    pub status: Status,
+    pub endpoint: Option<&'a str>,
+    pub latency_ms: Option<f64>,
+    pub last_success: Option<String>,
+    pub last_probe: Option<String>,
+    pub consecutive_failures: u32,
+    pub error: Option<String>,
+    pub reason: Option<&'static str>,
+    pub fix: Option<&'a str>,
+    pub warnings: Vec<&'a str>,
+    pub findings: &'a [Finding],
+    pub details: DetailsDoc<'a>,
+    #[serde(flatten)]
+    pub celery: Option<&'a CeleryFields>,
+}
+
+/// `details` as it serializes: `{}` when there is nothing.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum DetailsDoc<'a> {
+    Empty(Empty),
+    Redis(&'a RedisDetails),
+    Celery(&'a CeleryDetails),
+}
+
+#[derive(Serialize)]
+pub struct Empty {}
+
+impl Details {
+    pub fn doc(&self) -> DetailsDoc<'_> {
+        match self {
+            Details::None => DetailsDoc::Empty(Empty {}),
+            Details::Redis(r) => DetailsDoc::Redis(r),
+            Details::Celery(c) => DetailsDoc::Celery(&c.details),
+        }
+    }
+
+    /// The Celery check's top-level fields, for a Celery report.
+    pub fn celery_fields(&self) -> Option<&CeleryFields> {
+        match self {
+            Details::Celery(c) => Some(&c.fields),
+            _ => None,
+        }
+    }
+}
