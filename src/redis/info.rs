@@ -11,9 +11,13 @@ pub const SECTIONS: [&str; 6] = [
     "persistence",
 ];
 
-/// What INFO said; a field is `None` when this server's INFO does not have it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What INFO said; a field is `None` when this server's INFO does not have it. Serialized
+/// as a Redis check's `details` show it, in this order (the health flags are judged, not
+/// shown).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Info {
+    /// `master` or `slave`, as Redis says it.
+    pub role: Option<String>,
     pub redis_version: Option<String>,
     pub uptime_seconds: Option<u64>,
     pub connected_clients: Option<u64>,
@@ -25,12 +29,13 @@ pub struct Info {
     pub maxmemory_policy: Option<String>,
     pub evicted_keys: Option<u64>,
     pub rejected_connections: Option<u64>,
-    /// `master` or `slave`, as Redis says it.
-    pub role: Option<String>,
+    #[serde(skip)]
     pub loading: Option<bool>,
     /// `ok` or `err`: whether the last RDB save worked.
+    #[serde(skip)]
     pub rdb_last_bgsave_status: Option<String>,
     /// `ok` or `err`: whether the last AOF write worked.
+    #[serde(skip)]
     pub aof_last_write_status: Option<String>,
 }
 

@@ -26,7 +26,7 @@ pub enum Details {
 pub struct RedisDetails {
     pub pool: PoolDoc,
     #[serde(flatten)]
-    pub info: Option<InfoDoc>,
+    pub info: Option<Info>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -42,40 +42,6 @@ impl From<PoolState> for PoolDoc {
             connections: p.connections,
             idle: p.idle,
             in_use: p.in_use(),
-        }
-    }
-}
-
-/// INFO's figures, as `/healthz` names them.
-#[derive(Debug, Clone, Serialize)]
-pub struct InfoDoc {
-    pub role: Option<String>,
-    pub redis_version: Option<String>,
-    pub uptime_seconds: Option<u64>,
-    pub connected_clients: Option<u64>,
-    pub blocked_clients: Option<u64>,
-    pub maxclients: Option<u64>,
-    pub used_memory_bytes: Option<u64>,
-    pub maxmemory_bytes: Option<u64>,
-    pub maxmemory_policy: Option<String>,
-    pub evicted_keys: Option<u64>,
-    pub rejected_connections: Option<u64>,
-}
-
-impl From<&Info> for InfoDoc {
-    fn from(i: &Info) -> InfoDoc {
-        InfoDoc {
-            role: i.role.clone(),
-            redis_version: i.redis_version.clone(),
-            uptime_seconds: i.uptime_seconds,
-            connected_clients: i.connected_clients,
-            blocked_clients: i.blocked_clients,
-            maxclients: i.maxclients,
-            used_memory_bytes: i.used_memory_bytes,
-            maxmemory_bytes: i.maxmemory_bytes,
-            maxmemory_policy: i.maxmemory_policy.clone(),
-            evicted_keys: i.evicted_keys,
-            rejected_connections: i.rejected_connections,
         }
     }
 }

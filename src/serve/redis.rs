@@ -11,7 +11,7 @@ use crate::redis::info::Info;
 use crate::redis::pool::{PoolState, TargetPool};
 use crate::redis::probe::{Observation, RedisProbe};
 use crate::redis::target::Target;
-use crate::serve::health::{Details, InfoDoc, RedisDetails};
+use crate::serve::health::{Details, RedisDetails};
 use crate::serve::metrics::Metrics;
 use crate::serve::runner::{Probe, failed};
 use crate::serve::snapshot::Report;
@@ -146,6 +146,6 @@ impl Probe for RedisCheck {
 fn details(pool: PoolState, info: Option<&Info>) -> Details {
     Details::Redis(Box::new(RedisDetails {
         pool: pool.into(),
-        info: info.map(InfoDoc::from),
+        info: info.cloned(),
     }))
 }
