@@ -3,6 +3,7 @@
 //! Values are kept as raw strings here; `config` validates them once, so that an error can
 //! name the variable and never echo a secret (clap's own value errors would do neither).
 
+use super::vars;
 use clap::{Args, Parser, Subcommand};
 
 /// `redis-celery-sidecar [COMMAND] [OPTIONS]`. No `Debug`: it holds secrets as given.
@@ -45,287 +46,287 @@ pub enum Command {
 #[derive(Clone, Default, Args)]
 pub struct Settings {
     /// Redis URL of the app's cache (role `cache`).
-    #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
+    #[arg(long = vars::REDIS_URL.flag, env = vars::REDIS_URL.env, global = true, hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Host used to build the cache URL when REDIS_URL is unset.
-    #[arg(long, env = "REDISHOST", global = true, hide_env_values = true)]
+    #[arg(long = vars::REDISHOST.flag, env = vars::REDISHOST.env, global = true, hide_env_values = true)]
     pub redis_host: Option<String>,
     /// Port used to build the cache URL when REDIS_URL is unset.
-    #[arg(long, env = "REDISPORT", global = true, hide_env_values = true)]
+    #[arg(long = vars::REDISPORT.flag, env = vars::REDISPORT.env, global = true, hide_env_values = true)]
     pub redis_port: Option<String>,
     /// User used to build the cache URL when REDIS_URL is unset.
-    #[arg(long, env = "REDISUSER", global = true, hide_env_values = true)]
+    #[arg(long = vars::REDISUSER.flag, env = vars::REDISUSER.env, global = true, hide_env_values = true)]
     pub redis_user: Option<String>,
     /// Password used to build the cache URL when REDIS_URL is unset.
-    #[arg(long, env = "REDISPASSWORD", global = true, hide_env_values = true)]
+    #[arg(long = vars::REDISPASSWORD.flag, env = vars::REDISPASSWORD.env, global = true, hide_env_values = true)]
     pub redis_password: Option<String>,
     /// Celery broker URL (role `broker`); defaults to the cache URL.
-    #[arg(long, env = "CELERY_BROKER_URL", global = true, hide_env_values = true)]
+    #[arg(long = vars::CELERY_BROKER_URL.flag, env = vars::CELERY_BROKER_URL.env, global = true, hide_env_values = true)]
     pub celery_broker_url: Option<String>,
     /// Celery result backend (role `result_backend`), probed when it is a Redis URL.
     #[arg(
-        long,
-        env = "CELERY_RESULT_BACKEND",
+        long = vars::CELERY_RESULT_BACKEND.flag,
+        env = vars::CELERY_RESULT_BACKEND.env,
         global = true,
         hide_env_values = true
     )]
     pub celery_result_backend: Option<String>,
     /// A PEM file of CA certificates trusted for rediss:// beside the built-in roots.
-    #[arg(long, env = "SSL_CERT_FILE", global = true)]
+    #[arg(long = vars::SSL_CERT_FILE.flag, env = vars::SSL_CERT_FILE.env, global = true)]
     pub ssl_cert_file: Option<String>,
     /// A directory of PEM CA certificates trusted for rediss:// beside the built-in roots.
-    #[arg(long, env = "SSL_CERT_DIR", global = true)]
+    #[arg(long = vars::SSL_CERT_DIR.flag, env = vars::SSL_CERT_DIR.env, global = true)]
     pub ssl_cert_dir: Option<String>,
     /// Listen address; default `[::]:$PORT`, else `[::]:9811`.
     #[arg(
-        long,
-        env = "SIDECAR_LISTEN_ADDR",
+        long = vars::LISTEN_ADDR.flag,
+        env = vars::LISTEN_ADDR.env,
         global = true,
         hide_env_values = true
     )]
     pub listen_addr: Option<String>,
     /// Port to listen on when SIDECAR_LISTEN_ADDR is unset (Railway sets it).
-    #[arg(long, env = "PORT", global = true, hide_env_values = true)]
+    #[arg(long = vars::PORT.flag, env = vars::PORT.env, global = true, hide_env_values = true)]
     pub port: Option<String>,
     /// How often each Redis target is probed, e.g. `5s`.
     #[arg(
-        long,
-        env = "SIDECAR_PROBE_INTERVAL",
+        long = vars::PROBE_INTERVAL.flag,
+        env = vars::PROBE_INTERVAL.env,
         global = true,
         hide_env_values = true
     )]
     pub probe_interval: Option<String>,
     /// Bound on one probe, connect included, e.g. `1s` (default: 1s, or 80% of a shorter interval).
     #[arg(
-        long,
-        env = "SIDECAR_PROBE_TIMEOUT",
+        long = vars::PROBE_TIMEOUT.flag,
+        env = vars::PROBE_TIMEOUT.env,
         global = true,
         hide_env_values = true
     )]
     pub probe_timeout: Option<String>,
     /// How often a fresh connection re-checks each target's credentials, e.g. `30s`.
     #[arg(
-        long,
-        env = "SIDECAR_AUTH_RECHECK",
+        long = vars::AUTH_RECHECK.flag,
+        env = vars::AUTH_RECHECK.env,
         global = true,
         hide_env_values = true
     )]
     pub auth_recheck: Option<String>,
     /// A Redis round trip slower than this makes the check degraded, e.g. `100ms`.
     #[arg(
-        long,
-        env = "SIDECAR_LATENCY_SLO",
+        long = vars::LATENCY_SLO.flag,
+        env = vars::LATENCY_SLO.env,
         global = true,
         hide_env_values = true
     )]
     pub latency_slo: Option<String>,
     /// Comma list of the checks that gate /readyz; default: every Redis target.
     #[arg(
-        long,
-        env = "SIDECAR_READY_CHECKS",
+        long = vars::READY_CHECKS.flag,
+        env = vars::READY_CHECKS.env,
         global = true,
         hide_env_values = true
     )]
     pub ready_checks: Option<String>,
     /// Bearer token required on /metrics and /healthz.
     #[arg(
-        long,
-        env = "SIDECAR_AUTH_TOKEN",
+        long = vars::AUTH_TOKEN.flag,
+        env = vars::AUTH_TOKEN.env,
         global = true,
         hide_env_values = true
     )]
     pub auth_token: Option<String>,
     /// Open HTTP connections at most (default 1024); more are closed at once.
     #[arg(
-        long,
-        env = "SIDECAR_MAX_CONNECTIONS",
+        long = vars::MAX_CONNECTIONS.flag,
+        env = vars::MAX_CONNECTIONS.env,
         global = true,
         hide_env_values = true
     )]
     pub max_connections: Option<String>,
     /// `text` (default) or `json`.
     #[arg(
-        long,
-        env = "SIDECAR_LOG_FORMAT",
+        long = vars::LOG_FORMAT.flag,
+        env = vars::LOG_FORMAT.env,
         global = true,
         hide_env_values = true
     )]
     pub log_format: Option<String>,
     /// Log levels, in tracing's `EnvFilter` syntax (default `info`).
-    #[arg(long, env = "RUST_LOG", global = true, hide_env_values = true)]
+    #[arg(long = vars::RUST_LOG.flag, env = vars::RUST_LOG.env, global = true, hide_env_values = true)]
     pub log_level: Option<String>,
     /// Comma list of Celery queues to watch besides those discovered and `celery`.
     #[arg(
-        long,
-        env = "SIDECAR_CELERY_QUEUES",
+        long = vars::CELERY_QUEUES.flag,
+        env = vars::CELERY_QUEUES.env,
         global = true,
         hide_env_values = true
     )]
     pub celery_queues: Option<String>,
     /// Fewer alive Celery workers than this makes the celery check unhealthy (default 1).
     #[arg(
-        long,
-        env = "SIDECAR_CELERY_MIN_WORKERS",
+        long = vars::CELERY_MIN_WORKERS.flag,
+        env = vars::CELERY_MIN_WORKERS.env,
         global = true,
         hide_env_values = true
     )]
     pub celery_min_workers: Option<String>,
     /// kombu's `global_keyprefix` transport option (default empty).
     #[arg(
-        long,
-        env = "SIDECAR_CELERY_KEYPREFIX",
+        long = vars::CELERY_KEYPREFIX.flag,
+        env = vars::CELERY_KEYPREFIX.env,
         global = true,
         hide_env_values = true
     )]
     pub celery_keyprefix: Option<String>,
     /// kombu's `sep` transport option; `\xNN` escapes allowed (default `\x06\x16`).
     #[arg(
-        long,
-        env = "SIDECAR_CELERY_SEP",
+        long = vars::CELERY_SEP.flag,
+        env = vars::CELERY_SEP.env,
         global = true,
         hide_env_values = true
     )]
     pub celery_sep: Option<String>,
     /// kombu's `priority_steps` transport option (default `0,3,6,9`).
     #[arg(
-        long,
-        env = "SIDECAR_CELERY_PRIORITY_STEPS",
+        long = vars::CELERY_PRIORITY_STEPS.flag,
+        env = vars::CELERY_PRIORITY_STEPS.env,
         global = true,
         hide_env_values = true
     )]
     pub celery_priority_steps: Option<String>,
     /// kombu's `visibility_timeout`: older reservations are orphaned (default 1h).
     #[arg(
-        long,
-        env = "SIDECAR_CELERY_VISIBILITY_TIMEOUT",
+        long = vars::CELERY_VISIBILITY_TIMEOUT.flag,
+        env = vars::CELERY_VISIBILITY_TIMEOUT.env,
         global = true,
         hide_env_values = true
     )]
     pub celery_visibility_timeout: Option<String>,
     /// A worker is dead after this many missed heartbeats (default 2).
     #[arg(
-        long,
-        env = "SIDECAR_CELERY_HEARTBEAT_MISSES",
+        long = vars::CELERY_HEARTBEAT_MISSES.flag,
+        env = vars::CELERY_HEARTBEAT_MISSES.env,
         global = true,
         hide_env_values = true
     )]
     pub celery_heartbeat_misses: Option<String>,
     /// A queue from which nothing has been taken for this long, while it holds tasks, is stalled (default 5m).
     #[arg(
-        long,
-        env = "SIDECAR_CELERY_STALL_AFTER",
+        long = vars::CELERY_STALL_AFTER.flag,
+        env = vars::CELERY_STALL_AFTER.env,
         global = true,
         hide_env_values = true
     )]
     pub celery_stall_after: Option<String>,
     /// How many workers are tracked at most (default 256).
     #[arg(
-        long,
-        env = "SIDECAR_CELERY_MAX_WORKERS",
+        long = vars::CELERY_MAX_WORKERS.flag,
+        env = vars::CELERY_MAX_WORKERS.env,
         global = true,
         hide_env_values = true
     )]
     pub celery_max_workers: Option<String>,
     /// Workers offline this long are forgotten and their series removed (default 10m).
     #[arg(
-        long,
-        env = "SIDECAR_CELERY_FORGET_AFTER",
+        long = vars::CELERY_FORGET_AFTER.flag,
+        env = vars::CELERY_FORGET_AFTER.env,
         global = true,
         hide_env_values = true
     )]
     pub celery_forget_after: Option<String>,
     /// OTLP collector base URL (`/v1/traces` is added for http/protobuf).
     #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        long = vars::OTEL_ENDPOINT.flag,
+        env = vars::OTEL_ENDPOINT.env,
         global = true,
         hide_env_values = true
     )]
     pub otel_endpoint: Option<String>,
     /// OTLP traces URL, used as is.
     #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        long = vars::OTEL_TRACES_ENDPOINT.flag,
+        env = vars::OTEL_TRACES_ENDPOINT.env,
         global = true,
         hide_env_values = true
     )]
     pub otel_traces_endpoint: Option<String>,
     /// `http/protobuf` (default) or `grpc`.
     #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        long = vars::OTEL_PROTOCOL.flag,
+        env = vars::OTEL_PROTOCOL.env,
         global = true,
         hide_env_values = true
     )]
     pub otel_protocol: Option<String>,
     /// Protocol for traces, over OTEL_EXPORTER_OTLP_PROTOCOL.
     #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        long = vars::OTEL_TRACES_PROTOCOL.flag,
+        env = vars::OTEL_TRACES_PROTOCOL.env,
         global = true,
         hide_env_values = true
     )]
     pub otel_traces_protocol: Option<String>,
     /// `key=value,...` headers sent to the collector (often an API key).
     #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_HEADERS",
+        long = vars::OTEL_HEADERS.flag,
+        env = vars::OTEL_HEADERS.env,
         global = true,
         hide_env_values = true
     )]
     pub otel_headers: Option<String>,
     /// Headers for traces, added to OTEL_EXPORTER_OTLP_HEADERS.
     #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        long = vars::OTEL_TRACES_HEADERS.flag,
+        env = vars::OTEL_TRACES_HEADERS.env,
         global = true,
         hide_env_values = true
     )]
     pub otel_traces_headers: Option<String>,
     /// Export timeout in milliseconds (default 10000).
     #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_TIMEOUT",
+        long = vars::OTEL_TIMEOUT.flag,
+        env = vars::OTEL_TIMEOUT.env,
         global = true,
         hide_env_values = true
     )]
     pub otel_timeout: Option<String>,
     /// Export timeout for traces, over OTEL_EXPORTER_OTLP_TIMEOUT.
     #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        long = vars::OTEL_TRACES_TIMEOUT.flag,
+        env = vars::OTEL_TRACES_TIMEOUT.env,
         global = true,
         hide_env_values = true
     )]
     pub otel_traces_timeout: Option<String>,
     /// `service.name` of the spans (default `redis-celery-sidecar`).
-    #[arg(long, env = "OTEL_SERVICE_NAME", global = true, hide_env_values = true)]
+    #[arg(long = vars::OTEL_SERVICE_NAME.flag, env = vars::OTEL_SERVICE_NAME.env, global = true, hide_env_values = true)]
     pub otel_service_name: Option<String>,
     /// `key=value,...` resource attributes.
     #[arg(
-        long,
-        env = "OTEL_RESOURCE_ATTRIBUTES",
+        long = vars::OTEL_RESOURCE_ATTRIBUTES.flag,
+        env = vars::OTEL_RESOURCE_ATTRIBUTES.env,
         global = true,
         hide_env_values = true
     )]
     pub otel_resource_attributes: Option<String>,
     /// `always_on`, `always_off`, `traceidratio`, `parentbased_*` (default `parentbased_always_on`).
     #[arg(
-        long,
-        env = "OTEL_TRACES_SAMPLER",
+        long = vars::OTEL_TRACES_SAMPLER.flag,
+        env = vars::OTEL_TRACES_SAMPLER.env,
         global = true,
         hide_env_values = true
     )]
     pub otel_traces_sampler: Option<String>,
     /// The sampler's argument: the ratio for `traceidratio`.
     #[arg(
-        long,
-        env = "OTEL_TRACES_SAMPLER_ARG",
+        long = vars::OTEL_TRACES_SAMPLER_ARG.flag,
+        env = vars::OTEL_TRACES_SAMPLER_ARG.env,
         global = true,
         hide_env_values = true
     )]
     pub otel_traces_sampler_arg: Option<String>,
     /// `true` turns OpenTelemetry off entirely.
-    #[arg(long, env = "OTEL_SDK_DISABLED", global = true, hide_env_values = true)]
+    #[arg(long = vars::OTEL_SDK_DISABLED.flag, env = vars::OTEL_SDK_DISABLED.env, global = true, hide_env_values = true)]
     pub otel_sdk_disabled: Option<String>,
 }
