@@ -65,7 +65,8 @@ pub struct CeleryCheck {
     /// The workers alive at the last judgement, to log each one that comes or goes.
     up: std::collections::BTreeSet<String>,
     last_log: Option<Instant>,
-    /// Workers are judged again every second between queue probes (made at the first wait).
+    /// Workers are judged again every second between queue probes (made when the runner
+    /// starts, at its offset).
     judge_tick: Option<tokio::time::Interval>,
 }
 
@@ -412,7 +413,16 @@ impl Probe for CeleryCheck {
         self.judgement(metrics)
     }
 
-    /// Every second, and at once when a worker comes or goes.
+    /// The judgements between probes keep to this prober's own offset, not the first
+    /// prober's PINGs.
+    fn started(&mut self, offset: Duration) {
+        let mut tick = tokio::time::interval_at(Instant::now() + offset, JUDGE_EVERY);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.judge_tick = Some(tick);
+    }
+
+    /// Every second (in step with this prober's offset), and at once when a worker comes or
+    /// goes.
     async fn wake(&mut self) {
         let tick = self.judge_tick.get_or_insert_with(|| {
             let mut t = tokio::time::interval_at(Instant::now() + JUDGE_EVERY, JUDGE_EVERY);

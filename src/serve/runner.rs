@@ -43,6 +43,13 @@ pub trait Probe: Send + 'static {
     /// nothing to say yet.
     fn judge(&mut self, last: Option<&Report>, metrics: &Metrics) -> Option<Report>;
 
+    /// Called once after the first probe, with the runner's offset within the interval: a
+    /// probe that wakes between probes (see [`Probe::wake`]) keeps its wakes in step with
+    /// it, so that they never fall on another prober's PING.
+    fn started(&mut self, offset: Duration) {
+        let _ = offset;
+    }
+
     /// Resolves when the report should be judged again between probes; never, unless the
     /// probe says otherwise (the Celery check: every second, and when a worker comes or
     /// goes).
@@ -102,6 +109,7 @@ impl<P: Probe> Runner<P> {
     pub async fn run(mut self, offset: Duration) {
         let mut ticker = ticks(self.interval, offset);
         self.probe_once().await;
+        self.probe.started(offset);
         loop {
             let woke = tokio::select! {
                 _ = ticker.tick() => false,
