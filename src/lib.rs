@@ -151,7 +151,7 @@ pub fn assemble(config: &Config, celery: bool) -> Parts {
         let naming = Naming::new(c, broker.db());
         let shared = Arc::new(Mutex::new(Shared::new(c, naming.clone())));
         let changed = Arc::new(Notify::new());
-        let probe = pool.map(|pool| QueueProbe::new(pool, naming.clone(), c, config.probe_timeout));
+        let probe = QueueProbe::new(pool, naming.clone(), c, config.probe_timeout);
         let check = CeleryCheck::new(
             probe,
             shared.clone(),

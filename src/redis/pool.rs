@@ -75,16 +75,16 @@ impl Manager {
     /// The redis crate's own connect and response timeouts are set 50% above the probe
     /// timeout: a backstop only, so that the runner's timeout, which knows what the probe
     /// was waiting for, is the one that fires.
-    pub fn new(target: &Target, timeout: Duration) -> Result<Manager, RedisError> {
+    pub fn new(target: &Target, timeout: Duration) -> Manager {
         let backstop = timeout + timeout / 2;
         let config = AsyncConnectionConfig::new().set_response_timeout(Some(backstop));
-        Ok(Manager {
+        Manager {
             config,
             connect_limit: backstop,
             target: target.clone(),
             failures: watch::Sender::new(None),
             verified: Arc::new(Mutex::new(None)),
-        })
+        }
     }
 
     /// Each failed connection attempt, newest last (the receiver sees only the latest).
@@ -286,22 +286,18 @@ pub struct TargetPool {
 
 impl TargetPool {
     /// Builds the pool without connecting: the sidecar starts while Redis is down.
-    pub fn new(
-        target: &Target,
-        timeout: Duration,
-        recheck: Duration,
-    ) -> Result<TargetPool, Failure> {
-        let manager = Manager::new(target, timeout).map_err(|e| Failure::from_redis(&e, target))?;
+    pub fn new(target: &Target, timeout: Duration, recheck: Duration) -> TargetPool {
+        let manager = Manager::new(target, timeout);
         let failures = manager.failures();
         let verified = manager.verified.clone();
-        Ok(TargetPool {
+        TargetPool {
             pool: build(manager, timeout),
             failures,
             target: target.clone(),
             timeout,
             recheck,
             verified,
-        })
+        }
     }
 
     /// When the last login is older than the recheck interval, claims the recheck (so that

@@ -48,7 +48,7 @@ struct QueueRun {
 }
 
 pub struct CeleryCheck {
-    probe: Result<QueueProbe, Failure>,
+    probe: QueueProbe,
     shared: Arc<Mutex<Shared>>,
     changed: Arc<Notify>,
     /// The broker's own Redis check.
@@ -74,7 +74,7 @@ impl CeleryCheck {
     /// `snapshot` gives the reports of the broker's own Redis check (registered before, by
     /// its runner), which this check follows; `broker` is the broker target.
     pub fn new(
-        probe: Result<QueueProbe, Failure>,
+        probe: QueueProbe,
         shared: Arc<Mutex<Shared>>,
         changed: Arc<Notify>,
         snapshot: &Snapshot,
@@ -336,27 +336,19 @@ impl Probe for CeleryCheck {
     const SPAN: &'static str = "probe celery";
 
     async fn probe(&self) -> Result<QueueObservation, Failure> {
-        match &self.probe {
-            Err(f) => Err(f.clone()),
-            Ok(p) => {
-                // Which apps' workers are heard decides which key prefix is watched.
-                let heard = self
-                    .shared
-                    .lock()
-                    .expect("shared lock is never poisoned")
-                    .heard
-                    .clone();
-                p.heard(heard);
-                p.probe().await
-            }
-        }
+        // Which apps' workers are heard decides which key prefix is watched.
+        let heard = self
+            .shared
+            .lock()
+            .expect("shared lock is never poisoned")
+            .heard
+            .clone();
+        self.probe.heard(heard);
+        self.probe.probe().await
     }
 
     fn timed_out(&self, limit: Duration) -> Failure {
-        match &self.probe {
-            Ok(p) => Failure::timeout(p.pool().target(), p.phase(), limit),
-            Err(f) => f.clone(),
-        }
+        Failure::timeout(self.probe.pool().target(), self.probe.phase(), limit)
     }
 
     fn observed(
@@ -366,13 +358,11 @@ impl Probe for CeleryCheck {
         now: SystemTime,
         metrics: &Metrics,
     ) {
-        if let Ok(p) = &self.probe {
-            // The subscriber keeps the events of the prefix found.
-            self.shared
-                .lock()
-                .expect("shared lock is never poisoned")
-                .naming = p.naming();
-        }
+        // The subscriber keeps the events of the prefix found.
+        self.shared
+            .lock()
+            .expect("shared lock is never poisoned")
+            .naming = self.probe.naming();
         match &result {
             Ok(obs) => {
                 let names: Vec<String> = obs.queues.iter().map(|q| q.name.clone()).collect();

@@ -19,8 +19,7 @@ use crate::verdict;
 
 /// One Redis target's check.
 pub struct RedisCheck {
-    /// The probe, or why one could not be built (then every run reports that).
-    probe: Result<RedisProbe, Failure>,
+    probe: RedisProbe,
     target: Target,
     slo: Duration,
     /// The last probe's result, when it finished and how long it took, until judged.
@@ -28,19 +27,13 @@ pub struct RedisCheck {
 }
 
 impl RedisCheck {
-    /// `pool` is the target's pool, or why it could not be built. Every role's metrics
-    /// start at their initial values.
-    pub fn new(
-        target: Target,
-        pool: Result<TargetPool, Failure>,
-        slo: Duration,
-        metrics: &Metrics,
-    ) -> RedisCheck {
+    /// `pool` is the target's pool. Every role's metrics start at their initial values.
+    pub fn new(target: Target, pool: TargetPool, slo: Duration, metrics: &Metrics) -> RedisCheck {
         for role in target.roles() {
             metrics.init_redis(role.as_str());
         }
         RedisCheck {
-            probe: pool.map(RedisProbe::new),
+            probe: RedisProbe::new(pool),
             target,
             slo,
             pending: None,
@@ -48,10 +41,7 @@ impl RedisCheck {
     }
 
     fn pool_state(&self) -> PoolState {
-        self.probe
-            .as_ref()
-            .map(|p| p.pool_state())
-            .unwrap_or_default()
+        self.probe.pool_state()
     }
 }
 
@@ -60,15 +50,11 @@ impl Probe for RedisCheck {
     const SPAN: &'static str = "probe redis";
 
     async fn probe(&self) -> Result<Observation, Failure> {
-        match &self.probe {
-            Err(failure) => Err(failure.clone()),
-            Ok(probe) => probe.probe().await,
-        }
+        self.probe.probe().await
     }
 
     fn timed_out(&self, limit: Duration) -> Failure {
-        let phase = self.probe.as_ref().map_or(Phase::Connect, |p| p.phase());
-        Failure::timeout(&self.target, phase, limit)
+        Failure::timeout(&self.target, self.probe.phase(), limit)
     }
 
     fn observed(
@@ -91,8 +77,8 @@ impl Probe for RedisCheck {
             }
             Err(failure) => {
                 // A timeout while still waiting for a connection, from bb8 or the runner.
-                let checkout_timeout = failure.reason == Reason::Timeout
-                    && matches!(&self.probe, Ok(p) if p.phase() == Phase::Connect);
+                let checkout_timeout =
+                    failure.reason == Reason::Timeout && self.probe.phase() == Phase::Connect;
                 let pool = self.pool_state();
                 for role in self.target.roles() {
                     metrics.record_redis_failure(role.as_str(), failure, pool, checkout_timeout);

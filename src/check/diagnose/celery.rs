@@ -260,7 +260,7 @@ async fn read_queues(
     heard: Vec<(Vec<u8>, tokio::time::Instant)>,
 ) -> Result<(crate::celery::queues::QueueObservation, bool), Failure> {
     let pool =
-        crate::redis::pool::TargetPool::new(target, config.probe_timeout, config.auth_recheck)?;
+        crate::redis::pool::TargetPool::new(target, config.probe_timeout, config.auth_recheck);
     // Discovery gets a generous share: the check runs once.
     let probe =
         crate::celery::queues::QueueProbe::new(pool, naming.clone(), c, config.probe_timeout * 4);
