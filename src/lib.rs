@@ -75,7 +75,7 @@ use crate::serve::snapshot::Snapshot;
 /// and its event subscriber, the metrics renderer, and the HTTP server on `listener`. Used
 /// by `main` and by the in-process test (tests/inprocess.rs).
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let parts = assemble(&config, true);
+    let parts = assemble(&config);
     let mut tasks = tokio::task::JoinSet::new();
     // The probers take turns within the interval (see runner::ticks).
     let probers = parts.runners.len() + usize::from(parts.celery.is_some());
@@ -105,15 +105,15 @@ pub struct Parts {
     pub snapshot: Snapshot,
     /// One per Redis target.
     pub runners: Vec<Runner<RedisCheck>>,
-    /// The Celery check and its event subscriber, when asked for.
+    /// The Celery check and its event subscriber, when the broker is probed.
     pub celery: Option<(Runner<CeleryCheck>, Subscriber)>,
     pub metrics: Arc<Metrics>,
 }
 
-/// The snapshot, one runner per Redis target (and, with `celery`, the Celery check)
-/// writing into it, and the registry they share. The broker's pool serves both its Redis
-/// probe and the Celery queue probe.
-pub fn assemble(config: &Config, celery: bool) -> Parts {
+/// The snapshot, one runner per Redis target (and, when the broker is probed, the Celery
+/// check) writing into it, and the registry they share. The broker's pool serves both its
+/// Redis probe and the Celery queue probe.
+pub fn assemble(config: &Config) -> Parts {
     let metrics = Arc::new(Metrics::new().expect("metric names and labels are valid and unique"));
     let mut snapshot = Snapshot::new(&config.ready_checks, config.probe_interval);
     let pools: Vec<_> = config
@@ -138,8 +138,7 @@ pub fn assemble(config: &Config, celery: bool) -> Parts {
             )
         })
         .collect();
-    let broker = config.celery.broker.as_ref().filter(|_| celery);
-    let celery = broker.and_then(|broker| {
+    let celery = config.celery.broker.as_ref().and_then(|broker| {
         // The broker's pool serves both its Redis probe and the Celery queue probe.
         let pool = config
             .targets

@@ -406,19 +406,15 @@ impl Probe for CeleryCheck {
     /// The judgements between probes keep to this prober's own offset, not the first
     /// prober's PINGs.
     fn started(&mut self, offset: Duration) {
-        let mut tick = tokio::time::interval_at(Instant::now() + offset, JUDGE_EVERY);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        self.judge_tick = Some(tick);
+        self.judge_tick = Some(judge_ticks(offset));
     }
 
     /// Every second (in step with this prober's offset), and at once when a worker comes or
     /// goes.
     async fn wake(&mut self) {
-        let tick = self.judge_tick.get_or_insert_with(|| {
-            let mut t = tokio::time::interval_at(Instant::now() + JUDGE_EVERY, JUDGE_EVERY);
-            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            t
-        });
+        let tick = self
+            .judge_tick
+            .get_or_insert_with(|| judge_ticks(JUDGE_EVERY));
         let changed = self.changed.clone();
         tokio::select! {
             _ = tick.tick() => {}
@@ -444,6 +440,13 @@ impl Probe for CeleryCheck {
             );
         }
     }
+}
+
+/// Ticks every second from `first` on; a judgement that overruns delays the next.
+fn judge_ticks(first: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval_at(Instant::now() + first, JUDGE_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
 }
 
 /// The `queues` object of the celery check, one [`QueueDoc`] per queue.

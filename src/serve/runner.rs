@@ -170,11 +170,6 @@ impl<P: Probe> Runner<P> {
         self.last = Some(report.clone());
         self.probe.published(&report, &self.checks, &self.metrics);
     }
-
-    /// The last report published.
-    pub fn last(&self) -> Option<Arc<Report>> {
-        self.last.clone()
-    }
 }
 
 /// The ticks of a prober after its first probe, made at once: every `interval`, starting
