@@ -170,14 +170,11 @@ fn masked(text: &str) -> String {
                 out.push('N');
             }
             digits = true;
-        } else {
+        } else if c == '.' && digits {
             // "1.0" and "0.16" mask the same.
-            if !(c == '.' && digits) {
-                digits = false;
-            }
-            if !(c == '.' && digits) {
-                out.push(c);
-            }
+        } else {
+            digits = false;
+            out.push(c);
         }
     }
     out

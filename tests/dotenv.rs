@@ -48,6 +48,7 @@ fn compare(texts: &[String], extra: &[(&str, &str)]) {
     );
     let theirs: Vec<serde_json::Map<String, serde_json::Value>> =
         serde_json::from_slice(&out.stdout).expect("dotenv_values.py JSON");
+    assert_eq!(theirs.len(), texts.len(), "python-dotenv read every file");
     let env = environment(extra);
     for (text, theirs) in texts.iter().zip(theirs) {
         let ours = dotenv::resolve(&dotenv::parse(text).entries, |k| env.get(k).cloned());
