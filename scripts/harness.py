@@ -231,14 +231,14 @@ def to_ms(text):
     return value * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}[unit]
 
 
-def wrk(port, conns, duration, cpu=None):
+def wrk(port, conns, duration, cpu=None, path="/metrics"):
     # One wrk thread: on a 2-core machine the load generator gets one core and the server
     # the other; two wrk threads would compete with the server and measure the scheduler.
     # `cpu` pins it to that core (taskset).
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     out = subprocess.run(
         pin + ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "20s", "--latency",
-         f"http://127.0.0.1:{port}/metrics"],
+         f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, check=False,
     ).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)

@@ -36,8 +36,11 @@
 //! - [`serve`]: the server. [`serve::runner`] probes a Redis target every interval under
 //!   the timeout and [`serve::celery`] runs the Celery check; both write the
 //!   [`serve::snapshot`] (the latest report per check; freshness and status decided when
-//!   read) and the [`serve::metrics`] registry (with [`serve::process`]'s `process_*`);
-//!   [`serve::http`] answers `/livez`, `/readyz`, `/healthz` and `/metrics` from them only.
+//!   read), the [`serve::metrics`] registry (with [`serve::process`]'s `process_*`) and
+//!   the [`serve::history`] of the last hour and of every change; [`serve::health`] types
+//!   the `/healthz` document; [`serve::http`] answers `/livez`, `/readyz`, `/healthz`,
+//!   `/metrics`, the status page ([`serve::page`]) and its JSON ([`serve::api`]) from them
+//!   only, the last two rendered when out of date ([`serve::cache`]).
 //!
 //! Probes write, HTTP reads: no request ever waits on Redis.
 
@@ -64,11 +67,12 @@ use crate::celery::queues::QueueProbe;
 use crate::celery::subscriber::Subscriber;
 use crate::config::Config;
 use crate::redis::pool::TargetPool;
-use crate::serve::celery::CeleryCheck;
+use crate::serve::celery::{CeleryCheck, Heard};
+use crate::serve::history::History;
 use crate::serve::http;
 use crate::serve::metrics::Metrics;
 use crate::serve::redis::RedisCheck;
-use crate::serve::runner::{self, Runner};
+use crate::serve::runner::{self, Outlets, Runner};
 use crate::serve::snapshot::Snapshot;
 
 /// Serves until `shutdown` resolves: one runner task per Redis target, the Celery check
@@ -93,6 +97,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         metrics: parts.metrics,
         auth_token: config.auth_token.clone(),
         max_connections: config.max_connections,
+        history: parts.history,
+        pages: http::Pages::new(config.probe_interval),
     });
     let renderer = app.clone();
     tasks.spawn(async move { renderer.metrics.render_loop(&renderer.snapshot).await });
@@ -108,6 +114,7 @@ pub struct Parts {
     /// The Celery check and its event subscriber, when the broker is probed.
     pub celery: Option<(Runner<CeleryCheck>, Subscriber)>,
     pub metrics: Arc<Metrics>,
+    pub history: Arc<History>,
 }
 
 /// The snapshot, one runner per Redis target (and, when the broker is probed, the Celery
@@ -115,6 +122,22 @@ pub struct Parts {
 /// Redis probe and the Celery queue probe.
 pub fn assemble(config: &Config) -> Parts {
     let metrics = Arc::new(Metrics::new().expect("metric names and labels are valid and unique"));
+    let history = Arc::new(History::new(
+        config.probe_interval,
+        if config.celery.broker.is_some() {
+            config.history_queues
+        } else {
+            0
+        },
+        config
+            .targets
+            .iter()
+            .map(|t| (t.check_names(), t.redacted().to_string())),
+    ));
+    let outlets = Outlets {
+        metrics: metrics.clone(),
+        history: history.clone(),
+    };
     let mut snapshot = Snapshot::new(&config.ready_checks, config.probe_interval);
     let pools: Vec<_> = config
         .targets
@@ -132,7 +155,7 @@ pub fn assemble(config: &Config) -> Parts {
                 t.check_names(),
                 t.redacted().to_string(),
                 &mut snapshot,
-                metrics.clone(),
+                &outlets,
                 config.probe_interval,
                 config.probe_timeout,
             )
@@ -151,14 +174,18 @@ pub fn assemble(config: &Config) -> Parts {
         let shared = Arc::new(Mutex::new(Shared::new(c, naming.clone())));
         let changed = Arc::new(Notify::new());
         let probe = QueueProbe::new(pool, naming.clone(), c, config.probe_timeout);
+        let heard = Heard {
+            shared: shared.clone(),
+            changed: changed.clone(),
+        };
         let check = CeleryCheck::new(
             probe,
-            shared.clone(),
-            changed.clone(),
+            heard,
             &snapshot,
             broker,
             c.clone(),
             config.latency_slo,
+            history.clone(),
         );
         let (checks, endpoint) = check.check();
         let runner = Runner::new(
@@ -166,7 +193,7 @@ pub fn assemble(config: &Config) -> Parts {
             checks,
             endpoint,
             &mut snapshot,
-            metrics.clone(),
+            &outlets,
             config.probe_interval,
             config.probe_timeout,
         );
@@ -186,6 +213,7 @@ pub fn assemble(config: &Config) -> Parts {
         runners,
         celery,
         metrics,
+        history,
     }
 }
 

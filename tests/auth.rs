@@ -131,6 +131,15 @@ fn the_password_never_appears_anywhere() {
             format!("{label} /readyz"),
             sidecar.get("/readyz?verbose").body,
         ));
+        // The status page and its JSON: the endpoint shown redacted, the events' causes.
+        for path in ["/", "/api/history", "/api/events"] {
+            let body = sidecar.request("GET", path, auth).body;
+            assert!(
+                path == "/api/events" || body.contains("redis://default:***@127.0.0.1:"),
+                "{label} {path}: {body}"
+            );
+            outputs.push((format!("{label} {path}"), body));
+        }
         for args in [&["check"][..], &["check", "--json"], &["config"]] {
             let out = run(args, &e);
             outputs.push((

@@ -131,6 +131,11 @@ const ACCOUNTED: &[(&str, &str, &str)] = &[
         "scripts_take_the_flags_the_docs_show",
     ),
     (
+        "docs/status-page.md",
+        "{",
+        "celery_and_kombu_docs_have_the_shape_of_a_real_celery_check (both blocks)",
+    ),
+    (
         "docs/traces.md",
         "# A collector on Railway",
         "traces_settings_are_accepted",
@@ -315,6 +320,28 @@ fn celery_and_kombu_docs_have_the_shape_of_a_real_celery_check() {
         serde_json::from_str(&format!("{{{}}}", block("docs/kombu.md", "\"celery\": {")))
             .expect("docs/kombu.md's block is JSON");
     same_shape(&queue, &real["queues"], "queues");
+
+    // The status page's documents: the same keys as a real answer, each kind of event
+    // against a real one of its kind.
+    let history = sidecar.get("/api/history").json();
+    let doc: Value =
+        serde_json::from_str(&block("docs/status-page.md", "{\n  \"interval_seconds\""))
+            .expect("docs/status-page.md's history block is JSON");
+    same_shape(&doc, &history, "history");
+    assert_eq!(history["queues"][0]["name"], "emails", "{history}");
+    let events = sidecar.get("/api/events").json();
+    let doc: Value = serde_json::from_str(&block("docs/status-page.md", "{\n  \"capacity\""))
+        .expect("docs/status-page.md's events block is JSON");
+    assert_eq!(keys(&doc), keys(&events));
+    for shown in doc["events"].as_array().unwrap() {
+        let real = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == shown["kind"])
+            .unwrap_or_else(|| panic!("no {} event in {events:#}", shown["kind"]));
+        assert_eq!(keys(shown), keys(real), "{shown} vs {real}");
+    }
 }
 
 #[test]

@@ -81,6 +81,9 @@ pub struct TaskBook {
     exceptions: Capped<String>,
     pairs: Capped<(String, String)>,
     triples: Capped<(String, String, String)>,
+    /// Task-succeeded and task-failed events heard.
+    succeeded: u64,
+    failed: u64,
 }
 
 impl Default for TaskBook {
@@ -94,6 +97,8 @@ impl Default for TaskBook {
             exceptions: Capped::new(MAX_EXCEPTIONS),
             pairs: Capped::new(MAX_PAIRS),
             triples: Capped::new(MAX_TRIPLES),
+            succeeded: 0,
+            failed: 0,
         }
     }
 }
@@ -110,6 +115,11 @@ fn label(capped: &mut Capped<String>, value: Option<&str>) -> String {
 impl TaskBook {
     /// Records what the event says about its task and returns its labels.
     pub fn record(&mut self, e: &TaskEvent) -> Count {
+        match e.kind {
+            TaskKind::Succeeded => self.succeeded += 1,
+            TaskKind::Failed => self.failed += 1,
+            _ => {}
+        }
         if !self.known.contains_key(&e.uuid) {
             let seq = self.next_seq;
             self.next_seq += 1;
@@ -179,6 +189,11 @@ impl TaskBook {
     }
 
     /// Ids remembered now (bounded by `MAX_IDS`).
+    /// Tasks heard to succeed and to fail so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.succeeded, self.failed)
+    }
+
     pub fn remembered(&self) -> usize {
         self.known.len()
     }

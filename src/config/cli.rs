@@ -144,6 +144,14 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub max_connections: Option<String>,
+    /// Queues whose length the status page keeps an hour of (the longest; default 10).
+    #[arg(
+        long = vars::HISTORY_QUEUES.flag,
+        env = vars::HISTORY_QUEUES.env,
+        global = true,
+        hide_env_values = true
+    )]
+    pub history_queues: Option<String>,
     /// `text` (default) or `json`.
     #[arg(
         long = vars::LOG_FORMAT.flag,

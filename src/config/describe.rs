@@ -30,6 +30,7 @@ impl Config {
         line("auth recheck", &show(self.auth_recheck));
         line("ready checks", &self.ready_checks.join(","));
         line("max connections", &self.max_connections.to_string());
+        line("history queues", &self.history_queues.to_string());
         line(
             "auth token",
             if self.auth_token.is_some() {

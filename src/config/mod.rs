@@ -28,6 +28,9 @@ pub const DEFAULT_PORT: u16 = 9811;
 /// Open HTTP connections at most, by default: far above what scrapers and health checkers
 /// use, far below a default file descriptor limit's worth of idle attackers.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Queues the status page keeps an hour of, by default and at most.
+pub const DEFAULT_HISTORY_QUEUES: usize = 10;
+pub const MAX_HISTORY_QUEUES: usize = 100;
 
 /// A whole number from `min` to `max`, `default` when unset.
 fn count(
@@ -137,6 +140,8 @@ pub struct Config {
     pub auth_token: Option<Secret>,
     /// Open HTTP connections at most; more are closed at once.
     pub max_connections: usize,
+    /// Queues whose length the history keeps (the longest ones).
+    pub history_queues: usize,
     pub log_format: LogFormat,
     /// `RUST_LOG`, already checked to parse.
     pub log_filter: String,
@@ -227,6 +232,13 @@ impl Config {
             1,
             1_000_000,
         )? as usize;
+        let history_queues = count(
+            vars::HISTORY_QUEUES,
+            &s.history_queues,
+            DEFAULT_HISTORY_QUEUES as u64,
+            0,
+            MAX_HISTORY_QUEUES as u64,
+        )? as usize;
         let log_format = match non_empty(vars::LOG_FORMAT, &s.log_format)? {
             None => LogFormat::Text,
             Some(f) if f.eq_ignore_ascii_case("text") => LogFormat::Text,
@@ -261,6 +273,7 @@ impl Config {
             ready_checks,
             auth_token,
             max_connections,
+            history_queues,
             log_format,
             log_filter,
             celery,

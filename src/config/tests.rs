@@ -22,6 +22,7 @@ fn settings(pairs: &[(&str, &str)]) -> Settings {
             "SIDECAR_READY_CHECKS" => s.ready_checks = v,
             "SIDECAR_AUTH_TOKEN" => s.auth_token = v,
             "SIDECAR_MAX_CONNECTIONS" => s.max_connections = v,
+            "SIDECAR_HISTORY_QUEUES" => s.history_queues = v,
             "SIDECAR_LOG_FORMAT" => s.log_format = v,
             "RUST_LOG" => s.log_level = v,
             "SIDECAR_CELERY_QUEUES" => s.celery_queues = v,

@@ -52,6 +52,7 @@ var!(
     "SIDECAR_MAX_CONNECTIONS",
     "max-connections"
 );
+var!(HISTORY_QUEUES, "SIDECAR_HISTORY_QUEUES", "history-queues");
 var!(LOG_FORMAT, "SIDECAR_LOG_FORMAT", "log-format");
 var!(RUST_LOG, "RUST_LOG", "log-level");
 var!(CELERY_QUEUES, "SIDECAR_CELERY_QUEUES", "celery-queues");

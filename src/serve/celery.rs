@@ -24,6 +24,7 @@ use crate::serve::health::{
     CeleryDetails, CeleryFields, CeleryReport, Details, EventsDoc, LayoutDoc, QueueDoc,
     ReservationsDoc, WorkerDoc,
 };
+use crate::serve::history::History;
 use crate::serve::metrics::Metrics;
 use crate::serve::runner::Probe;
 use crate::serve::snapshot::{Report, Reports, Snapshot, Status};
@@ -64,10 +65,23 @@ pub struct CeleryCheck {
     queues_json: Option<(Instant, Arc<Value>)>,
     /// The workers alive at the last judgement, to log each one that comes or goes.
     up: std::collections::BTreeSet<String>,
+    /// Every worker in the table that was ever up: a worker not in it is new.
+    known: std::collections::BTreeSet<String>,
     last_log: Option<Instant>,
     /// Workers are judged again every second between queue probes (made when the runner
     /// starts, at its offset).
     judge_tick: Option<tokio::time::Interval>,
+    /// Where worker changes and each queue probe's figures are kept for the status page.
+    history: Arc<History>,
+    /// The queue probe last kept in the history.
+    recorded: Option<Instant>,
+}
+
+/// What the event subscriber hears, as the check reads it: the worker table and task book,
+/// and the signal that a worker came or went.
+pub struct Heard {
+    pub shared: Arc<Mutex<Shared>>,
+    pub changed: Arc<Notify>,
 }
 
 impl CeleryCheck {
@@ -75,12 +89,12 @@ impl CeleryCheck {
     /// its runner), which this check follows; `broker` is the broker target.
     pub fn new(
         probe: QueueProbe,
-        shared: Arc<Mutex<Shared>>,
-        changed: Arc<Notify>,
+        heard: Heard,
         snapshot: &Snapshot,
         broker: &Target,
         config: CeleryConfig,
         slo: Duration,
+        history: Arc<History>,
     ) -> CeleryCheck {
         // The broker's `redis:broker` check, or its cache check when it has no broker role.
         let broker_reports = broker
@@ -90,6 +104,7 @@ impl CeleryCheck {
             .or(broker.roles().first())
             .and_then(|r| snapshot.reports(&r.check_name()))
             .expect("the broker's runner registered its checks first");
+        let Heard { shared, changed } = heard;
         CeleryCheck {
             probe,
             shared,
@@ -102,8 +117,11 @@ impl CeleryCheck {
             shown: Vec::new(),
             queues_json: None,
             up: std::collections::BTreeSet::new(),
+            known: std::collections::BTreeSet::new(),
             last_log: None,
             judge_tick: None,
+            history,
+            recorded: None,
         }
     }
 
@@ -173,6 +191,19 @@ impl CeleryCheck {
             })
             .collect();
         let alive = workers.alive_count(as_of);
+        // Each queue probe once in the history, with the workers alive as judged now.
+        if self.recorded != Some(run.finished) {
+            self.recorded = Some(run.finished);
+            self.history.celery(
+                run.finished_at,
+                run.result
+                    .as_ref()
+                    .ok()
+                    .map(|o| o.queues.iter().map(|q| (q.name.as_str(), q.length))),
+                alive,
+                shared.book.totals(),
+            );
+        }
         // One log line per worker that comes up or goes down, naming it and why (a few per
         // judgement, then a count: a flood of hostnames must not flood the log).
         let mut logged = 0;
@@ -182,26 +213,8 @@ impl CeleryCheck {
             if is_up == self.up.contains(&w.hostname) {
                 continue;
             }
-            logged += 1;
-            if logged > LOG_WORKERS {
-                unlogged += 1;
-                if is_up {
-                    self.up.insert(w.hostname.clone());
-                } else {
-                    self.up.remove(&w.hostname);
-                }
-                continue;
-            }
-            if is_up {
-                tracing::info!(
-                    worker = %w.hostname,
-                    pid = w.pid,
-                    "Celery worker {} is up",
-                    w.hostname
-                );
-                self.up.insert(w.hostname.clone());
-            } else {
-                let why = if w.offline {
+            let why = (!is_up).then(|| {
+                if w.offline {
                     "it sent worker-offline (a warm shutdown)".to_string()
                 } else {
                     format!(
@@ -210,15 +223,41 @@ impl CeleryCheck {
                         w.freq,
                         self.config.heartbeat_misses
                     )
-                };
-                tracing::warn!(worker = %w.hostname, "Celery worker {} is down: {why}", w.hostname);
+                }
+            });
+            // Every change is kept in the history (bounded there); the log gets a few.
+            let first = self.known.insert(w.hostname.clone());
+            self.history
+                .worker(&w.hostname, is_up, first, why.clone(), SystemTime::now());
+            if is_up {
+                self.up.insert(w.hostname.clone());
+            } else {
                 self.up.remove(&w.hostname);
+            }
+            logged += 1;
+            if logged > LOG_WORKERS {
+                unlogged += 1;
+                continue;
+            }
+            match why {
+                None => tracing::info!(
+                    worker = %w.hostname,
+                    pid = w.pid,
+                    "Celery worker {} is up",
+                    w.hostname
+                ),
+                Some(why) => tracing::warn!(
+                    worker = %w.hostname,
+                    "Celery worker {} is down: {why}",
+                    w.hostname
+                ),
             }
         }
         if unlogged > 0 {
             tracing::warn!("{unlogged} more Celery workers came up or went down at once");
         }
         self.up.retain(|h| workers.get(h).is_some());
+        self.known.retain(|h| workers.get(h).is_some());
         metrics.celery.set_workers(
             alive,
             workers

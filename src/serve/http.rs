@@ -8,13 +8,16 @@
 //! | `/readyz/<check>` | the same for one check (by name or role alias) |
 //! | `/healthz` | the JSON document; 200 healthy or degraded, 503 unhealthy (token) |
 //! | `/metrics` | Prometheus text format 0.0.4 (token) |
+//! | `/` | the status page, HTML (token) |
+//! | `/api/history` | the page's series, JSON (token) |
+//! | `/api/events` | the last state changes, JSON (token) |
 //!
 //! GET and HEAD only (405 with `Allow` otherwise); unknown paths 404.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -26,8 +29,11 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::config::Secret;
-use crate::serve::metrics::{self, Metrics};
+use crate::serve::cache::Cache;
+use crate::serve::history::History;
+use crate::serve::metrics::{self, Exposition, Metrics};
 use crate::serve::snapshot::{Snapshot, Status};
+use crate::serve::{api, page};
 
 /// A client gets this long to send a request's headers; then its connection is closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,6 +49,28 @@ pub struct App {
     pub auth_token: Option<Secret>,
     /// Open connections at most; one more is closed as soon as it is accepted.
     pub max_connections: usize,
+    pub history: Arc<History>,
+    pub pages: Pages,
+}
+
+/// The status page and the history documents, each rendered when out of date
+/// ([`Cache`]).
+pub struct Pages {
+    settings: page::Settings,
+    page: Cache,
+    history: Cache,
+    events: Cache,
+}
+
+impl Pages {
+    pub fn new(probe_interval: Duration) -> Pages {
+        Pages {
+            settings: page::Settings { probe_interval },
+            page: Cache::default(),
+            history: Cache::default(),
+            events: Cache::default(),
+        }
+    }
 }
 
 /// A warning about the connection cap at most this often.
@@ -156,8 +184,10 @@ pub fn respond(
     gzip: bool,
     now: Instant,
 ) -> Response<Full<Bytes>> {
-    let known = matches!(path, "/livez" | "/readyz" | "/healthz" | "/metrics")
-        || path.starts_with("/readyz/");
+    let known = matches!(
+        path,
+        "/" | "/livez" | "/readyz" | "/healthz" | "/metrics" | "/api/history" | "/api/events"
+    ) || path.starts_with("/readyz/");
     if !known {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -186,7 +216,9 @@ pub fn respond(
                 )
             }
         }
-        "/healthz" | "/metrics" if !authorized(app.auth_token.as_ref(), authorization) => {
+        "/" | "/healthz" | "/metrics" | "/api/history" | "/api/events"
+            if !authorized(app.auth_token.as_ref(), authorization) =>
+        {
             let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
             for challenge in [
                 "Bearer realm=\"redis-celery-sidecar\"",
@@ -210,21 +242,38 @@ pub fn respond(
             body.push(b'\n');
             response(code, "application/json", Bytes::from(body))
         }
-        "/metrics" => {
-            let body = app.metrics.exposition();
-            // The gzip copy was made with the rendering; empty only if compressing failed.
-            let gzip = gzip && !body.gzip.is_empty();
-            let mut r = response(
-                StatusCode::OK,
-                metrics::CONTENT_TYPE,
-                if gzip { body.gzip } else { body.plain },
-            );
+        "/metrics" => encoded(app.metrics.exposition(), metrics::CONTENT_TYPE, gzip),
+        "/" => {
+            let pages = &app.pages;
+            let body = pages.page.get(app.history.generation(), now, || {
+                page::render(
+                    snapshot,
+                    &app.history.view(),
+                    &pages.settings,
+                    now,
+                    SystemTime::now(),
+                )
+            });
+            let mut r = encoded(body, "text/html; charset=utf-8", gzip);
             let h = r.headers_mut();
-            h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-            if gzip {
-                h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            }
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_str(&page::CSP).expect("the policy is ASCII"),
+            );
+            h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
             r
+        }
+        "/api/history" | "/api/events" => {
+            let pages = &app.pages;
+            let (cache, render): (&Cache, fn(&_) -> String) = if path == "/api/history" {
+                (&pages.history, api::history)
+            } else {
+                (&pages.events, api::events)
+            };
+            let body = cache.get(app.history.generation(), now, || {
+                render(&app.history.view())
+            });
+            encoded(body, "application/json", gzip)
         }
         _ => {
             let name = &path["/readyz/".len()..];
@@ -246,6 +295,23 @@ pub fn respond(
             text(ready_code(ready), &body)
         }
     }
+}
+
+/// A body rendered with its gzip copy, served gzipped when the client takes it (the copy
+/// is empty only if compressing failed).
+fn encoded(body: Exposition, content_type: &'static str, gzip: bool) -> Response<Full<Bytes>> {
+    let gzip = gzip && !body.gzip.is_empty();
+    let mut r = response(
+        StatusCode::OK,
+        content_type,
+        if gzip { body.gzip } else { body.plain },
+    );
+    let h = r.headers_mut();
+    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    r
 }
 
 fn ready_code(ready: bool) -> StatusCode {
@@ -270,6 +336,14 @@ fn response(code: StatusCode, content_type: &'static str, body: Bytes) -> Respon
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     r
 }
 

@@ -74,7 +74,7 @@ pub struct Exposition {
 
 /// gzip at a low level: on a metrics page it gets most of the ratio at a fraction of the
 /// time of level 6.
-fn gzip(data: &[u8]) -> Bytes {
+pub fn gzip(data: &[u8]) -> Bytes {
     use std::io::Write;
     let mut enc = flate2::write::GzEncoder::new(
         Vec::with_capacity(data.len() / 4),

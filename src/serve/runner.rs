@@ -13,6 +13,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::redis::failure::Failure;
 use crate::redis::span;
 use crate::serve::health::Details;
+use crate::serve::history::{History, is_change};
 use crate::serve::metrics::Metrics;
 use crate::serve::snapshot::{Publisher, Report, Snapshot, Status};
 use tracing::Instrument;
@@ -61,6 +62,13 @@ pub trait Probe: Send + 'static {
     fn published(&self, report: &Report, checks: &[String], metrics: &Metrics);
 }
 
+/// Where runners write besides the snapshot: the metrics registry and the history.
+#[derive(Clone)]
+pub struct Outlets {
+    pub metrics: Arc<Metrics>,
+    pub history: Arc<History>,
+}
+
 /// Runs one probe every interval and publishes what it found under its checks.
 pub struct Runner<P: Probe> {
     probe: P,
@@ -70,6 +78,8 @@ pub struct Runner<P: Probe> {
     names: String,
     endpoint: String,
     metrics: Arc<Metrics>,
+    /// Where each state change and each probe's latency is kept for the status page.
+    history: Arc<History>,
     interval: Duration,
     timeout: Duration,
     last: Option<Arc<Report>>,
@@ -83,7 +93,7 @@ impl<P: Probe> Runner<P> {
         checks: Vec<String>,
         endpoint: String,
         snapshot: &mut Snapshot,
-        metrics: Arc<Metrics>,
+        outlets: &Outlets,
         interval: Duration,
         timeout: Duration,
     ) -> Runner<P> {
@@ -97,7 +107,8 @@ impl<P: Probe> Runner<P> {
             checks,
             publishers,
             endpoint,
-            metrics,
+            metrics: outlets.metrics.clone(),
+            history: outlets.history.clone(),
             interval,
             timeout,
             last: None,
@@ -116,7 +127,7 @@ impl<P: Probe> Runner<P> {
                 () = self.probe.wake() => true,
             };
             if woke {
-                self.publish();
+                self.publish(false);
             } else {
                 self.probe_once().await;
             }
@@ -147,7 +158,7 @@ impl<P: Probe> Runner<P> {
         let elapsed = started.elapsed();
         self.probe
             .observed(result, elapsed, SystemTime::now(), &self.metrics);
-        self.publish();
+        self.publish(true);
         tracing::debug!(
             check = %self.names,
             status = self.last.as_ref().map_or("none", |r| r.status.as_str()),
@@ -156,13 +167,16 @@ impl<P: Probe> Runner<P> {
         );
     }
 
-    /// Judges, logs a change, publishes under every check, then records the figures (last:
+    /// Judges, logs a change, publishes under every check, keeps the change and (after a
+    /// probe, `new_probe`) its latency in the history, then records the figures (last:
     /// that wakes the metrics renderer, which reads the snapshot just written).
-    fn publish(&mut self) {
+    fn publish(&mut self, new_probe: bool) {
         let Some(report) = self.probe.judge(self.last.as_deref(), &self.metrics) else {
             return;
         };
         log_change(&self.names, &self.endpoint, self.last.as_deref(), &report);
+        self.history
+            .published(&self.checks, self.last.as_deref(), &report, new_probe);
         let report = Arc::new(report);
         for p in &self.publishers {
             p.send_replace(Some(report.clone()));
@@ -212,10 +226,7 @@ pub fn failed(
 /// Logs a change of status, or of cause while unhealthy; a check that stays down with the
 /// same cause logs nothing more. `names` is one check or several joined by commas.
 pub fn log_change(names: &str, endpoint: &str, prev: Option<&Report>, next: &Report) {
-    let same_cause = |a: &Report| {
-        a.error.as_ref().map(|f| &f.message) == next.error.as_ref().map(|f| &f.message)
-    };
-    if prev.is_some_and(|p| p.status == next.status && same_cause(p)) {
+    if !is_change(prev, next) {
         return;
     }
     let verb = if names.contains(',') { "are" } else { "is" };

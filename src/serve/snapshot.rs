@@ -102,6 +102,11 @@ impl Snapshot {
         tx
     }
 
+    /// How long since the snapshot was made (at start).
+    pub fn uptime(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
     pub fn checks(&self) -> &[Check] {
         &self.checks
     }
@@ -217,6 +222,15 @@ pub fn verdict(report: Option<&Report>, now: Instant, max_age: Duration) -> Verd
     }
 }
 
+/// What to do about a report's status: the fix of its error, or of its first warning.
+pub fn fix(r: &Report) -> Option<&str> {
+    match r.status {
+        Status::Unhealthy => r.fix.as_deref(),
+        Status::Degraded => r.warnings.first().map(|w| w.fix.as_str()),
+        Status::Healthy => None,
+    }
+}
+
 fn check_json(check: &Check, report: Option<&Report>, verdict: &Verdict) -> Value {
     let none = Details::None;
     let details = report.map_or(&none, |r| &r.details);
@@ -233,11 +247,7 @@ fn check_json(check: &Check, report: Option<&Report>, verdict: &Verdict) -> Valu
             .then(|| verdict.reason.clone())
             .flatten(),
         reason: report.and_then(|r| r.error.as_ref().map(|f| f.reason.as_str())),
-        fix: report.and_then(|r| match r.status {
-            Status::Unhealthy => r.fix.as_deref(),
-            Status::Degraded => r.warnings.first().map(|w| w.fix.as_str()),
-            Status::Healthy => None,
-        }),
+        fix: report.and_then(fix),
         warnings: report.map_or(Vec::new(), |r| {
             r.warnings.iter().map(|w| w.text.as_str()).collect()
         }),

@@ -13,12 +13,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod browser;
 mod celery;
 mod http;
 mod process;
 mod redis_server;
 mod sidecar;
 
+pub use browser::*;
 pub use celery::*;
 pub use http::*;
 pub use process::*;

@@ -38,6 +38,15 @@ fn app(token: Option<&str>, status: Option<Status>) -> App {
         snapshot,
         metrics: Arc::new(Metrics::new().unwrap()),
         max_connections: 8,
+        history: Arc::new(History::new(
+            Duration::from_secs(5),
+            10,
+            [(
+                vec!["redis:cache".to_string(), "redis:broker".to_string()],
+                "redis://h:6379/0".to_string(),
+            )],
+        )),
+        pages: Pages::new(Duration::from_secs(5)),
         auth_token: token.map(|t| {
             crate::config::Config::from_settings(&crate::config::cli::Settings {
                 auth_token: Some(t.into()),
@@ -151,9 +160,9 @@ fn before_the_first_probe_nothing_is_ready() {
 }
 
 #[test]
-fn token_guards_healthz_and_metrics_only() {
+fn token_guards_everything_but_livez_and_readyz() {
     let a = app(Some("s3cret-token"), Some(Status::Healthy));
-    for path in ["/healthz", "/metrics"] {
+    for path in ["/healthz", "/metrics", "/", "/api/history", "/api/events"] {
         let (code, _, r) = get(&a, Method::GET, path, None);
         assert_eq!(code, StatusCode::UNAUTHORIZED, "{path}");
         assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
@@ -203,6 +212,69 @@ fn token_guards_healthz_and_metrics_only() {
     }
     assert_eq!(get(&a, Method::GET, "/livez", None).0, StatusCode::OK);
     assert_eq!(get(&a, Method::GET, "/readyz", None).0, StatusCode::OK);
+}
+
+#[test]
+fn the_status_page_and_its_data() {
+    let a = app(None, Some(Status::Unhealthy));
+    let (code, body, r) = get(&a, Method::GET, "/", None);
+    assert_eq!(code, StatusCode::OK);
+    let h = r.headers();
+    assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    assert_eq!(h[header::CONTENT_SECURITY_POLICY], page::CSP.as_str());
+    assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
+    assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+    assert!(body.starts_with("<!doctype html>"));
+    assert!(body.contains("connection refused by h:6379"), "{body}");
+    let (code, body, r) = get(&a, Method::GET, "/api/history", None);
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        doc["targets"][0]["checks"],
+        serde_json::json!(["redis:cache", "redis:broker"])
+    );
+    assert_eq!(doc["targets"][0]["endpoint"], "redis://h:6379/0");
+    assert_eq!(doc["points_max"], 720);
+    let (code, body, _) = get(&a, Method::GET, "/api/events", None);
+    assert_eq!(code, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["capacity"], 100);
+    assert_eq!(doc["events"], serde_json::json!([]));
+    assert_eq!(
+        get(&a, Method::POST, "/", None).0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        get(&a, Method::GET, "/api/nope", None).0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[test]
+fn the_page_is_rendered_again_only_when_out_of_date() {
+    let cache = Cache::default();
+    let t0 = Instant::now();
+    let mut renders = 0;
+    let mut get = |generation, at| {
+        cache.get(generation, at, || {
+            renders += 1;
+            format!("page {renders}")
+        })
+    };
+    assert_eq!(get(1, t0).plain, "page 1");
+    assert_eq!(get(1, t0 + Duration::from_millis(900)).plain, "page 1");
+    assert_eq!(
+        get(2, t0 + Duration::from_millis(900)).plain,
+        "page 2",
+        "the history changed"
+    );
+    assert_eq!(
+        get(2, t0 + Duration::from_millis(1900)).plain,
+        "page 3",
+        "a second passed"
+    );
 }
 
 #[test]

@@ -1,0 +1,153 @@
+//! `/api/history` and `/api/events`: the page's data as JSON (docs/status-page.md), from
+//! the same [`View`] of the history, with the same redaction (endpoints are the redacted
+//! URLs; nothing else the history keeps is secret).
+
+use serde::Serialize;
+
+use crate::serve::history::{self, Event, Point, Ring, Subject, View};
+use crate::text::rfc3339;
+
+#[derive(Serialize)]
+struct HistoryDoc<'a> {
+    interval_seconds: f64,
+    window_seconds: u64,
+    points_max: usize,
+    targets: Vec<TargetDoc<'a>>,
+    queues_shown_max: usize,
+    queues: Vec<QueueDoc<'a>>,
+    workers_alive: Series,
+    tasks_per_minute: Vec<MinuteDoc>,
+}
+
+#[derive(Serialize)]
+struct TargetDoc<'a> {
+    checks: &'a [String],
+    endpoint: &'a str,
+    ping_p50_ms: Option<f64>,
+    ping_p99_ms: Option<f64>,
+    /// `[unix seconds, milliseconds or null]`, oldest first.
+    ping_ms: Series,
+}
+
+#[derive(Serialize)]
+struct QueueDoc<'a> {
+    name: &'a str,
+    length: Series,
+}
+
+#[derive(Serialize)]
+struct MinuteDoc {
+    start: u64,
+    succeeded: u64,
+    failed: u64,
+}
+
+/// `[[t, v], ...]`, as Prometheus' range queries write a series.
+type Series = Vec<(f64, Option<f64>)>;
+
+fn series(points: &Ring<Point>) -> Series {
+    points
+        .iter()
+        .map(|p| (p.at as f64 / 1e3, p.value.map(round3)))
+        .collect()
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// The `/api/history` document.
+pub fn history(view: &View) -> String {
+    let doc = HistoryDoc {
+        interval_seconds: view.interval.as_secs_f64(),
+        window_seconds: history::WINDOW.as_secs(),
+        points_max: view.points,
+        targets: view
+            .targets
+            .iter()
+            .map(|t| TargetDoc {
+                checks: &t.checks,
+                endpoint: &t.endpoint,
+                ping_p50_ms: history::quantile(&t.ping_ms, 0.5).map(round3),
+                ping_p99_ms: history::quantile(&t.ping_ms, 0.99).map(round3),
+                ping_ms: series(&t.ping_ms),
+            })
+            .collect(),
+        queues_shown_max: view.queue_slots,
+        queues: view
+            .queues
+            .iter()
+            .map(|q| QueueDoc {
+                name: &q.name,
+                length: series(&q.length),
+            })
+            .collect(),
+        workers_alive: series(&view.workers_alive),
+        tasks_per_minute: view
+            .minutes
+            .iter()
+            .map(|m| MinuteDoc {
+                start: m.start,
+                succeeded: m.succeeded,
+                failed: m.failed,
+            })
+            .collect(),
+    };
+    // Compact: up to 3,600 points a series is for programs; the events are read by people.
+    let mut s = serde_json::to_string(&doc).expect("the history document serializes");
+    s.push('\n');
+    s
+}
+
+#[derive(Serialize)]
+struct EventsDoc<'a> {
+    capacity: usize,
+    events: Vec<EventDoc<'a>>,
+}
+
+#[derive(Serialize)]
+struct EventDoc<'a> {
+    at: String,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checks: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker: Option<&'a str>,
+    from: Option<&'static str>,
+    to: &'static str,
+    reason: Option<&'static str>,
+    sentence: Option<&'a str>,
+    fix: Option<&'a str>,
+}
+
+fn event(e: &Event) -> EventDoc<'_> {
+    let (kind, checks, worker) = match &e.subject {
+        Subject::Checks(c) => ("check", Some(c.as_slice()), None),
+        Subject::Worker(w) => ("worker", None, Some(w.as_str())),
+    };
+    EventDoc {
+        at: rfc3339(e.at),
+        kind,
+        checks,
+        worker,
+        from: e.from,
+        to: e.to,
+        reason: e.reason,
+        sentence: e.sentence.as_deref(),
+        fix: e.fix.as_deref(),
+    }
+}
+
+/// The `/api/events` document: newest first.
+pub fn events(view: &View) -> String {
+    to_json(&EventsDoc {
+        capacity: history::EVENTS,
+        events: view.events.iter().map(event).collect(),
+    })
+}
+
+fn to_json(doc: &impl Serialize) -> String {
+    let mut s = serde_json::to_string_pretty(doc).expect("the history documents serialize");
+    s.push('\n');
+    s
+}
