@@ -89,6 +89,30 @@ pub fn human(d: Duration) -> String {
     }
 }
 
+/// Seconds since the Unix epoch of an ISO 8601 time as Python's `isoformat()` writes it
+/// (`2026-11-27T11:11:59.019151+00:00`, or with `Z`, or with no offset for UTC).
+pub fn parse_iso8601(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let (local, offset) = if let Some(t) = text.strip_suffix('Z') {
+        (t, 0.0)
+    } else if text.len() > 6
+        && text.is_char_boundary(text.len() - 6)
+        && matches!(text.as_bytes()[text.len() - 6], b'+' | b'-')
+        && text.as_bytes()[text.len() - 3] == b':'
+    {
+        let (t, off) = text.split_at(text.len() - 6);
+        let hours: f64 = off[1..3].parse().ok()?;
+        let minutes: f64 = off[4..6].parse().ok()?;
+        let sign = if off.starts_with('-') { -1.0 } else { 1.0 };
+        (t, sign * (hours * 3600.0 + minutes * 60.0))
+    } else {
+        (text, 0.0)
+    };
+    let t = humantime::parse_rfc3339_weak(local).ok()?;
+    let secs = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
+    Some(secs - offset)
+}
+
 /// `2026-11-27T10:00:00.123Z`: UTC with milliseconds, as `/healthz` and the JSON logs write
 /// times.
 pub fn rfc3339(t: SystemTime) -> String {
@@ -99,6 +123,30 @@ pub fn rfc3339(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn iso_times_as_python_writes_them() {
+        let utc = 1_795_777_919.019151;
+        for text in [
+            "2026-11-27T11:11:59.019151+00:00",
+            "2026-11-27T11:11:59.019151Z",
+            "2026-11-27T11:11:59.019151",
+            "2026-11-27T16:41:59.019151+05:30",
+            "2026-11-27T06:11:59.019151-05:00",
+        ] {
+            let got = parse_iso8601(text).unwrap_or_else(|| panic!("{text}"));
+            assert!((got - utc).abs() < 1e-5, "{text}: {got}");
+        }
+        for bad in [
+            "",
+            "tomorrow",
+            "2026-11-27T11:11:59+0x:00",
+            "+00:00",
+            "2026-13-01T00:00:00Z",
+        ] {
+            assert_eq!(parse_iso8601(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn human_durations() {

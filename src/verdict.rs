@@ -248,6 +248,78 @@ fn unusable(i: &Info, roles: &[Role]) -> Option<Cause> {
     None
 }
 
+/// How long keys evicted from a broker or result backend keep its check degraded after the
+/// last eviction seen.
+pub const EVICTION_WINDOW: Duration = Duration::from_secs(600);
+
+/// Keys evicted lately, from INFO's `evicted_keys` probe after probe: the server only says
+/// how many since it started, so the rise is watched (a restart starts over; the first
+/// probe sets the base, since nobody knows when those evictions were).
+#[derive(Debug, Default)]
+pub struct Evictions {
+    last_total: Option<u64>,
+    last_seen: Option<tokio::time::Instant>,
+    recent: u64,
+}
+
+impl Evictions {
+    /// Takes a probe's `evicted_keys` (at `now`) and returns the keys evicted within the
+    /// last [`EVICTION_WINDOW`].
+    pub fn observe(&mut self, total: Option<u64>, now: tokio::time::Instant) -> u64 {
+        if let Some(total) = total {
+            let rise = match self.last_total {
+                None => 0,
+                Some(before) if total >= before => total - before,
+                // Restarted: its count starts over.
+                Some(_) => total,
+            };
+            self.last_total = Some(total);
+            if rise > 0 {
+                if !self.within(now) {
+                    self.recent = 0;
+                }
+                self.recent += rise;
+                self.last_seen = Some(now);
+            }
+        }
+        if self.within(now) { self.recent } else { 0 }
+    }
+
+    fn within(&self, now: tokio::time::Instant) -> bool {
+        self.last_seen
+            .is_some_and(|t| now.saturating_duration_since(t) <= EVICTION_WINDOW)
+    }
+}
+
+/// The finding for keys evicted lately from a Redis that holds Celery's broker or results
+/// (a cache alone evicts by design).
+pub fn evictions(recent: u64, info: &Info, roles: &[Role]) -> Option<Finding> {
+    if recent == 0 {
+        return None;
+    }
+    let policy = info.maxmemory_policy.as_deref().unwrap_or("?");
+    let window = human(EVICTION_WINDOW);
+    if roles.contains(&Role::Broker) {
+        Some(Finding::new(
+            "info",
+            format!(
+                "{recent} key(s) evicted from the Celery broker in the last {window} (maxmemory-policy {policy}): queued tasks, reservations and queue bindings can be lost without an error"
+            ),
+            "give the broker room and maxmemory-policy noeviction (raise maxmemory), or move the cache's keys to another Redis",
+        ))
+    } else if roles.contains(&Role::ResultBackend) {
+        Some(Finding::new(
+            "info",
+            format!(
+                "{recent} key(s) evicted from the Celery result backend in the last {window} (maxmemory-policy {policy}): results can vanish before the app reads them (AsyncResult.get() then waits, or says PENDING)"
+            ),
+            "raise maxmemory, or keep results for less time (result_expires)",
+        ))
+    } else {
+        None
+    }
+}
+
 /// What the worker side looks like when the Celery check is judged.
 pub struct Seen<'a> {
     pub subscribed: bool,
@@ -262,6 +334,16 @@ pub struct Seen<'a> {
     pub down: &'a [&'a str],
     /// The event channels' pattern, as the sentences name it.
     pub channel: &'a str,
+    /// The oldest running task of each name, oldest first (on workers alive).
+    pub running: &'a [Long<'a>],
+}
+
+/// A task heard to start and not yet to end.
+pub struct Long<'a> {
+    pub name: &'a str,
+    pub id: &'a str,
+    pub worker: Option<&'a str>,
+    pub running: Duration,
 }
 
 /// The Celery check, from the settings, the broker's own Redis judgement (its cause when
@@ -438,6 +520,36 @@ pub fn celery(
                 "unset SIDECAR_CELERY_PRIORITY_STEPS (every step kombu writes is then counted), or make it and the app's priority_steps the same",
             ));
         }
+    }
+    let long: Vec<&Long> = seen
+        .running
+        .iter()
+        .filter(|l| l.running > c.running_max)
+        .collect();
+    for l in long.iter().take(3) {
+        findings.push(Finding::new(
+            "celery tasks",
+            format!(
+                "task {} has been running for {} (id {}{}), over SIDECAR_CELERY_RUNNING_MAX ({})",
+                l.name,
+                human(l.running),
+                l.id,
+                l.worker.map(|w| format!(", on {w}")).unwrap_or_default(),
+                show(c.running_max)
+            ),
+            "find what it waits on (py-spy dump on the worker, celery inspect active); give the task a time_limit / soft_time_limit so that Celery stops it",
+        ));
+    }
+    if long.len() > 3 {
+        findings.push(Finding::new(
+            "celery tasks",
+            format!(
+                "{} more task names have a task running over SIDECAR_CELERY_RUNNING_MAX ({})",
+                long.len() - 3,
+                show(c.running_max)
+            ),
+            "see celery_task_running_oldest_seconds, or the running list in /healthz",
+        ));
     }
     for (text, fix) in &obs.layout.contradictions {
         findings.push(Finding::new("celery keys", text.clone(), fix.clone()));

@@ -454,6 +454,178 @@ fn task_events_are_counted_by_name_and_outcome() {
     support::promtool_check_metrics(&m);
 }
 
+/// Queue wait from publication (or the ETA) to the start, and a task running past
+/// SIDECAR_CELERY_RUNNING_MAX named while it runs, against a real worker of one process.
+#[test]
+fn queue_wait_and_a_task_running_too_long() {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let app = [("BROKER_URL", url.as_str())];
+    let sidecar = Sidecar::start(&env(&url, &[("SIDECAR_CELERY_RUNNING_MAX", "2s")]));
+    // A prefork pool of one: it goes on heartbeating while its task runs (a solo pool does
+    // not, and its tasks would be left out as those of a worker down).
+    let w = Worker::start(&app, "wait@test", &["-c", "1", "-E"]);
+    w.wait_ready();
+    wait_celery(&sidecar, "the worker alive", |c| c["workers_alive"] == 1);
+    let wait = |le: &str| {
+        let m = sidecar.get("/metrics").body;
+        sample(
+            &m,
+            &format!("celery_task_queue_wait_seconds_bucket{{queue_name=\"celery\",le=\"{le}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    // 1. A countdown on an idle worker: it waits for its ETA, which is not queue wait.
+    send(&app, r#"[{"task": "add", "args": [1, 2], "countdown": 5}]"#);
+    sidecar.scrape_when(
+        "celery_task_queue_wait_seconds_count{queue_name=\"celery\"}",
+        1.0,
+    );
+    assert_eq!(wait("2.5"), 1.0, "counted from the ETA, not from the send");
+
+    // 2. A 5 s task, then one that waits behind it on the solo worker.
+    send(
+        &app,
+        r#"[{"task": "sleep", "args": [5]}, {"task": "add", "args": [3, 4]}]"#,
+    );
+    let c = wait_celery(&sidecar, "the sleep task running past 2s", |c| {
+        c["status"] == "degraded"
+            && c["details"]["running"]["oldest"][0]["running_seconds"].as_f64() > Some(2.0)
+    });
+    let oldest = &c["details"]["running"]["oldest"][0];
+    assert_eq!(oldest["name"], "tasks.sleep", "{c:#}");
+    assert_eq!(oldest["worker"], "wait@test");
+    assert_eq!(c["details"]["running"]["tasks"], 1);
+    let finding = c["warnings"][0].as_str().unwrap();
+    assert!(
+        finding.starts_with("task tasks.sleep has been running for ")
+            && finding.contains(&format!(
+                "(id {}, on wait@test)",
+                oldest["id"].as_str().unwrap()
+            ))
+            && finding.ends_with("over SIDECAR_CELERY_RUNNING_MAX (2s)"),
+        "{finding}"
+    );
+    let m = sidecar.get("/metrics").body;
+    assert!(
+        sample(
+            &m,
+            "celery_task_running_oldest_seconds{name=\"tasks.sleep\"}"
+        ) > Some(2.0),
+        "{m}"
+    );
+    // Done: nothing runs, the gauge is 0, the finding gone; the add waited about 5 s.
+    let c = wait_celery(&sidecar, "both tasks done", |c| {
+        c["status"] == "healthy" && c["details"]["running"]["tasks"] == 0
+    });
+    assert_eq!(c["details"]["running"]["oldest"], serde_json::json!([]));
+    let m = sidecar
+        .scrape_when(
+            "celery_task_queue_wait_seconds_count{queue_name=\"celery\"}",
+            3.0,
+        )
+        .body;
+    assert_eq!(
+        sample(
+            &m,
+            "celery_task_running_oldest_seconds{name=\"tasks.sleep\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        wait("2.5"),
+        2.0,
+        "the countdown and the sleep started at once"
+    );
+    assert_eq!(wait("10"), 3.0, "the add waited behind the sleep");
+    support::promtool_check_metrics(&m);
+}
+
+/// A broker that evicts (a cache sharing it, allkeys-lru, too little memory) loses queued
+/// tasks without an error: the broker's check says so, with the count and the fix.
+#[test]
+fn an_evicting_broker_is_a_finding() {
+    let redis = Redis::start(&["--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru"]);
+    let url = redis.url();
+    let app = [("BROKER_URL", url.as_str())];
+    let sidecar = Sidecar::start(&env(&url, &[]));
+    // Tasks queued for a worker that is not there yet.
+    // (One command-line argument holds 128 KiB at most.)
+    let payload = "x".repeat(4_000);
+    let tasks: Vec<Value> = (0..20)
+        .map(|_| serde_json::json!({"task": "add", "args": [payload, ""], "queue": "reports"}))
+        .collect();
+    send(&app, &Value::Array(tasks).to_string());
+    wait_celery(&sidecar, "the queue seen", |c| {
+        c["queues"]["reports"]["length"] == 20
+    });
+    let broker = |s: &Sidecar| s.get("/healthz").json()["checks"]["redis:broker"].clone();
+    // Degraded already, by the policy (an allkeys-* broker), but nothing evicted yet.
+    let evicted = |b: &Value| -> Option<String> {
+        b["warnings"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|w| w.contains("key(s) evicted from the Celery broker"))
+            .map(String::from)
+    };
+    let before = broker(&sidecar);
+    assert_eq!(evicted(&before), None, "{before:#}");
+    // The cache's keys fill the memory: Redis evicts, the queue among them.
+    let filler = vec![b'f'; 100_000];
+    let keys: Vec<String> = (0..80).map(|i| format!("cache:{i}")).collect();
+    let commands: Vec<Vec<&[u8]>> = keys
+        .iter()
+        .map(|k| vec![&b"SET"[..], k.as_bytes(), &filler[..]])
+        .collect();
+    support::redis_pipeline(redis.port, &commands);
+    let mut last = Value::Null;
+    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for("the eviction finding", Duration::from_secs(20), || {
+            last = broker(&sidecar);
+            evicted(&last)
+        })
+    }));
+    assert!(found.is_ok(), "{last:#}");
+    assert_eq!(last["status"], "degraded");
+    let text = evicted(&last).unwrap();
+    assert!(
+        text.contains("key(s) evicted from the Celery broker in the last 10m00s (maxmemory-policy allkeys-lru)"),
+        "{text}"
+    );
+    let finding = last["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["text"] == text.as_str())
+        .unwrap();
+    assert!(
+        finding["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("give the broker room and maxmemory-policy noeviction"),
+        "{last:#}"
+    );
+    let m = sidecar.get("/metrics").body;
+    assert!(
+        sample(&m, "redis_evicted_keys_total{role=\"broker\"}") > Some(0.0),
+        "{m}"
+    );
+    // `check` looks once: it gives the count since Redis started.
+    let out = support::run(
+        &["check"],
+        &[
+            ("CELERY_BROKER_URL", url.as_str()),
+            ("SIDECAR_CELERY_MIN_WORKERS", "0"),
+        ],
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(" keys evicted since Redis started"),
+        "{printed}"
+    );
+}
+
 #[test]
 fn a_queue_nobody_consumes_is_stalled() {
     let redis = Redis::start(&[]);

@@ -43,6 +43,13 @@ pub struct TaskEvent {
     pub exception: Option<String>,
     /// Seconds, on task-succeeded.
     pub runtime: Option<f64>,
+    /// Who sent the event: the client on task-sent, the worker on the others.
+    pub hostname: Option<String>,
+    /// The sender's clock, in Unix seconds.
+    pub timestamp: Option<f64>,
+    /// When the task may start, in Unix seconds on the client's clock (task-sent and
+    /// task-received of an ETA or countdown task).
+    pub eta: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -146,6 +153,12 @@ pub fn event(v: &Value) -> Result<Event, DecodeError> {
             Some(_) => return Err(DecodeError::Field("exception")),
         },
         runtime: number(v, "runtime")?.filter(|r| r.is_finite() && *r >= 0.0),
+        hostname: text(v, "hostname")?,
+        timestamp: number(v, "timestamp")?.filter(|t| t.is_finite() && *t > 0.0),
+        eta: match text(v, "eta")? {
+            None => None,
+            Some(eta) => Some(crate::text::parse_iso8601(&eta).ok_or(DecodeError::Field("eta"))?),
+        },
     }))
 }
 
@@ -349,5 +362,43 @@ mod tests {
         assert_eq!(exception_class("app.errors.Oops()"), "app.errors.Oops");
         assert_eq!(exception_class("secret text with spaces"), "unknown");
         assert_eq!(exception_class(""), "unknown");
+    }
+
+    #[test]
+    fn a_countdown_tasks_events_carry_its_eta() {
+        let v = fixture("08-task-countdown-events.json");
+        let events: Vec<TaskEvent> = v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| match event(&e["event"]) {
+                Ok(Event::Task(t)) => t,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let kinds: Vec<TaskKind> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                TaskKind::Sent,
+                TaskKind::Received,
+                TaskKind::Started,
+                TaskKind::Succeeded
+            ]
+        );
+        let sent = &events[0];
+        let (eta, ts) = (sent.eta.unwrap(), sent.timestamp.unwrap());
+        assert!((eta - ts - 3.0).abs() < 0.1, "countdown=3: {eta} - {ts}");
+        assert_eq!(
+            events[1].eta, sent.eta,
+            "task-received carries the same ETA"
+        );
+        assert_eq!(events[2].eta, None);
+        assert_eq!(events[2].hostname.as_deref(), Some("w1@vm"));
+        assert!(
+            sent.hostname
+                .as_deref()
+                .is_some_and(|h| h.starts_with("gen"))
+        );
     }
 }

@@ -19,6 +19,12 @@ const RUNTIME_BUCKETS: [f64; 16] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
+/// `celery_task_queue_wait_seconds` buckets: 10 ms to 30 min.
+const WAIT_BUCKETS: [f64; 16] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0,
+    1800.0,
+];
+
 /// Celery's families: names as celery-exporter's, so its dashboards keep working, but no
 /// `hostname` label on task series (short-lived hostnames are what grew its series).
 pub struct CeleryMetrics {
@@ -34,6 +40,8 @@ pub struct CeleryMetrics {
     worker_active: IntGaugeVec,
     tasks: Vec<(TaskKind, IntCounterVec)>,
     runtime: HistogramVec,
+    queue_wait: HistogramVec,
+    running_oldest: GaugeVec,
     decode_errors: IntCounterVec,
     events: IntCounter,
     subscribed: IntGauge,
@@ -80,6 +88,27 @@ impl CeleryMetrics {
             decode_errors.with_label_values(&[source]);
         }
         Ok(CeleryMetrics {
+            queue_wait: reg(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "celery_task_queue_wait_seconds",
+                        "From a task's publication (task-sent), or its ETA when later, to its start (task-started).",
+                    )
+                    .buckets(WAIT_BUCKETS.to_vec()),
+                    q,
+                )?,
+            )?,
+            running_oldest: reg(
+                registry,
+                GaugeVec::new(
+                    opts(
+                        "celery_task_running_oldest_seconds",
+                        "How long the oldest running task of this name has run (0 when none runs), on workers alive.",
+                    ),
+                    &["name"],
+                )?,
+            )?,
             queue_length: reg(
                 registry,
                 IntGaugeVec::new(
@@ -215,6 +244,11 @@ impl CeleryMetrics {
                     .inc(),
             }
         }
+        if let Some(wait) = c.queue_wait {
+            self.queue_wait
+                .with_label_values(&[c.queue.as_str()])
+                .observe(wait);
+        }
         if let Some(runtime) = c.runtime.filter(|_| c.kind == TaskKind::Succeeded) {
             self.runtime
                 .with_label_values(&[c.name.as_str(), c.queue.as_str()])
@@ -253,6 +287,14 @@ impl CeleryMetrics {
             self.worker_active
                 .with_label_values(&[hostname])
                 .set(i64::try_from(active).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// How long the oldest running task of each name that ever started has run (0 when
+    /// none runs).
+    pub fn set_running(&self, ages: &[(&str, f64)]) {
+        for (name, secs) in ages {
+            self.running_oldest.with_label_values(&[name]).set(*secs);
         }
     }
 

@@ -322,7 +322,7 @@ impl Subscriber {
                     }
                 }
                 Ok(Event::Task(t)) => {
-                    let count = shared.book.record(&t);
+                    let count = shared.book.record(&t, now);
                     self.metrics.record_task(&count);
                 }
                 Ok(Event::Other) => {}

@@ -5,6 +5,9 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::event::{TaskEvent, TaskKind};
 
@@ -27,6 +30,10 @@ pub const OTHER: &str = "other";
 struct Known {
     name: Option<Arc<str>>,
     queue: Option<Arc<str>>,
+    /// When task-sent was heard (our clock) and its timestamp (the client's clock).
+    sent: Option<(Instant, Option<f64>)>,
+    /// The ETA, on the client's clock.
+    eta: Option<f64>,
     /// Which entry of `order` is this id's, so a stale entry evicts nothing.
     seq: u64,
 }
@@ -69,6 +76,21 @@ pub struct Count {
     pub exception: Option<String>,
     /// On successes: seconds.
     pub runtime: Option<f64>,
+    /// On task-started, when its task-sent was heard: seconds from publication (or from
+    /// its ETA, when later) to the start.
+    pub queue_wait: Option<f64>,
+}
+
+/// A task heard to start and not yet heard to end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Running {
+    pub id: String,
+    /// Its name label (capped like the counters').
+    pub name: String,
+    /// The worker that started it.
+    pub hostname: Option<String>,
+    /// When task-started was heard, on our clock.
+    pub since: Instant,
 }
 
 #[derive(Debug)]
@@ -84,6 +106,12 @@ pub struct TaskBook {
     /// Task-succeeded and task-failed events heard.
     succeeded: u64,
     failed: u64,
+    /// Tasks started and not ended, by id (at most `MAX_IDS`), and the order they started
+    /// in (entries of tasks that ended are skipped when met).
+    running: HashMap<String, Running>,
+    started: VecDeque<(String, Instant)>,
+    /// Every name label that started a task (bounded like the labels).
+    started_names: Vec<String>,
 }
 
 impl Default for TaskBook {
@@ -99,6 +127,9 @@ impl Default for TaskBook {
             triples: Capped::new(MAX_TRIPLES),
             succeeded: 0,
             failed: 0,
+            running: HashMap::new(),
+            started: VecDeque::new(),
+            started_names: Vec::new(),
         }
     }
 }
@@ -113,8 +144,8 @@ fn label(capped: &mut Capped<String>, value: Option<&str>) -> String {
 }
 
 impl TaskBook {
-    /// Records what the event says about its task and returns its labels.
-    pub fn record(&mut self, e: &TaskEvent) -> Count {
+    /// Records what the event, heard at `now`, says about its task and returns its labels.
+    pub fn record(&mut self, e: &TaskEvent, now: Instant) -> Count {
         match e.kind {
             TaskKind::Succeeded => self.succeeded += 1,
             TaskKind::Failed => self.failed += 1,
@@ -128,6 +159,8 @@ impl TaskBook {
                 Known {
                     name: None,
                     queue: None,
+                    sent: None,
+                    eta: None,
                     seq,
                 },
             );
@@ -154,6 +187,25 @@ impl TaskBook {
         if let Some(queue) = &e.queue {
             known.queue = Some(Arc::from(queue.as_str()));
         }
+        if e.kind == TaskKind::Sent {
+            known.sent = Some((now, e.timestamp));
+        }
+        if e.eta.is_some() && matches!(e.kind, TaskKind::Sent | TaskKind::Received) {
+            known.eta = e.eta;
+        }
+        // Publication (or the ETA, when later) to start, measured on our clock: both events
+        // come in as they happen, so clocks that differ between machines do not matter; the
+        // ETA counts from the sending client's own timestamp.
+        let queue_wait = (e.kind == TaskKind::Started)
+            .then_some(known.sent)
+            .flatten()
+            .map(|(heard, sent_ts)| {
+                let delay = match (known.eta, sent_ts) {
+                    (Some(eta), Some(ts)) if eta > ts => Duration::from_secs_f64(eta - ts),
+                    _ => Duration::ZERO,
+                };
+                now.saturating_duration_since(heard + delay).as_secs_f64()
+            });
         let (name, queue) = (known.name.clone(), known.queue.clone());
         // A task that ended needs no more remembering; a failure may still be followed by
         // its task-rejected, and a retry is received again under the same id.
@@ -179,13 +231,72 @@ impl TaskBook {
                 OTHER.to_string()
             }
         });
+        match e.kind {
+            TaskKind::Started => {
+                while self.running.len() >= MAX_IDS {
+                    let Some((id, since)) = self.started.pop_front() else {
+                        break;
+                    };
+                    if self.running.get(&id).is_some_and(|r| r.since == since) {
+                        self.running.remove(&id);
+                    }
+                }
+                if self.started.len() > 2 * MAX_IDS {
+                    let running = &self.running;
+                    self.started
+                        .retain(|(id, since)| running.get(id).is_some_and(|r| r.since == *since));
+                }
+                self.started.push_back((e.uuid.clone(), now));
+                if !self.started_names.contains(&name) {
+                    self.started_names.push(name.clone());
+                }
+                self.running.insert(
+                    e.uuid.clone(),
+                    Running {
+                        id: e.uuid.clone(),
+                        name: name.clone(),
+                        hostname: e.hostname.clone(),
+                        since: now,
+                    },
+                );
+            }
+            TaskKind::Received => {}
+            // Ended, or (retried) to be received again.
+            _ => {
+                self.running.remove(&e.uuid);
+            }
+        }
         Count {
             kind: e.kind,
             name,
             queue,
             exception,
             runtime: e.runtime,
+            queue_wait,
         }
+    }
+
+    /// Tasks running now, oldest first, on workers for which `counts` says yes (a worker
+    /// that is down may be lost with its tasks, or only silent: its tasks are left out).
+    pub fn running(&self, counts: impl Fn(Option<&str>) -> bool) -> Vec<&Running> {
+        let mut v: Vec<&Running> = self
+            .running
+            .values()
+            .filter(|r| counts(r.hostname.as_deref()))
+            .collect();
+        v.sort_by_key(|r| r.since);
+        v
+    }
+
+    /// Every name label that started a task so far.
+    pub fn started_names(&self) -> &[String] {
+        &self.started_names
+    }
+
+    /// Forgets the running tasks of a worker that was forgotten.
+    pub fn forget_worker(&mut self, hostname: &str) {
+        self.running
+            .retain(|_, r| r.hostname.as_deref() != Some(hostname));
     }
 
     /// Ids remembered now (bounded by `MAX_IDS`).
@@ -211,6 +322,9 @@ mod tests {
             queue: None,
             exception: None,
             runtime: None,
+            hostname: None,
+            timestamp: None,
+            eta: None,
         }
     }
 
@@ -220,15 +334,15 @@ mod tests {
         let mut sent = ev(TaskKind::Sent, "t1");
         sent.name = Some("tasks.add".into());
         sent.queue = Some("emails".into());
-        assert_eq!(book.record(&sent).queue, "emails");
-        let started = book.record(&ev(TaskKind::Started, "t1"));
+        assert_eq!(book.record(&sent, Instant::now()).queue, "emails");
+        let started = book.record(&ev(TaskKind::Started, "t1"), Instant::now());
         assert_eq!(
             (started.name.as_str(), started.queue.as_str()),
             ("tasks.add", "emails")
         );
         let mut done = ev(TaskKind::Succeeded, "t1");
         done.runtime = Some(0.5);
-        let c = book.record(&done);
+        let c = book.record(&done, Instant::now());
         assert_eq!((c.name.as_str(), c.runtime), ("tasks.add", Some(0.5)));
         assert_eq!(book.remembered(), 0, "an ended task is forgotten");
     }
@@ -238,14 +352,14 @@ mod tests {
         let mut book = TaskBook::default();
         let mut received = ev(TaskKind::Received, "t2");
         received.name = Some("tasks.sleep".into());
-        book.record(&received);
+        book.record(&received, Instant::now());
         let mut failed = ev(TaskKind::Failed, "t2");
         failed.exception = Some("ValueError".into());
-        let c = book.record(&failed);
+        let c = book.record(&failed, Instant::now());
         assert_eq!(c.name, "tasks.sleep");
         assert_eq!(c.queue, UNKNOWN);
         assert_eq!(c.exception.as_deref(), Some("ValueError"));
-        let orphan = book.record(&ev(TaskKind::Started, "never-seen"));
+        let orphan = book.record(&ev(TaskKind::Started, "never-seen"), Instant::now());
         assert_eq!(orphan.name, UNKNOWN);
     }
 
@@ -254,10 +368,11 @@ mod tests {
         let mut book = TaskBook::default();
         let mut received = ev(TaskKind::Received, "t3");
         received.name = Some("tasks.rejectme".into());
-        book.record(&received);
-        book.record(&ev(TaskKind::Failed, "t3"));
+        book.record(&received, Instant::now());
+        book.record(&ev(TaskKind::Failed, "t3"), Instant::now());
         assert_eq!(
-            book.record(&ev(TaskKind::Rejected, "t3")).name,
+            book.record(&ev(TaskKind::Rejected, "t3"), Instant::now())
+                .name,
             "tasks.rejectme"
         );
         assert_eq!(book.remembered(), 0);
@@ -272,7 +387,7 @@ mod tests {
                 let mut sent = ev(TaskKind::Sent, &format!("{n}-{q}"));
                 sent.name = Some(format!("n{n}"));
                 sent.queue = Some(format!("q{q}"));
-                let c = book.record(&sent);
+                let c = book.record(&sent, Instant::now());
                 if c.name == OTHER {
                     assert_eq!(c.queue, OTHER);
                     others += 1;
@@ -287,20 +402,24 @@ mod tests {
         let mut book = TaskBook::default();
         let mut a = ev(TaskKind::Sent, "a");
         a.queue = Some("q1".into());
-        book.record(&a);
-        book.record(&ev(TaskKind::Succeeded, "a"));
+        book.record(&a, Instant::now());
+        book.record(&ev(TaskKind::Succeeded, "a"), Instant::now());
         for i in 0..(MAX_IDS - 10) {
-            book.record(&ev(TaskKind::Sent, &format!("x{i}")));
+            book.record(&ev(TaskKind::Sent, &format!("x{i}")), Instant::now());
         }
         // Sent again, late: its old entry still heads the queue.
         let mut again = ev(TaskKind::Sent, "a");
         again.queue = Some("q2".into());
-        book.record(&again);
+        book.record(&again, Instant::now());
         for i in 0..20 {
-            book.record(&ev(TaskKind::Sent, &format!("y{i}")));
+            book.record(&ev(TaskKind::Sent, &format!("y{i}")), Instant::now());
         }
         assert_eq!(book.remembered(), MAX_IDS);
-        assert_eq!(book.record(&ev(TaskKind::Started, "a")).queue, "q2");
+        assert_eq!(
+            book.record(&ev(TaskKind::Started, "a"), Instant::now())
+                .queue,
+            "q2"
+        );
     }
 
     #[test]
@@ -309,7 +428,7 @@ mod tests {
         for i in 0..(MAX_IDS + 100) {
             let mut e = ev(TaskKind::Received, &format!("id-{i}"));
             e.name = Some(format!("task-{i}"));
-            let c = book.record(&e);
+            let c = book.record(&e, Instant::now());
             if i >= MAX_NAMES {
                 assert_eq!(c.name, OTHER);
             }
@@ -318,9 +437,119 @@ mod tests {
         let mut again = ev(TaskKind::Received, "x");
         again.name = Some("task-3".into());
         assert_eq!(
-            book.record(&again).name,
+            book.record(&again, Instant::now()).name,
             "task-3",
             "a known name keeps its label"
+        );
+    }
+
+    #[test]
+    fn queue_wait_counts_from_publication_or_the_eta() {
+        let mut book = TaskBook::default();
+        let t0 = Instant::now();
+        let mut sent = ev(TaskKind::Sent, "w1");
+        sent.queue = Some("celery".into());
+        sent.timestamp = Some(1000.0);
+        book.record(&sent, t0);
+        let mut received = ev(TaskKind::Received, "w1");
+        received.eta = None;
+        book.record(&received, t0 + Duration::from_millis(10));
+        let started = book.record(&ev(TaskKind::Started, "w1"), t0 + Duration::from_secs(3));
+        assert_eq!(started.queue_wait, Some(3.0));
+        assert_eq!(started.queue, "celery");
+
+        // A countdown of 5 s: the wait counts from the ETA, on the client's clock.
+        let mut sent = ev(TaskKind::Sent, "w2");
+        sent.timestamp = Some(1000.0);
+        sent.eta = Some(1005.0);
+        book.record(&sent, t0);
+        let started = book.record(&ev(TaskKind::Started, "w2"), t0 + Duration::from_secs(6));
+        assert_eq!(started.queue_wait, Some(1.0));
+        // Started before its ETA (a clock ahead): no negative wait.
+        let mut sent = ev(TaskKind::Sent, "w3");
+        sent.timestamp = Some(1000.0);
+        sent.eta = Some(1010.0);
+        book.record(&sent, t0);
+        let started = book.record(&ev(TaskKind::Started, "w3"), t0 + Duration::from_secs(2));
+        assert_eq!(started.queue_wait, Some(0.0));
+        // No task-sent heard (the client sends none): no wait to tell.
+        book.record(&ev(TaskKind::Received, "w4"), t0);
+        assert_eq!(
+            book.record(&ev(TaskKind::Started, "w4"), t0).queue_wait,
+            None
+        );
+    }
+
+    #[test]
+    fn running_tasks_until_they_end() {
+        let mut book = TaskBook::default();
+        let t0 = Instant::now();
+        for (id, host, at) in [("a", "w1", 0), ("b", "w2", 1), ("c", "w1", 2)] {
+            let mut received = ev(TaskKind::Received, id);
+            received.name = Some(format!("tasks.{id}"));
+            book.record(&received, t0);
+            let mut started = ev(TaskKind::Started, id);
+            started.hostname = Some(host.into());
+            book.record(&started, t0 + Duration::from_secs(at));
+        }
+        let ids = |book: &TaskBook, up: &dyn Fn(Option<&str>) -> bool| -> Vec<String> {
+            book.running(up).iter().map(|r| r.id.clone()).collect()
+        };
+        assert_eq!(ids(&book, &|_| true), ["a", "b", "c"], "oldest first");
+        assert_eq!(book.running(|_| true)[0].name, "tasks.a");
+        assert_eq!(ids(&book, &|h| h != Some("w1")), ["b"]);
+        book.record(&ev(TaskKind::Succeeded, "a"), t0);
+        book.record(&ev(TaskKind::Retried, "b"), t0);
+        assert_eq!(ids(&book, &|_| true), ["c"]);
+        book.forget_worker("w1");
+        assert!(book.running(|_| true).is_empty());
+        // Bounded: the oldest is dropped past MAX_IDS.
+        for i in 0..(MAX_IDS + 5) {
+            book.record(
+                &ev(TaskKind::Started, &format!("r{i}")),
+                t0 + Duration::from_millis(i as u64),
+            );
+        }
+        let running = book.running(|_| true);
+        assert_eq!(running.len(), MAX_IDS);
+        assert_eq!(running[0].id, "r5");
+    }
+
+    /// The events of a real countdown task, replayed at the moments they were heard: the
+    /// task waited for its ETA, not in the queue.
+    #[test]
+    fn a_real_countdown_task_waited_only_after_its_eta() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/celery/08-task-countdown-events.json"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let heard: Vec<(f64, TaskEvent)> = v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let Ok(crate::celery::event::Event::Task(t)) =
+                    crate::celery::event::event(&e["event"])
+                else {
+                    panic!("{e}");
+                };
+                (e["heard_at"].as_f64().unwrap(), t)
+            })
+            .collect();
+        let mut book = TaskBook::default();
+        let t0 = Instant::now();
+        let first = heard[0].0;
+        let mut waits = Vec::new();
+        for (at, e) in &heard {
+            let c = book.record(e, t0 + Duration::from_secs_f64(at - first));
+            waits.extend(c.queue_wait);
+        }
+        assert_eq!(waits.len(), 1);
+        assert!(
+            waits[0] < 0.5,
+            "{waits:?}: it started about 3 s after it was sent"
         );
     }
 }

@@ -442,6 +442,11 @@ fn summary(i: &Info) -> String {
             format!("memory {} of {} ({policy})", mib(used), mib(max))
         });
     }
+    // One look cannot tell when they were (the server watches them rise): the count since
+    // Redis started, when there are any.
+    if let Some(evicted) = i.evicted_keys.filter(|e| *e > 0) {
+        summary.push(format!("{evicted} keys evicted since Redis started"));
+    }
     summary.join("; ")
 }
 

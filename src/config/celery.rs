@@ -31,6 +31,8 @@ pub struct CeleryConfig {
     pub visibility_timeout: Duration,
     pub heartbeat_misses: u32,
     pub stall_after: Duration,
+    /// A task running longer than this is a finding.
+    pub running_max: Duration,
     pub max_workers: usize,
     pub forget_after: Duration,
 }
@@ -138,6 +140,7 @@ pub(super) fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, C
         "1h",
     )?;
     let stall_after = duration_or(vars::CELERY_STALL_AFTER, &s.celery_stall_after, "5m")?;
+    let running_max = duration_or(vars::CELERY_RUNNING_MAX, &s.celery_running_max, "1h")?;
     let forget_after = duration_or(vars::CELERY_FORGET_AFTER, &s.celery_forget_after, "10m")?;
     for (var, value, d) in [
         (
@@ -146,6 +149,7 @@ pub(super) fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, C
             visibility_timeout,
         ),
         (vars::CELERY_STALL_AFTER, &s.celery_stall_after, stall_after),
+        (vars::CELERY_RUNNING_MAX, &s.celery_running_max, running_max),
         (
             vars::CELERY_FORGET_AFTER,
             &s.celery_forget_after,
@@ -166,6 +170,7 @@ pub(super) fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, C
         visibility_timeout,
         heartbeat_misses,
         stall_after,
+        running_max,
         max_workers,
         forget_after,
     })

@@ -227,6 +227,14 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub celery_stall_after: Option<String>,
+    /// A task running longer than this is a finding (default 1h).
+    #[arg(
+        long = vars::CELERY_RUNNING_MAX.flag,
+        env = vars::CELERY_RUNNING_MAX.env,
+        global = true,
+        hide_env_values = true
+    )]
+    pub celery_running_max: Option<String>,
     /// How many workers are tracked at most (default 256).
     #[arg(
         long = vars::CELERY_MAX_WORKERS.flag,

@@ -84,10 +84,11 @@ impl Config {
         line(
             "celery timing",
             &format!(
-                "visibility timeout {}, dead after {} missed heartbeats, stalled after {}, forgotten after {}",
+                "visibility timeout {}, dead after {} missed heartbeats, stalled after {}, a task running too long after {}, forgotten after {}",
                 show(c.visibility_timeout),
                 c.heartbeat_misses,
                 show(c.stall_after),
+                show(c.running_max),
                 show(c.forget_after)
             ),
         );

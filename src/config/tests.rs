@@ -33,6 +33,7 @@ fn settings(pairs: &[(&str, &str)]) -> Settings {
             "SIDECAR_CELERY_VISIBILITY_TIMEOUT" => s.celery_visibility_timeout = v,
             "SIDECAR_CELERY_HEARTBEAT_MISSES" => s.celery_heartbeat_misses = v,
             "SIDECAR_CELERY_STALL_AFTER" => s.celery_stall_after = v,
+            "SIDECAR_CELERY_RUNNING_MAX" => s.celery_running_max = v,
             "SIDECAR_CELERY_MAX_WORKERS" => s.celery_max_workers = v,
             "SIDECAR_CELERY_FORGET_AFTER" => s.celery_forget_after = v,
             "OTEL_EXPORTER_OTLP_ENDPOINT" => s.otel_endpoint = v,
@@ -143,6 +144,7 @@ fn celery_defaults_and_settings() {
     assert_eq!(c.visibility_timeout, Duration::from_secs(3600));
     assert_eq!(c.heartbeat_misses, 2);
     assert_eq!(c.stall_after, Duration::from_secs(300));
+    assert_eq!(c.running_max, Duration::from_secs(3600));
     assert_eq!(c.max_workers, 256);
     assert_eq!(c.forget_after, Duration::from_secs(600));
     let c = Config::from_settings(&settings(&[

@@ -88,6 +88,11 @@ var!(
     "celery-stall-after"
 );
 var!(
+    CELERY_RUNNING_MAX,
+    "SIDECAR_CELERY_RUNNING_MAX",
+    "celery-running-max"
+);
+var!(
     CELERY_MAX_WORKERS,
     "SIDECAR_CELERY_MAX_WORKERS",
     "celery-max-workers"

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::serve::history::{self, Event, Point, Ring, Subject, View};
+use crate::serve::history::{self, Event, Point, Subject, View};
 use crate::text::rfc3339;
 
 #[derive(Serialize)]
@@ -45,7 +45,7 @@ struct MinuteDoc {
 /// `[[t, v], ...]`, as Prometheus' range queries write a series.
 type Series = Vec<(f64, Option<f64>)>;
 
-fn series(points: &Ring<Point>) -> Series {
+fn series(points: &[Point]) -> Series {
     points
         .iter()
         .map(|p| (p.at as f64 / 1e3, p.value.map(round3)))
@@ -79,7 +79,7 @@ pub fn history(view: &View) -> String {
             .iter()
             .map(|q| QueueDoc {
                 name: &q.name,
-                length: series(&q.length),
+                length: series(&q.points),
             })
             .collect(),
         workers_alive: series(&view.workers_alive),

@@ -31,7 +31,11 @@ impl Cache {
     ) -> Exposition {
         // Rendering under the lock: concurrent requests wait for the one rendering
         // (a millisecond) instead of each making their own.
-        let mut last = self.last.lock().expect("cache lock is never poisoned");
+        // A panic while rendering leaves no half-made body here: the lock is taken back.
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((at, g, body)) = last.as_ref()
             && *g == generation
             && now.saturating_duration_since(*at) < MAX_AGE

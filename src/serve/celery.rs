@@ -22,7 +22,7 @@ use crate::redis::failure::Failure;
 use crate::redis::target::{Role, Target};
 use crate::serve::health::{
     CeleryDetails, CeleryFields, CeleryReport, Details, EventsDoc, LayoutDoc, QueueDoc,
-    ReservationsDoc, WorkerDoc,
+    ReservationsDoc, RunningDoc, RunningTaskDoc, WorkerDoc,
 };
 use crate::serve::history::History;
 use crate::serve::metrics::Metrics;
@@ -30,7 +30,7 @@ use crate::serve::runner::Probe;
 use crate::serve::snapshot::{Report, Reports, Snapshot, Status};
 use crate::text::escape;
 use crate::text::human;
-use crate::verdict::{self, Cause, Seen};
+use crate::verdict::{self, Cause, Long, Seen};
 
 /// How often workers are judged again between queue probes.
 const JUDGE_EVERY: Duration = Duration::from_secs(1);
@@ -173,6 +173,7 @@ impl CeleryCheck {
         };
         for gone in shared.workers.forget(as_of) {
             metrics.celery.forget_worker(&gone);
+            shared.book.forget_worker(&gone);
         }
         let sub = &shared.subscription;
         let workers = &shared.workers;
@@ -273,6 +274,44 @@ impl CeleryCheck {
             .map(|w| w.hostname.as_str())
             .take(5)
             .collect();
+        // Running tasks, on workers alive (a worker down may be lost with its tasks, or only
+        // silent): the oldest of each name.
+        let mut oldest: Vec<RunningTaskDoc> = Vec::new();
+        let running = shared
+            .book
+            .running(|h| h.is_none_or(|h| workers.get(h).is_some_and(|w| workers.alive(w, as_of))));
+        for r in &running {
+            if !oldest.iter().any(|o| o.name == r.name) {
+                oldest.push(RunningTaskDoc {
+                    name: r.name.clone(),
+                    id: r.id.clone(),
+                    worker: r.hostname.clone(),
+                    running_seconds: round1(now.saturating_duration_since(r.since)),
+                });
+            }
+        }
+        let running_count = running.len();
+        // Every name that ever started has its series: 0 while none runs (a task quicker
+        // than a judgement is never seen running).
+        let ages: Vec<(&str, f64)> = shared
+            .book
+            .started_names()
+            .iter()
+            .map(|n| {
+                let age = oldest.iter().find(|o| &o.name == n);
+                (n.as_str(), age.map_or(0.0, |o| o.running_seconds))
+            })
+            .collect();
+        metrics.celery.set_running(&ages);
+        let long: Vec<Long> = oldest
+            .iter()
+            .map(|o| Long {
+                name: &o.name,
+                id: &o.id,
+                worker: o.worker.as_deref(),
+                running: Duration::from_secs_f64(o.running_seconds),
+            })
+            .collect();
         let channel = String::from_utf8_lossy(&shared.naming.events_pattern()).into_owned();
         let seen = Seen {
             subscribed: sub.up,
@@ -282,6 +321,7 @@ impl CeleryCheck {
             alive,
             down: &down,
             channel: &channel,
+            running: &long,
         };
         // The broker's own Redis check: a broker unusable as Redis is unusable for Celery,
         // as `check` says it.
@@ -327,8 +367,13 @@ impl CeleryCheck {
             queues: Arc::new(Value::Object(serde_json::Map::new())),
             unacked: None,
         };
+        oldest.truncate(10);
         let mut details = CeleryDetails {
             events,
+            running: RunningDoc {
+                tasks: running_count,
+                oldest,
+            },
             reservations: None,
             queues_left_out: None,
             kombu: None,

@@ -56,6 +56,7 @@ pub struct CeleryReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct CeleryDetails {
     pub events: EventsDoc,
+    pub running: RunningDoc,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reservations: Option<ReservationsDoc>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,6 +76,22 @@ pub struct EventsDoc {
     pub untracked_workers: u64,
     pub reconnects: u64,
     pub tasks_remembered: usize,
+}
+
+/// Tasks heard to start and not yet to end, on workers alive.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunningDoc {
+    pub tasks: usize,
+    /// The oldest running task of each name, oldest first (at most ten names).
+    pub oldest: Vec<RunningTaskDoc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunningTaskDoc {
+    pub name: String,
+    pub id: String,
+    pub worker: Option<String>,
+    pub running_seconds: f64,
 }
 
 /// The unacked reservations.

@@ -3,15 +3,17 @@
 //! queues, `SIDECAR_HISTORY_QUEUES` of them), workers alive, tasks ended per minute, and
 //! the last [`EVENTS`] state changes of checks and workers.
 //!
-//! Every buffer is allocated at start-up, sized by the settings, and text from the network
-//! (queue names, worker hostnames, sentences) is cut to [`MAX_TEXT`] bytes: whatever
-//! happens, nothing here grows. Writers are the runners, after each report; readers are the
-//! HTTP handlers, which copy what they need under the lock (a std mutex: every section is
-//! a few copies, never an await).
+//! The series' buffers are allocated and written at start-up, sized by the settings; the
+//! changes are kept [`EVENTS`] for checks and [`EVENTS`] for workers (apart, so that
+//! workers coming and going in numbers never push a check's incident out), and text from
+//! the network (queue names, worker hostnames, sentences) is cut to [`MAX_TEXT`] bytes:
+//! whatever happens, nothing here grows past that. Writers are the runners, after each
+//! report; readers are the HTTP handlers, which copy the last [`WINDOW`] under the lock (a
+//! std mutex: every section is a few copies, never an await).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::serve::snapshot::{Report, Status};
@@ -24,8 +26,8 @@ pub const EVENTS: usize = 100;
 pub const MAX_POINTS: usize = 3600;
 /// Bytes kept of a name or sentence from the network.
 pub const MAX_TEXT: usize = 300;
-/// Minutes of task counts kept.
-const MINUTES: usize = 60;
+/// Minutes of task counts kept: the hour, and the minute under way.
+const MINUTES: usize = 61;
 
 /// A fixed-capacity ring: pushing past the capacity overwrites the oldest. Its slots are
 /// written when it is made, so the memory it will ever use is the process's from the start
@@ -108,13 +110,6 @@ pub struct TargetSeries {
     pub ping_ms: Ring<Point>,
 }
 
-/// One queue shown: its length at each Celery probe.
-#[derive(Debug, Clone)]
-pub struct QueueSeries {
-    pub name: String,
-    pub length: Ring<Point>,
-}
-
 /// Tasks that ended in one minute (heard as events).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Minute {
@@ -146,19 +141,43 @@ pub enum Subject {
     Worker(String),
 }
 
-/// Copies of everything, as of one moment.
+/// A series as of one moment: its points within the last [`WINDOW`], oldest first.
+#[derive(Debug, Clone)]
+pub struct SeriesView {
+    pub name: String,
+    pub points: Vec<Point>,
+}
+
+/// A Redis target's series as of one moment.
+#[derive(Debug, Clone)]
+pub struct TargetView {
+    pub checks: Vec<String>,
+    pub endpoint: String,
+    pub ping_ms: Vec<Point>,
+}
+
+/// Copies of everything within the last [`WINDOW`], as of one moment.
 #[derive(Debug, Clone)]
 pub struct View {
     pub interval: Duration,
     pub points: usize,
-    pub targets: Vec<TargetSeries>,
+    /// When the view was made (unix milliseconds).
+    pub now: u64,
+    pub targets: Vec<TargetView>,
     /// Only the queues still among the longest, longest first.
-    pub queues: Vec<QueueSeries>,
+    pub queues: Vec<SeriesView>,
     pub queue_slots: usize,
-    pub workers_alive: Ring<Point>,
-    pub minutes: Ring<Minute>,
-    /// Newest first.
+    pub workers_alive: Vec<Point>,
+    pub minutes: Vec<Minute>,
+    /// Checks' and workers' changes together, newest first.
     pub events: Vec<Event>,
+}
+
+/// One queue slot: the queue it holds (`None`: free) and its lengths.
+#[derive(Debug)]
+struct Slot {
+    name: Option<String>,
+    length: Ring<Point>,
 }
 
 #[derive(Debug)]
@@ -166,14 +185,17 @@ struct Inner {
     targets: Vec<TargetSeries>,
     /// At most `SIDECAR_HISTORY_QUEUES` slots; a slot is handed to another queue when
     /// its own is no longer among the longest.
-    queues: Vec<QueueSeries>,
+    queues: Vec<Slot>,
     /// The names of the queues now among the longest, longest first.
     top: Vec<String>,
     workers_alive: Ring<Point>,
     minutes: Ring<Minute>,
     /// Task totals at the last Celery record, to count each minute's.
-    totals: Option<(u64, u64)>,
-    events: VecDeque<Event>,
+    totals: (u64, u64),
+    /// Checks' changes and workers' changes, kept apart so that workers coming and going
+    /// in numbers never push a check's incident out.
+    check_events: VecDeque<Event>,
+    worker_events: VecDeque<Event>,
 }
 
 /// The history, shared by the runners (writing) and HTTP (reading).
@@ -183,7 +205,7 @@ pub struct History {
     points: usize,
     queue_slots: usize,
     inner: Mutex<Inner>,
-    /// Bumped by every write: a rendering of an older generation is out of date.
+    /// Bumped after every write: a rendering of an older generation is out of date.
     generation: AtomicU64,
 }
 
@@ -211,8 +233,8 @@ impl History {
             })
             .collect();
         let queues = (0..queue_slots)
-            .map(|_| QueueSeries {
-                name: String::with_capacity(MAX_TEXT),
+            .map(|_| Slot {
+                name: None,
                 length: Ring::new(points),
             })
             .collect();
@@ -225,26 +247,35 @@ impl History {
                 queues,
                 top: Vec::with_capacity(queue_slots),
                 workers_alive: Ring::new(points),
-                minutes: Ring::new(MINUTES + 1),
-                totals: None,
-                events: VecDeque::with_capacity(EVENTS),
+                minutes: Ring::new(MINUTES),
+                totals: (0, 0),
+                check_events: VecDeque::with_capacity(EVENTS),
+                worker_events: VecDeque::with_capacity(EVENTS),
             }),
             generation: AtomicU64::new(0),
         }
     }
 
-    fn write(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.generation.fetch_add(1, Ordering::Relaxed);
-        self.inner.lock().expect("history lock is never poisoned")
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every section leaves the data whole: a panic elsewhere cannot make it unusable.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes with `f`, then bumps the generation (after: a rendering made meanwhile is of
+    /// the older one).
+    fn write(&self, f: impl FnOnce(&mut Inner)) {
+        f(&mut self.lock());
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// How many writes so far.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Relaxed)
+        self.generation.load(Ordering::Acquire)
     }
 
     /// A runner published `next` under `checks` (`prev` was the report before): the
-    /// change of state, if it is one, and for a Redis target a point of PING latency.
+    /// change of state, if it is one, and for a Redis target after a probe (`new_probe`)
+    /// a point of PING latency. Call it after the snapshot has the report.
     pub fn published(
         &self,
         checks: &[String],
@@ -252,44 +283,49 @@ impl History {
         next: &Report,
         new_probe: bool,
     ) {
-        let mut inner = self.write();
-        if is_change(prev, next) {
-            let failure = next.error.as_ref();
-            let (sentence, fix) = match next.status {
-                Status::Unhealthy => (failure.map(|f| f.message.clone()), next.fix.clone()),
-                Status::Degraded => next
-                    .warnings
-                    .first()
-                    .map(|w| (Some(w.text.clone()), Some(w.fix.clone())))
-                    .unwrap_or_default(),
-                Status::Healthy => (None, None),
-            };
-            push_event(
-                &mut inner.events,
-                Event {
-                    // When the change was judged: for Celery, a worker can change the
-                    // verdict between queue probes.
-                    at: SystemTime::now(),
-                    subject: Subject::Checks(checks.to_vec()),
-                    from: prev.map(|p| p.status.as_str()),
-                    to: next.status.as_str(),
-                    reason: failure
-                        .filter(|_| next.status == Status::Unhealthy)
-                        .map(|f| f.reason.as_str()),
-                    sentence: sentence.map(cut),
-                    fix: fix.map(cut),
-                },
-            );
-        }
-        if !new_probe {
+        let change = is_change(prev, next);
+        let target = new_probe && self.lock().targets.iter().any(|t| t.checks == checks);
+        if !change && !target {
             return;
         }
-        if let Some(t) = inner.targets.iter_mut().find(|t| t.checks == checks) {
-            t.ping_ms.push(Point {
-                at: unix_ms(next.finished_at),
-                value: next.latency.map(|d| d.as_secs_f64() * 1e3),
-            });
-        }
+        self.write(|inner| {
+            if change {
+                let failure = next.error.as_ref();
+                let (sentence, fix) = match next.status {
+                    Status::Unhealthy => (failure.map(|f| f.message.clone()), next.fix.clone()),
+                    Status::Degraded => next
+                        .warnings
+                        .first()
+                        .map(|w| (Some(w.text.clone()), Some(w.fix.clone())))
+                        .unwrap_or_default(),
+                    Status::Healthy => (None, None),
+                };
+                push_event(
+                    &mut inner.check_events,
+                    Event {
+                        // When the change was judged: for Celery, a worker can change the
+                        // verdict between queue probes.
+                        at: SystemTime::now(),
+                        subject: Subject::Checks(checks.to_vec()),
+                        from: prev.map(|p| p.status.as_str()),
+                        to: next.status.as_str(),
+                        reason: failure
+                            .filter(|_| next.status == Status::Unhealthy)
+                            .map(|f| f.reason.as_str()),
+                        sentence: sentence.map(cut),
+                        fix: fix.map(cut),
+                    },
+                );
+            }
+            if let Some(t) = inner.targets.iter_mut().find(|t| t.checks == checks)
+                && new_probe
+            {
+                t.ping_ms.push(Point {
+                    at: unix_ms(next.finished_at),
+                    value: next.latency.map(|d| d.as_secs_f64() * 1e3),
+                });
+            }
+        });
     }
 
     /// A worker came up (`first`: heard for the first time) or went down, and why.
@@ -301,23 +337,25 @@ impl History {
         why: Option<String>,
         at: SystemTime,
     ) {
-        let mut inner = self.write();
-        push_event(
-            &mut inner.events,
-            Event {
-                at,
-                subject: Subject::Worker(cut(hostname.to_string())),
-                from: (!first).then_some(if up { "down" } else { "up" }),
-                to: if up { "up" } else { "down" },
-                reason: None,
-                sentence: why.map(cut),
-                fix: None,
-            },
-        );
+        self.write(|inner| {
+            push_event(
+                &mut inner.worker_events,
+                Event {
+                    at,
+                    subject: Subject::Worker(cut(hostname.to_string())),
+                    from: (!first).then_some(if up { "down" } else { "up" }),
+                    to: if up { "up" } else { "down" },
+                    reason: None,
+                    sentence: why.map(cut),
+                    fix: None,
+                },
+            )
+        });
     }
 
     /// A Celery probe: every queue's length (`None` when the broker could not be read),
-    /// workers alive, and the totals of tasks succeeded and failed heard so far.
+    /// workers alive, and the totals of tasks succeeded and failed heard so far (since the
+    /// sidecar started).
     pub fn celery<'a>(
         &self,
         at: SystemTime,
@@ -326,84 +364,118 @@ impl History {
         totals: (u64, u64),
     ) {
         let t = unix_ms(at);
-        let mut inner = self.write();
-        let inner = &mut *inner;
-        inner.workers_alive.push(Point {
-            at: t,
-            value: Some(workers_alive as f64),
+        // The longest queues, longest first, names cut as they are kept (two names alike
+        // in their first MAX_TEXT bytes are one).
+        let longest = queues.map(|queues| {
+            let mut all: Vec<(&str, u64)> = queues.map(|(n, l)| (cut_str(n), l)).collect();
+            all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            all.dedup_by(|a, b| a.0 == b.0);
+            all.truncate(self.queue_slots);
+            all
         });
-        let (succeeded, failed) = match inner.totals.replace(totals) {
-            // A restart of the counting (never, today) would read as a drop: count nothing.
-            Some((s, f)) => (totals.0.saturating_sub(s), totals.1.saturating_sub(f)),
-            None => (0, 0),
-        };
-        let minute = t / 60_000 * 60;
-        match inner.minutes.last_mut() {
-            Some(m) if m.start == minute => {
-                m.succeeded += succeeded;
-                m.failed += failed;
-            }
-            _ => inner.minutes.push(Minute {
-                start: minute,
-                succeeded,
-                failed,
-            }),
-        }
-        let Some(queues) = queues else {
-            for q in inner.queues.iter_mut().filter(|q| !q.name.is_empty()) {
-                q.length.push(Point { at: t, value: None });
-            }
-            return;
-        };
-        // The longest queues, longest first (names cut as they are kept).
-        let slots = inner.queues.len();
-        let mut all: Vec<(&str, u64)> = queues.map(|(n, l)| (cut_str(n), l)).collect();
-        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        all.truncate(slots);
-        inner.top.clear();
-        inner.top.extend(all.iter().map(|(n, _)| n.to_string()));
-        for (name, length) in &all {
-            let slot = match inner.queues.iter().position(|q| q.name == *name) {
-                Some(i) => i,
-                None => {
-                    // A free slot, or one whose queue is no longer among the longest.
-                    let top = &inner.top;
-                    let i = inner
-                        .queues
-                        .iter()
-                        .position(|q| q.name.is_empty() || !top.contains(&q.name))
-                        .expect("as many slots as queues kept");
-                    let q = &mut inner.queues[i];
-                    q.name.clear();
-                    q.name.push_str(name);
-                    q.length.clear();
-                    i
-                }
-            };
-            inner.queues[slot].length.push(Point {
+        self.write(|inner| {
+            inner.workers_alive.push(Point {
                 at: t,
-                value: Some(*length as f64),
+                value: Some(workers_alive as f64),
             });
-        }
+            let before = std::mem::replace(&mut inner.totals, totals);
+            let succeeded = totals.0.saturating_sub(before.0);
+            let failed = totals.1.saturating_sub(before.1);
+            let minute = t / 60_000 * 60;
+            match inner.minutes.last_mut() {
+                Some(m) if m.start == minute => {
+                    m.succeeded += succeeded;
+                    m.failed += failed;
+                }
+                _ => inner.minutes.push(Minute {
+                    start: minute,
+                    succeeded,
+                    failed,
+                }),
+            }
+            let Some(longest) = longest else {
+                for q in inner.queues.iter_mut().filter(|q| q.name.is_some()) {
+                    q.length.push(Point { at: t, value: None });
+                }
+                return;
+            };
+            inner.top.clear();
+            inner.top.extend(longest.iter().map(|(n, _)| n.to_string()));
+            for (name, length) in &longest {
+                let held = |q: &Slot| q.name.as_deref() == Some(*name);
+                let slot = match inner.queues.iter().position(held) {
+                    Some(i) => i,
+                    None => {
+                        // A free slot, or one whose queue is no longer among the longest.
+                        let top = &inner.top;
+                        let i = inner
+                            .queues
+                            .iter()
+                            .position(|q| q.name.as_ref().is_none_or(|n| !top.contains(n)))
+                            .expect("as many slots as queues kept");
+                        let q = &mut inner.queues[i];
+                        q.name = Some(name.to_string());
+                        q.length.clear();
+                        i
+                    }
+                };
+                inner.queues[slot].length.push(Point {
+                    at: t,
+                    value: Some(*length as f64),
+                });
+            }
+        });
     }
 
-    /// Everything, copied under the lock.
-    pub fn view(&self) -> View {
-        let inner = self.inner.lock().expect("history lock is never poisoned");
+    /// Everything within the last [`WINDOW`] as of `now`, copied under the lock.
+    pub fn view(&self, now: SystemTime) -> View {
+        let now_ms = unix_ms(now);
+        let from = now_ms.saturating_sub(u64::try_from(WINDOW.as_millis()).unwrap_or(0));
+        let recent = |r: &Ring<Point>| -> Vec<Point> {
+            r.iter().filter(|p| p.at >= from).copied().collect()
+        };
+        let inner = self.lock();
         let queues = inner
             .top
             .iter()
-            .filter_map(|n| inner.queues.iter().find(|q| &q.name == n).cloned())
+            .filter_map(|n| {
+                let q = inner.queues.iter().find(|q| q.name.as_ref() == Some(n))?;
+                Some(SeriesView {
+                    name: n.clone(),
+                    points: recent(&q.length),
+                })
+            })
             .collect();
+        let mut events: Vec<Event> = inner
+            .check_events
+            .iter()
+            .chain(&inner.worker_events)
+            .cloned()
+            .collect();
+        events.sort_by_key(|e| std::cmp::Reverse(e.at));
         View {
             interval: self.interval,
             points: self.points,
-            targets: inner.targets.clone(),
+            now: now_ms,
+            targets: inner
+                .targets
+                .iter()
+                .map(|t| TargetView {
+                    checks: t.checks.clone(),
+                    endpoint: t.endpoint.clone(),
+                    ping_ms: recent(&t.ping_ms),
+                })
+                .collect(),
             queues,
             queue_slots: self.queue_slots,
-            workers_alive: inner.workers_alive.clone(),
-            minutes: inner.minutes.clone(),
-            events: inner.events.iter().rev().cloned().collect(),
+            workers_alive: recent(&inner.workers_alive),
+            minutes: inner
+                .minutes
+                .iter()
+                .filter(|m| m.start * 1000 + 60_000 > from)
+                .copied()
+                .collect(),
+            events,
         }
     }
 }
@@ -430,7 +502,7 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// `s` cut to [`MAX_TEXT`] bytes at a character boundary.
-fn cut_str(s: &str) -> &str {
+pub fn cut_str(s: &str) -> &str {
     if s.len() <= MAX_TEXT {
         return s;
     }
@@ -441,17 +513,22 @@ fn cut_str(s: &str) -> &str {
     &s[..end]
 }
 
+/// `s` cut to [`MAX_TEXT`] bytes, the last three an ellipsis when it was cut.
 fn cut(mut s: String) -> String {
-    let len = cut_str(&s).len();
-    if len < s.len() {
-        s.truncate(len);
-        s.push('…');
+    if s.len() <= MAX_TEXT {
+        return s;
     }
+    let mut end = MAX_TEXT - '…'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
     s
 }
 
 /// The `q`-quantile (0 ..= 1) of the values present, nearest rank.
-pub fn quantile(points: &Ring<Point>, q: f64) -> Option<f64> {
+pub fn quantile(points: &[Point], q: f64) -> Option<f64> {
     let mut v: Vec<f64> = points.iter().filter_map(|p| p.value).collect();
     if v.is_empty() {
         return None;

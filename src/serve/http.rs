@@ -246,12 +246,13 @@ pub fn respond(
         "/" => {
             let pages = &app.pages;
             let body = pages.page.get(app.history.generation(), now, || {
+                let wall = SystemTime::now();
                 page::render(
                     snapshot,
-                    &app.history.view(),
+                    &app.history.view(wall),
                     &pages.settings,
                     now,
-                    SystemTime::now(),
+                    wall,
                 )
             });
             let mut r = encoded(body, "text/html; charset=utf-8", gzip);
@@ -271,7 +272,7 @@ pub fn respond(
                 (&pages.events, api::events)
             };
             let body = cache.get(app.history.generation(), now, || {
-                render(&app.history.view())
+                render(&app.history.view(SystemTime::now()))
             });
             encoded(body, "application/json", gzip)
         }

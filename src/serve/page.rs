@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::serve::health::Details;
-use crate::serve::history::{self, Point, Ring, Subject, View};
+use crate::serve::history::{self, Point, Subject, View};
 use crate::serve::snapshot::{self, Snapshot, Status};
 use crate::text::{human, rfc3339};
 
@@ -292,7 +292,7 @@ fn celery(out: &mut String, snapshot: &Snapshot, view: &View, now: Instant) {
             ))
         );
     }
-    tasks(out, &view.minutes);
+    tasks(out, &view.minutes, view.now);
     out.push_str("</section>\n");
 }
 
@@ -319,7 +319,13 @@ fn queues(out: &mut String, view: &View, all: &Value) {
         "<div class=\"scroll\"><table><caption>{caption}</caption><thead><tr><th>queue</th><th>length</th><th>oldest waiting</th><th>length, last hour</th></tr></thead><tbody>"
     );
     for q in &view.queues {
-        let doc = all.get(&q.name);
+        // The history keeps names cut to MAX_TEXT bytes; the snapshot has them whole.
+        let doc = all.get(&q.name).or_else(|| {
+            all.as_object()?
+                .iter()
+                .find(|(k, _)| history::cut_str(k) == q.name)
+                .map(|(_, v)| v)
+        });
         let length = doc
             .and_then(|d| d.get("length"))
             .and_then(Value::as_u64)
@@ -335,14 +341,15 @@ fn queues(out: &mut String, view: &View, all: &Value) {
             "<tr><td class=\"name\">{}</td><td>{length}</td><td>{oldest}</td><td>",
             esc(&q.name)
         );
-        spark(out, &q.length, "queue length, last hour");
+        spark(out, &q.points, "queue length, last hour");
         out.push_str("</td></tr>");
     }
     out.push_str("</tbody></table></div>");
 }
 
-/// Tasks succeeded and failed per minute over the hour: two rows of bars and the totals.
-fn tasks(out: &mut String, minutes: &Ring<history::Minute>) {
+/// Tasks succeeded and failed per minute over the hour: two rows of bars, each minute at
+/// its place in the hour (a minute without a probe is a gap), and the totals.
+fn tasks(out: &mut String, minutes: &[history::Minute], now_ms: u64) {
     let (s, f) = minutes
         .iter()
         .fold((0, 0), |(s, f), m| (s + m.succeeded, f + m.failed));
@@ -358,14 +365,19 @@ fn tasks(out: &mut String, minutes: &Ring<history::Minute>) {
         .max(1) as f64;
     let w = 4.0;
     let half = 30.0;
+    // The minute under way is the last column, 60 minutes before it the first.
+    let last = now_ms / 60_000;
     let _ = write!(
         out,
         "<svg class=\"bars\" viewBox=\"0 0 {} {}\" role=\"img\" aria-label=\"tasks per minute: {s} succeeded, {f} failed\"><title>tasks per minute</title><line x1=\"0\" x2=\"{0}\" y1=\"{half}\" y2=\"{half}\" class=\"axis\"/>",
         w * 61.0,
         2.0 * half
     );
-    for (i, m) in minutes.iter().enumerate() {
-        let x = i as f64 * w;
+    for m in minutes {
+        let Some(back) = last.checked_sub(m.start / 60).filter(|b| *b <= 60) else {
+            continue;
+        };
+        let x = (60 - back) as f64 * w;
         let up = m.succeeded as f64 / peak * (half - 1.0);
         let down = m.failed as f64 / peak * (half - 1.0);
         if m.succeeded > 0 {
@@ -391,7 +403,7 @@ fn tasks(out: &mut String, minutes: &Ring<history::Minute>) {
 fn timeline(out: &mut String, view: &View, wall: SystemTime) {
     let _ = write!(
         out,
-        "<section><h2>Timeline</h2><p>The last {} changes of a check or a worker, newest first (kept in memory since start).</p>",
+        "<section><h2>Timeline</h2><p>The last {0} changes of checks and the last {0} of workers, newest first (kept in memory since start).</p>",
         history::EVENTS
     );
     if view.events.is_empty() {
@@ -431,20 +443,20 @@ fn row(out: &mut String, name: &str, value: &str) {
     let _ = write!(out, "<dt>{name}</dt><dd>{}</dd>", esc(value));
 }
 
-/// An inline SVG line of a series: gaps where a probe failed (marked below the line).
-fn spark(out: &mut String, points: &Ring<Point>, label: &str) {
-    let values = columns(points);
-    if values.is_empty() {
+/// An inline SVG line of a series, with a mark below it where a probe failed and a dot
+/// for a point that stands alone.
+fn spark(out: &mut String, points: &[Point], label: &str) {
+    let columns = columns(points);
+    if columns.is_empty() {
         let _ = write!(out, "<p class=\"nodata\">{label}: no data yet</p>");
         return;
     }
-    let peak = values
+    let peak = columns
         .iter()
-        .flatten()
-        .copied()
+        .filter_map(|c| c.value)
         .fold(0.0_f64, f64::max)
         .max(f64::MIN_POSITIVE);
-    let step = SPARK_W as f64 / values.len().max(2).saturating_sub(1) as f64;
+    let step = SPARK_W as f64 / columns.len().max(2).saturating_sub(1) as f64;
     let _ = write!(
         out,
         "<svg class=\"spark\" viewBox=\"0 0 {SPARK_W} {}\" preserveAspectRatio=\"none\" role=\"img\" aria-label=\"{label}, peak {}\"><title>{label}, peak {}</title>",
@@ -452,42 +464,60 @@ fn spark(out: &mut String, points: &Ring<Point>, label: &str) {
         fmt_num(peak),
         fmt_num(peak)
     );
-    let mut line = String::new();
-    let flush = |line: &mut String, out: &mut String| {
-        if !line.is_empty() {
-            let _ = write!(out, "<polyline class=\"line\" points=\"{line}\"/>");
-            line.clear();
-        }
-    };
-    for (i, v) in values.iter().enumerate() {
-        let x = i as f64 * step;
-        match v {
-            Some(v) => {
-                let y = SPARK_H - v / peak * (SPARK_H - 2.0);
-                let _ = write!(line, "{x:.1},{y:.1} ");
-            }
-            None => {
-                flush(&mut line, out);
+    let mut run: Vec<(f64, f64)> = Vec::new();
+    let flush = |run: &mut Vec<(f64, f64)>, out: &mut String| {
+        match run.as_slice() {
+            [] => {}
+            [(x, y)] => {
                 let _ = write!(
                     out,
-                    "<rect class=\"fail\" x=\"{:.1}\" y=\"{}\" width=\"2\" height=\"4\"/>",
-                    x, SPARK_H
+                    "<rect class=\"dot\" x=\"{:.1}\" y=\"{:.1}\" width=\"2\" height=\"2\"/>",
+                    x - 1.0,
+                    y - 1.0
                 );
             }
+            _ => {
+                out.push_str("<polyline class=\"line\" points=\"");
+                for (x, y) in run.iter() {
+                    let _ = write!(out, "{x:.1},{y:.1} ");
+                }
+                out.push_str("\"/>");
+            }
+        }
+        run.clear();
+    };
+    for (i, c) in columns.iter().enumerate() {
+        let x = i as f64 * step;
+        if c.failed {
+            let _ = write!(
+                out,
+                "<rect class=\"fail\" x=\"{x:.1}\" y=\"{SPARK_H}\" width=\"2\" height=\"4\"/>"
+            );
+        }
+        match c.value {
+            Some(v) => run.push((x, SPARK_H - v / peak * (SPARK_H - 2.0))),
+            None => flush(&mut run, out),
         }
     }
-    flush(&mut line, out);
+    flush(&mut run, out);
     out.push_str("</svg>");
 }
 
-/// The series reduced to at most [`SPARK_W`] columns, each the maximum of its points
-/// (`None` only when every point of the column failed).
-fn columns(points: &Ring<Point>) -> Vec<Option<f64>> {
-    let n = points.len();
-    let per = n.div_ceil(SPARK_W).max(1);
-    let all: Vec<Option<f64>> = points.iter().map(|p| p.value).collect();
-    all.chunks(per)
-        .map(|c| c.iter().flatten().copied().reduce(f64::max))
+/// One column of a sparkline: the largest value of its points, and whether any failed.
+struct Column {
+    value: Option<f64>,
+    failed: bool,
+}
+
+/// The series reduced to at most [`SPARK_W`] columns.
+fn columns(points: &[Point]) -> Vec<Column> {
+    let per = points.len().div_ceil(SPARK_W).max(1);
+    points
+        .chunks(per)
+        .map(|c| Column {
+            value: c.iter().filter_map(|p| p.value).reduce(f64::max),
+            failed: c.iter().any(|p| p.value.is_none()),
+        })
         .collect()
 }
 

@@ -14,7 +14,7 @@ use crate::redis::target::Target;
 use crate::serve::health::{Details, RedisDetails};
 use crate::serve::metrics::Metrics;
 use crate::serve::runner::{Probe, failed};
-use crate::serve::snapshot::Report;
+use crate::serve::snapshot::{Report, Status};
 use crate::verdict;
 
 /// One Redis target's check.
@@ -24,6 +24,8 @@ pub struct RedisCheck {
     slo: Duration,
     /// The last probe's result, when it finished and how long it took, until judged.
     pending: Option<(Result<Observation, Failure>, SystemTime, Duration)>,
+    /// Keys evicted lately (a broker or result backend that evicts loses Celery's data).
+    evictions: verdict::Evictions,
 }
 
 impl RedisCheck {
@@ -37,6 +39,7 @@ impl RedisCheck {
             target,
             slo,
             pending: None,
+            evictions: verdict::Evictions::default(),
         }
     }
 
@@ -92,8 +95,15 @@ impl Probe for RedisCheck {
         let (result, now, _) = self.pending.as_ref()?;
         Some(match result {
             Ok(obs) => {
-                let judged =
+                let mut judged =
                     verdict::redis(obs.ping, obs.info.as_ref(), self.target.roles(), self.slo);
+                if let Ok(info) = &obs.info {
+                    let recent = self.evictions.observe(info.evicted_keys, Instant::now());
+                    if let Some(f) = verdict::evictions(recent, info, self.target.roles()) {
+                        judged.findings.push(f);
+                        judged.status = judged.status.max(Status::Degraded);
+                    }
+                }
                 let (error, fix) = judged.error.map(|c| (c.failure, c.fix)).unzip();
                 Report {
                     status: judged.status,

@@ -175,12 +175,14 @@ impl<P: Probe> Runner<P> {
             return;
         };
         log_change(&self.names, &self.endpoint, self.last.as_deref(), &report);
-        self.history
-            .published(&self.checks, self.last.as_deref(), &report, new_probe);
         let report = Arc::new(report);
         for p in &self.publishers {
             p.send_replace(Some(report.clone()));
         }
+        // After the snapshot: a page rendered for the history's new generation shows the
+        // report too.
+        self.history
+            .published(&self.checks, self.last.as_deref(), &report, new_probe);
         self.last = Some(report.clone());
         self.probe.published(&report, &self.checks, &self.metrics);
     }

@@ -11,6 +11,65 @@ fn texts(j: &Judgement) -> Vec<&str> {
     j.findings.iter().map(|f| f.text.as_str()).collect()
 }
 
+#[tokio::test(start_paused = true)]
+async fn evictions_are_watched_probe_after_probe() {
+    use tokio::time::{Instant, advance};
+    let mut e = Evictions::default();
+    assert_eq!(
+        e.observe(Some(500), Instant::now()),
+        0,
+        "the first probe sets the base"
+    );
+    assert_eq!(e.observe(Some(500), Instant::now()), 0);
+    assert_eq!(e.observe(Some(530), Instant::now()), 30);
+    advance(Duration::from_secs(60)).await;
+    assert_eq!(
+        e.observe(Some(540), Instant::now()),
+        40,
+        "added within the window"
+    );
+    assert_eq!(
+        e.observe(None, Instant::now()),
+        40,
+        "INFO without the field: as before"
+    );
+    advance(EVICTION_WINDOW).await;
+    assert_eq!(
+        e.observe(Some(540), Instant::now()),
+        40,
+        "the window is from the last eviction"
+    );
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(e.observe(Some(540), Instant::now()), 0);
+    // Restarted: its count starts over, and counts.
+    assert_eq!(e.observe(Some(7), Instant::now()), 7);
+}
+
+#[test]
+fn evictions_matter_on_a_broker_or_result_backend() {
+    let info = Info {
+        maxmemory_policy: Some("allkeys-lru".into()),
+        ..Info::default()
+    };
+    assert!(evictions(0, &info, &[Role::Broker]).is_none());
+    assert!(
+        evictions(5, &info, &[Role::Cache]).is_none(),
+        "a cache evicts by design"
+    );
+    let broker = evictions(5, &info, &[Role::Cache, Role::Broker]).unwrap();
+    assert_eq!(
+        broker.text,
+        "5 key(s) evicted from the Celery broker in the last 10m00s (maxmemory-policy allkeys-lru): queued tasks, reservations and queue bindings can be lost without an error"
+    );
+    assert!(broker.fix.contains("noeviction"));
+    let results = evictions(2, &info, &[Role::ResultBackend]).unwrap();
+    assert!(
+        results
+            .text
+            .starts_with("2 key(s) evicted from the Celery result backend")
+    );
+}
+
 #[test]
 fn healthy_slow_and_info_refused() {
     assert_eq!(
@@ -150,6 +209,7 @@ mod celery {
             alive,
             down,
             channel: "/0.celeryev/*",
+            running: &[],
         }
     }
 
@@ -162,6 +222,41 @@ mod celery {
             &o,
             s,
         )
+    }
+
+    #[test]
+    fn a_task_running_past_the_bound_is_a_finding() {
+        let long = [
+            Long {
+                name: "tasks.report",
+                id: "a1",
+                worker: Some("w1@h"),
+                running: Duration::from_secs(3700),
+            },
+            Long {
+                name: "tasks.add",
+                id: "b2",
+                worker: None,
+                running: Duration::from_secs(3599),
+            },
+        ];
+        let s = Seen {
+            running: &long,
+            ..seen(1, &[])
+        };
+        let j = run(&s, Ok(obs()));
+        assert_eq!(j.status, Status::Degraded);
+        assert_eq!(j.findings.len(), 1, "only the one past 1h");
+        assert_eq!(
+            j.findings[0].text,
+            "task tasks.report has been running for 1h01m (id a1, on w1@h), over SIDECAR_CELERY_RUNNING_MAX (3600s)"
+        );
+        assert!(j.findings[0].fix.contains("time_limit"));
+        let s = Seen {
+            running: &long[1..],
+            ..seen(1, &[])
+        };
+        assert_eq!(run(&s, Ok(obs())).status, Status::Healthy);
     }
 
     fn error(j: &Judgement) -> &str {
@@ -233,6 +328,7 @@ mod celery {
             alive: 0,
             down: &[],
             channel: "/0.celeryev/*",
+            running: &[],
         };
         let j = run(&s, Ok(obs()));
         assert_eq!(j.status, Status::Degraded);

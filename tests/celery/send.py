@@ -1,8 +1,8 @@
 """Sends tasks with the real Celery client: send.py '<JSON list of operations>'.
 
 Each operation is one of:
-- {"task": "add", "args": [2, 3], "queue": "celery", "priority": 5}: send a task (queue and
-  priority optional); its id is printed, one per line;
+- {"task": "add", "args": [2, 3], "queue": "celery", "priority": 5, "countdown": 5}: send a
+  task (queue, priority and countdown optional); its id is printed, one per line;
 - {"declare": ["q1", "q2"]}: declare queues (each bound to an exchange of its own name, as
   Celery's automatic queues are), with kombu;
 - {"flushall": true}: FLUSHALL on the producer's own connection, which goes on publishing
@@ -33,6 +33,8 @@ with app.connection_for_write() as conn:
                 options["queue"] = op["queue"]
             if op.get("priority") is not None:
                 options["priority"] = op["priority"]
+            if op.get("countdown") is not None:
+                options["countdown"] = op["countdown"]
             result = app.send_task(
                 "tasks." + op["task"], args=op.get("args", []), producer=producer, **options
             )

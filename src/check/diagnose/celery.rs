@@ -53,6 +53,8 @@ pub(super) async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &C
         alive,
         down: &[],
         channel: &channel,
+        // A one-shot check hears no task start: how long tasks run is the server's to say.
+        running: &[],
     };
     let observed = queues
         .as_ref()

@@ -71,7 +71,7 @@ fn changes_and_latency_points_are_kept() {
     h.published(&checks(), Some(&down), &other, true);
     // A judgement between probes adds no point.
     h.published(&checks(), Some(&other), &healthy, false);
-    let v = h.view();
+    let v = h.view(SystemTime::now());
     let points: Vec<Option<f64>> = v.targets[0].ping_ms.iter().map(|p| p.value).collect();
     assert_eq!(points, [Some(2.0), Some(2.0), None, None, None]);
     let changes: Vec<(Option<&str>, &str)> = v.events.iter().map(|e| (e.from, e.to)).collect();
@@ -106,7 +106,7 @@ fn events_are_bounded_and_text_is_cut() {
             SystemTime::now(),
         );
     }
-    let v = h.view();
+    let v = h.view(SystemTime::now());
     assert_eq!(v.events.len(), EVENTS);
     let Subject::Worker(name) = &v.events[0].subject else {
         panic!("a worker event");
@@ -115,8 +115,8 @@ fn events_are_bounded_and_text_is_cut() {
         name.starts_with(&format!("w{}", EVENTS + 49)),
         "newest first"
     );
-    assert!(name.len() <= MAX_TEXT + '…'.len_utf8());
-    assert!(v.events[0].sentence.as_ref().unwrap().len() <= MAX_TEXT + 3);
+    assert!(name.len() <= MAX_TEXT && name.ends_with('…'));
+    assert!(v.events[0].sentence.as_ref().unwrap().len() <= MAX_TEXT);
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn the_longest_queues_keep_their_slots() {
         1,
         (0, 0),
     );
-    let v = h.view();
+    let v = h.view(SystemTime::now());
     let names: Vec<&str> = v.queues.iter().map(|q| q.name.as_str()).collect();
     assert_eq!(names, ["a", "c"]);
     // b grows past c: c's slot goes to b, which starts a fresh series; a keeps its own.
@@ -139,11 +139,11 @@ fn the_longest_queues_keep_their_slots() {
         1,
         (0, 0),
     );
-    let v = h.view();
+    let v = h.view(SystemTime::now());
     let series: Vec<(&str, Vec<Option<f64>>)> = v
         .queues
         .iter()
-        .map(|q| (q.name.as_str(), q.length.iter().map(|p| p.value).collect()))
+        .map(|q| (q.name.as_str(), q.points.iter().map(|p| p.value).collect()))
         .collect();
     assert_eq!(
         series,
@@ -151,8 +151,8 @@ fn the_longest_queues_keep_their_slots() {
     );
     // The broker unreadable: a gap in each series shown.
     h.celery(at, None::<std::vec::IntoIter<(&str, u64)>>, 0, (0, 0));
-    let v = h.view();
-    assert_eq!(v.queues[1].length.last().unwrap().value, None);
+    let v = h.view(SystemTime::now());
+    assert_eq!(v.queues[1].points.last().unwrap().value, None);
     // Hostile and huge names are kept cut, and never more slots than set.
     let huge = "q".repeat(5000);
     let many: Vec<(String, u64)> = (0..1000).map(|i| (format!("{i}{huge}"), i)).collect();
@@ -162,7 +162,7 @@ fn the_longest_queues_keep_their_slots() {
         0,
         (0, 0),
     );
-    let v = h.view();
+    let v = h.view(SystemTime::now());
     assert_eq!(v.queues.len(), 2);
     assert!(v.queues.iter().all(|q| q.name.len() <= MAX_TEXT));
     assert!(v.queues[0].name.starts_with("999"));
@@ -185,35 +185,91 @@ fn tasks_are_counted_per_minute() {
         1,
         (14, 3),
     );
-    let v = h.view();
+    let v = h.view(t0 + Duration::from_secs(65));
     let minutes: Vec<(u64, u64)> = v.minutes.iter().map(|m| (m.succeeded, m.failed)).collect();
-    assert_eq!(minutes, [(3, 0), (1, 2)], "the first record sets the base");
-    assert_eq!(v.minutes.iter().next().unwrap().start % 60, 0);
+    assert_eq!(
+        minutes,
+        [(13, 1), (1, 2)],
+        "counted from the sidecar's start"
+    );
+    assert_eq!(v.minutes[0].start % 60, 0);
+    // An hour later, the first minute is gone from the view.
+    let later = h.view(t0 + Duration::from_secs(3600 + 61));
+    assert_eq!(later.minutes.len(), 1);
+    assert_eq!(
+        later.workers_alive.len(),
+        1,
+        "points older than an hour are left out"
+    );
 }
 
 #[test]
-fn memory_is_allocated_at_start() {
+fn memory_is_written_at_start_and_never_grows() {
     let h = History::new(Duration::from_secs(5), 10, [(checks(), "e".into())]);
-    let before = {
-        let i = h.inner.lock().unwrap();
+    let sizes = |h: &History| {
+        let i = h.lock();
         (
-            i.targets[0].ping_ms.buf.capacity(),
-            i.queues
-                .iter()
-                .map(|q| q.length.buf.capacity())
-                .sum::<usize>(),
-            i.events.capacity(),
+            i.targets[0].ping_ms.buf.len(),
+            i.queues.iter().map(|q| q.length.buf.len()).sum::<usize>(),
+            i.workers_alive.buf.len(),
+            i.minutes.buf.len(),
         )
     };
-    assert_eq!(before.0, 720);
-    assert_eq!(before.1, 7200);
+    // Every slot exists (written) before anything is recorded.
+    let before = sizes(&h);
+    assert_eq!(before, (720, 7200, 720, 61));
     let healthy = report(Status::Healthy, Some(1), "");
-    for _ in 0..2000 {
+    for i in 0..2000 {
         h.published(&checks(), None, &healthy, true);
-        h.celery(SystemTime::now(), Some([("a", 1)].into_iter()), 1, (0, 0));
+        h.worker(&format!("w{i}"), true, true, None, SystemTime::now());
+        let many: Vec<(String, u64)> = (0..50).map(|q| (format!("q{i}-{q}"), q)).collect();
+        h.celery(
+            SystemTime::now(),
+            Some(many.iter().map(|(n, l)| (n.as_str(), *l))),
+            1,
+            (i as u64, 0),
+        );
     }
-    let i = h.inner.lock().unwrap();
-    assert_eq!(i.targets[0].ping_ms.buf.capacity(), before.0);
-    assert_eq!(i.events.capacity(), before.2);
-    assert_eq!(i.events.len(), EVENTS);
+    assert_eq!(sizes(&h), before);
+    let i = h.lock();
+    assert_eq!(i.check_events.len(), EVENTS);
+    assert_eq!(i.worker_events.len(), EVENTS);
+    assert_eq!(i.queues.len(), 10);
+}
+
+#[test]
+fn workers_coming_and_going_never_push_a_check_change_out() {
+    let h = History::new(Duration::from_secs(5), 0, [(checks(), "e".into())]);
+    let down = report(Status::Unhealthy, None, "connection refused by h:1");
+    h.published(&checks(), None, &down, true);
+    for i in 0..500 {
+        h.worker(&format!("w{i}"), i % 2 == 0, false, None, SystemTime::now());
+    }
+    let v = h.view(SystemTime::now());
+    assert_eq!(v.events.len(), 1 + EVENTS);
+    assert!(
+        v.events
+            .iter()
+            .any(|e| e.subject == Subject::Checks(checks()) && e.to == "unhealthy")
+    );
+    assert!(
+        v.events.windows(2).all(|w| w[0].at >= w[1].at),
+        "newest first"
+    );
+}
+
+#[test]
+fn the_generation_moves_only_with_a_write() {
+    let h = History::new(Duration::from_secs(5), 0, [(checks(), "e".into())]);
+    let healthy = report(Status::Healthy, Some(1), "");
+    h.published(&checks(), None, &healthy, true);
+    let g = h.generation();
+    // A judgement between probes that changes nothing writes nothing.
+    h.published(&checks(), Some(&healthy), &healthy, false);
+    assert_eq!(h.generation(), g);
+    // Another runner's checks, no change: nothing either.
+    h.published(&["celery".to_string()], Some(&healthy), &healthy, true);
+    assert_eq!(h.generation(), g);
+    h.published(&checks(), Some(&healthy), &healthy, true);
+    assert_eq!(h.generation(), g + 1);
 }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use crate::redis::failure::{Failure, Reason};
 use crate::redis::info::Info;
 use crate::serve::health::{
-    CeleryDetails, CeleryFields, CeleryReport, EventsDoc, PoolDoc, RedisDetails, WorkerDoc,
+    CeleryDetails, CeleryFields, CeleryReport, EventsDoc, PoolDoc, RedisDetails, RunningDoc,
+    WorkerDoc,
 };
 use crate::serve::history::History;
 use crate::serve::snapshot::Report;
@@ -40,6 +41,10 @@ fn celery_details() -> Details {
                 untracked_workers: 0,
                 reconnects: 0,
                 tasks_remembered: 0,
+            },
+            running: RunningDoc {
+                tasks: 0,
+                oldest: vec![],
             },
             reservations: None,
             queues_left_out: None,
@@ -125,13 +130,34 @@ fn page() -> String {
     );
     render(
         &snap,
-        &history.view(),
+        &history.view(SystemTime::now()),
         &Settings {
             probe_interval: Duration::from_secs(5),
         },
         Instant::now(),
         SystemTime::now(),
     )
+}
+
+#[test]
+fn a_failed_probe_marks_its_column_and_a_lone_point_is_a_dot() {
+    let p = |value| Point { at: 0, value };
+    // 720 points in 240 columns: one failure among three points still marks its column.
+    let mut points = vec![p(Some(1.0)); 720];
+    points[4] = p(None);
+    let cols = columns(&points);
+    assert_eq!(cols.len(), SPARK_W);
+    assert!(cols[1].failed && cols[1].value == Some(1.0));
+    assert_eq!(cols.iter().filter(|c| c.failed).count(), 1);
+    let mut out = String::new();
+    spark(
+        &mut out,
+        &[p(Some(2.0)), p(None), p(Some(1.0)), p(Some(3.0))],
+        "x",
+    );
+    assert_eq!(out.matches("class=\"dot\"").count(), 1, "{out}");
+    assert_eq!(out.matches("<polyline").count(), 1, "{out}");
+    assert_eq!(out.matches("class=\"fail\"").count(), 1, "{out}");
 }
 
 #[test]
@@ -180,7 +206,7 @@ fn the_figures_are_on_the_page() {
     assert!(page.contains("1m15s"), "the oldest waiting age");
     assert!(page.contains("<strong>1</strong> worker(s) alive"));
     assert!(page.contains("redis://default:***@cache:6379/0"));
-    assert!(page.contains("<polyline"), "a sparkline");
+    assert!(page.contains("class=\"dot\""), "a sparkline of one point");
 }
 
 #[test]
@@ -196,7 +222,22 @@ fn nothing_is_loaded_from_anywhere() {
     ] {
         assert!(!page.contains(banned), "{banned} in the page");
     }
-    assert!(page.contains(&format!("<style>{CSS}</style>")));
-    assert!(CSP.starts_with("default-src 'none'; style-src 'sha256-"));
+    // The policy allows exactly the style the page holds: its hash, taken from the page.
+    use base64::Engine as _;
+    let style = page
+        .split("<style>")
+        .nth(1)
+        .unwrap()
+        .split("</style>")
+        .next()
+        .unwrap();
+    let hash = ring::digest::digest(&ring::digest::SHA256, style.as_bytes());
+    let allowed = format!(
+        "style-src 'sha256-{}'",
+        base64::engine::general_purpose::STANDARD.encode(hash.as_ref())
+    );
+    assert!(CSP.contains(&allowed), "{} vs {allowed}", *CSP);
+    assert!(CSP.starts_with("default-src 'none';"));
+    assert_eq!(page.matches("<style>").count(), 1);
     assert!(!CSS.contains("url("), "the style sheet loads nothing");
 }
