@@ -27,7 +27,8 @@
 //!   ([`celery::workers`]) and task book ([`celery::tasks`]); [`celery::metrics`] holds its
 //!   metric families.
 //! - [`verdict`]: the one judgement of a Redis target and of the Celery check, shared by
-//!   the server and `check`.
+//!   the server and `check` (with what the server alone watches probe after probe: keys
+//!   evicted from a broker, results kept forever).
 //! - [`check`]: the `check` command, one diagnosis per target: [`check::diagnose`] walks a
 //!   target step by step (its `connect` and `celery` steps), [`check::pidbox`] asks the
 //!   workers `inspect ping`.

@@ -626,6 +626,129 @@ fn an_evicting_broker_is_a_finding() {
     );
 }
 
+/// Results kept forever (result_expires=None) on a result backend: found from INFO keyspace
+/// and a sample of random keys; 1,100 keys without a TTL that are not results are not.
+#[test]
+fn results_that_never_expire_are_a_finding() {
+    let redis = Redis::start(&[]);
+    let broker = redis.url();
+    let backend = format!("redis://127.0.0.1:{}/1", redis.port);
+    let app = [
+        ("BROKER_URL", broker.as_str()),
+        ("RESULT_BACKEND", backend.as_str()),
+        ("RESULT_EXPIRES", "none"),
+    ];
+    let w = Worker::start(&app, "results@test", &["-P", "solo"]);
+    w.wait_ready();
+    let tasks: Vec<Value> = (0..1100)
+        .map(|i| serde_json::json!({"task": "add", "args": [i, 1]}))
+        .collect();
+    send(&app, &Value::Array(tasks).to_string());
+    let keys = |db: u32| -> (u64, u64) {
+        let info = redis.cli(None, &["INFO", "keyspace"]);
+        let line = info
+            .lines()
+            .find(|l| l.starts_with(&format!("db{db}:")))
+            .unwrap_or("");
+        let field = |name: &str| -> u64 {
+            line.split([':', ','])
+                .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("keys"), field("expires"))
+    };
+    wait_for("1,100 results stored", Duration::from_secs(60), || {
+        (keys(1).0 >= 1100).then_some(())
+    });
+    assert_eq!(
+        keys(1),
+        (1100, 0),
+        "Celery stored every result without a TTL"
+    );
+
+    let env_for = |backend: &str| -> Vec<(String, String)> {
+        env(&broker, &[])
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain([("CELERY_RESULT_BACKEND".to_string(), backend.to_string())])
+            .collect()
+    };
+    fn as_refs(e: &[(String, String)]) -> Vec<(&str, &str)> {
+        e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+    let e = env_for(&backend);
+    let sidecar = Sidecar::start(&as_refs(&e));
+    let check = |s: &Sidecar| s.get("/healthz").json()["checks"]["redis:result_backend"].clone();
+    let mut last = Value::Null;
+    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for("the results finding", Duration::from_secs(20), || {
+            last = check(&sidecar);
+            (last["status"] == "degraded").then_some(())
+        })
+    }));
+    assert!(found.is_ok(), "{last:#}");
+    let text = last["warnings"][0].as_str().unwrap();
+    assert!(
+        text.starts_with(
+            "Celery results never expire: 1100 of the 1100 keys in db 1 have no TTL, and "
+        ) && text.contains(" keys sampled are results (celery-task-meta-*) without one"),
+        "{text}"
+    );
+    assert!(
+        last["fix"].as_str().unwrap().contains("result_expires"),
+        "{last:#}"
+    );
+    assert_eq!(
+        last["details"]["keyspace"],
+        serde_json::json!({"db": 1, "keys": 1100, "expiring": 0, "avg_ttl_seconds": 0.0})
+    );
+    let m = sidecar.get("/metrics").body;
+    assert_eq!(
+        sample(&m, "redis_db_keys{db=\"1\",role=\"result_backend\"}"),
+        Some(1100.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "redis_db_keys_expiring{db=\"1\",role=\"result_backend\"}"
+        ),
+        Some(0.0)
+    );
+    let out = support::run(&["check"], &as_refs(&e));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("db 1: 1100 keys, 1100 without a TTL"),
+        "{printed}"
+    );
+    drop(sidecar);
+
+    // As many keys without a TTL, none of them results: no finding.
+    let names: Vec<String> = (0..1100).map(|i| format!("session:{i}")).collect();
+    let mut commands: Vec<Vec<&[u8]>> = vec![vec![b"SELECT", b"2"]];
+    commands.extend(names.iter().map(|k| vec![&b"SET"[..], k.as_bytes(), b"v"]));
+    support::redis_pipeline(redis.port, &commands);
+    assert_eq!(keys(2), (1100, 0));
+    let e = env_for(&format!("redis://127.0.0.1:{}/2", redis.port));
+    let sidecar = Sidecar::start(&as_refs(&e));
+    let c = wait_celery_check(&sidecar, "redis:result_backend");
+    assert_eq!(c["status"], "healthy", "{c:#}");
+    assert_eq!(c["details"]["keyspace"]["keys"], 1100);
+}
+
+/// The first report of `check`, from /healthz.
+fn wait_celery_check(sidecar: &Sidecar, name: &str) -> Value {
+    wait_for(
+        &format!("a report of {name}"),
+        Duration::from_secs(15),
+        || {
+            let c = sidecar.get("/healthz").json()["checks"][name].clone();
+            c["last_probe"].is_string().then_some(c)
+        },
+    )
+}
+
 #[test]
 fn a_queue_nobody_consumes_is_stalled() {
     let redis = Redis::start(&[]);

@@ -217,7 +217,7 @@ fn probe_span_checks(received: &Received, redis: &Redis) {
     assert_eq!(attr(&ping, "server.address").as_deref(), Some("127.0.0.1"));
     assert_eq!(attr(&ping, "server.port"), Some(redis.port.to_string()));
     let info = child("PIPELINE", "PIPELINE");
-    assert_eq!(attr(&info, "db.operation.batch.size").as_deref(), Some("6"));
+    assert_eq!(attr(&info, "db.operation.batch.size").as_deref(), Some("7"));
     // The Celery check's probe and its depths pipeline too.
     let (_, celery) = wait_span(received, "a probe celery span", |s| {
         s.name == "probe celery"

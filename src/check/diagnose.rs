@@ -390,7 +390,10 @@ async fn probe(d: &mut Diagnosis, resp: &mut Resp, config: &Config) -> bool {
     // The server's own judgement of what PING and INFO showed.
     let judged = verdict::redis(took, info.as_ref(), target.roles(), config.latency_slo);
     ping_step(d, took, &judged.findings);
-    let summary = info.as_ref().map(summary).unwrap_or_default();
+    let summary = info
+        .as_ref()
+        .map(|i| summary(i, target.db()))
+        .unwrap_or_default();
     let at_info: Vec<&Finding> = judged
         .findings
         .iter()
@@ -424,7 +427,7 @@ fn ping_step(d: &mut Diagnosis, took: Duration, findings: &[Finding]) {
 }
 
 /// What INFO says, in one line: version, role, clients, memory.
-fn summary(i: &Info) -> String {
+fn summary(i: &Info, db: i64) -> String {
     let mut summary = vec![format!(
         "redis {}, {}",
         i.redis_version.as_deref().unwrap_or("?"),
@@ -441,6 +444,15 @@ fn summary(i: &Info) -> String {
         } else {
             format!("memory {} of {} ({policy})", mib(used), mib(max))
         });
+    }
+    // The target's database, when it holds keys: how many have no TTL (a result backend's
+    // results kept forever show here).
+    if let Some(k) = i.db(db).filter(|k| k.keys > 0) {
+        summary.push(format!(
+            "db {db}: {} keys, {} without a TTL",
+            k.keys,
+            k.keys.saturating_sub(k.expires)
+        ));
     }
     // One look cannot tell when they were (the server watches them rise): the count since
     // Redis started, when there are any.

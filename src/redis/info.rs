@@ -1,15 +1,31 @@
 //! The fields of Redis `INFO` the sidecar reports, parsed from INFO's text by a pure function.
 
 /// INFO sections a probe asks for, one command each (Redis before 7.0 takes one per call).
-/// Never `INFO ALL`: the `commandstats` and `keyspace` sections cost the server more.
-pub const SECTIONS: [&str; 6] = [
+/// Never `INFO ALL`: `commandstats` and the module sections cost the server more, and
+/// nothing here reads them. `keyspace` is a line per database (16 by default).
+pub const SECTIONS: [&str; 7] = [
     "server",
     "clients",
     "memory",
     "stats",
     "replication",
     "persistence",
+    "keyspace",
 ];
+
+/// Databases read from `keyspace` at most (garbage cannot grow the list).
+const MAX_DBS: usize = 256;
+
+/// One database's line of INFO `keyspace`: `db1:keys=4082,expires=2082,avg_ttl=86000000`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DbKeys {
+    pub db: i64,
+    pub keys: u64,
+    /// Keys with a TTL.
+    pub expires: u64,
+    /// Their average TTL in milliseconds (an estimate Redis keeps from samples).
+    pub avg_ttl_ms: u64,
+}
 
 /// What INFO said; a field is `None` when this server's INFO does not have it. Serialized
 /// as a Redis check's `details` show it, in this order (the health flags are judged, not
@@ -37,6 +53,43 @@ pub struct Info {
     /// `ok` or `err`: whether the last AOF write worked.
     #[serde(skip)]
     pub aof_last_write_status: Option<String>,
+    /// The `keyspace` section: `None` when INFO did not have it, else its databases (a
+    /// database without keys has no line).
+    #[serde(skip)]
+    pub keyspace: Option<Vec<DbKeys>>,
+}
+
+impl Info {
+    /// The keys of database `db`, when INFO listed the keyspace (zero when `db` has none).
+    pub fn db(&self, db: i64) -> Option<DbKeys> {
+        let dbs = self.keyspace.as_ref()?;
+        Some(dbs.iter().find(|d| d.db == db).copied().unwrap_or(DbKeys {
+            db,
+            ..DbKeys::default()
+        }))
+    }
+}
+
+/// `db1:keys=4082,expires=2082,avg_ttl=86000000,subexpiry=0` (`subexpiry` since 7.4).
+fn db_line(key: &str, value: &str) -> Option<DbKeys> {
+    let db = key.strip_prefix("db")?.parse().ok()?;
+    let mut keys = None;
+    let mut d = DbKeys {
+        db,
+        ..DbKeys::default()
+    };
+    for field in value.trim().split(',') {
+        let (k, v) = field.split_once('=')?;
+        let v: u64 = v.parse().ok()?;
+        match k {
+            "keys" => keys = Some(v),
+            "expires" => d.expires = v,
+            "avg_ttl" => d.avg_ttl_ms = v,
+            _ => {}
+        }
+    }
+    d.keys = keys?;
+    Some(d)
 }
 
 /// Parses INFO text (`# Section` headers, `key:value` lines, CRLF or LF). Unknown keys and
@@ -46,11 +99,27 @@ pub fn parse(text: &str) -> Info {
     for line in text.lines() {
         let line = line.trim_end_matches('\r');
         if line.starts_with('#') {
+            if line
+                .trim_start_matches('#')
+                .trim()
+                .eq_ignore_ascii_case("keyspace")
+            {
+                info.keyspace.get_or_insert_with(Vec::new);
+            }
             continue;
         }
         let Some((key, value)) = line.split_once(':') else {
             continue;
         };
+        if key.starts_with("db")
+            && let Some(d) = db_line(key, value)
+        {
+            let dbs = info.keyspace.get_or_insert_with(Vec::new);
+            if dbs.len() < MAX_DBS {
+                dbs.push(d);
+            }
+            continue;
+        }
         let number = || value.trim().parse::<u64>().ok();
         let word = || Some(value.trim().chars().take(64).collect::<String>());
         match key {
@@ -99,6 +168,42 @@ mod tests {
         assert_eq!(info.rdb_last_bgsave_status.as_deref(), Some("ok"));
         assert_eq!(info.aof_last_write_status.as_deref(), Some("ok"));
         assert!(info.uptime_seconds.is_some());
+    }
+
+    #[test]
+    fn reads_the_keyspace() {
+        let info = parse(
+            "# Keyspace\r\ndb0:keys=3,expires=0,avg_ttl=0\r\ndb1:keys=4082,expires=2082,avg_ttl=86000000,subexpiry=0\r\ndb2:keys=x\r\n",
+        );
+        assert_eq!(
+            info.db(1),
+            Some(DbKeys {
+                db: 1,
+                keys: 4082,
+                expires: 2082,
+                avg_ttl_ms: 86_000_000
+            })
+        );
+        assert_eq!(info.db(0).map(|d| (d.keys, d.expires)), Some((3, 0)));
+        assert_eq!(info.db(2).map(|d| d.keys), Some(0), "a bad line is skipped");
+        assert_eq!(info.db(5).map(|d| d.keys), Some(0), "no line: no keys");
+        assert_eq!(
+            parse("# Server\nrole:master\n").db(0),
+            None,
+            "no keyspace asked"
+        );
+        assert_eq!(parse("# Keyspace\n").db(0).map(|d| d.keys), Some(0));
+    }
+
+    /// Celery 5.7 with result_expires=None: its results have no TTL (captured, with the
+    /// MONITOR lines of the write).
+    #[test]
+    fn reads_a_real_keyspace_of_results_kept_forever() {
+        let text = include_str!("../../tests/fixtures/celery/41-result-without-expiry.txt");
+        let info = parse(text);
+        assert_eq!(info.db(1).map(|d| (d.keys, d.expires)), Some((1, 0)));
+        assert_eq!(info.db(0).map(|d| (d.keys, d.expires)), Some((5, 0)));
+        assert!(text.contains("\"SET\" \"celery-task-meta-") && !text.contains("\"SETEX\""));
     }
 
     #[test]

@@ -22,6 +22,22 @@ pub struct Observation {
     pub info: Result<Info, Failure>,
     /// The pool while the probe held its connection.
     pub pool: PoolState,
+    /// On a result backend holding many keys without a TTL: what a few random keys are.
+    pub results: Option<ResultSample>,
+}
+
+/// A result backend's database holding at least this many keys without a TTL has a few of
+/// its keys sampled, to tell Celery results kept forever from other keys.
+pub const RESULTS_SAMPLE_FROM: u64 = 1000;
+/// Keys sampled (RANDOMKEY, then their TTL: two round trips, only then).
+pub const RESULTS_SAMPLE: usize = 10;
+
+/// What a sample of random keys showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultSample {
+    pub sampled: u32,
+    /// Of those, Celery results (`celery-task-meta-*`) without a TTL.
+    pub results_without_ttl: u32,
 }
 
 /// Probes one target through its pool.
@@ -90,9 +106,71 @@ impl RedisProbe {
                 Err(failure)
             }
         };
+        let results = match &info {
+            Ok(i) if self.samples_results(i) => {
+                self.phase.set(Phase::Command("RANDOMKEY"));
+                match sample_results(&mut conn.inner).await {
+                    Ok(sample) => Some(sample),
+                    Err(e) if connection_lost(&e) => {
+                        return Err(conn.fail(&e, self.target()));
+                    }
+                    // Refused (an ACL without +randomkey or +ttl): no sample, no finding.
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
         conn.used += 1;
         let pool = self.pool.state();
         drop(conn);
-        Ok(Observation { ping, info, pool })
+        Ok(Observation {
+            ping,
+            info,
+            pool,
+            results,
+        })
     }
+
+    /// A result backend whose database holds [`RESULTS_SAMPLE_FROM`] keys without a TTL.
+    fn samples_results(&self, info: &Info) -> bool {
+        let target = self.target();
+        target
+            .roles()
+            .contains(&crate::redis::target::Role::ResultBackend)
+            && info
+                .db(target.db())
+                .is_some_and(|d| d.keys.saturating_sub(d.expires) >= RESULTS_SAMPLE_FROM)
+    }
+}
+
+/// [`RESULTS_SAMPLE`] random keys and their TTLs, in two pipelines.
+async fn sample_results(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<ResultSample, RedisError> {
+    let mut pipe = redis::pipe();
+    for _ in 0..RESULTS_SAMPLE {
+        pipe.cmd("RANDOMKEY");
+    }
+    let keys: Vec<Option<Vec<u8>>> = pipe.query_async(conn).await?;
+    let keys: Vec<Vec<u8>> = keys.into_iter().flatten().collect();
+    if keys.is_empty() {
+        return Ok(ResultSample {
+            sampled: 0,
+            results_without_ttl: 0,
+        });
+    }
+    let mut pipe = redis::pipe();
+    for k in &keys {
+        pipe.cmd("TTL").arg(k);
+    }
+    let ttls: Vec<i64> = pipe.query_async(conn).await?;
+    let results_without_ttl = keys
+        .iter()
+        .zip(&ttls)
+        .filter(|(k, ttl)| k.starts_with(b"celery-task-meta-") && **ttl == -1)
+        .count();
+    Ok(ResultSample {
+        sampled: keys.len() as u32,
+        results_without_ttl: results_without_ttl as u32,
+    })
 }

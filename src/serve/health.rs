@@ -27,6 +27,18 @@ pub struct RedisDetails {
     pub pool: PoolDoc,
     #[serde(flatten)]
     pub info: Option<Info>,
+    /// The target's database, from INFO `keyspace`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyspace: Option<KeyspaceDoc>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct KeyspaceDoc {
+    pub db: i64,
+    pub keys: u64,
+    /// Keys with a TTL.
+    pub expiring: u64,
+    pub avg_ttl_seconds: f64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]

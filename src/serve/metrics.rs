@@ -47,6 +47,8 @@ pub struct Metrics {
     evicted_keys: IntCounterVec,
     used_memory: IntGaugeVec,
     maxmemory: IntGaugeVec,
+    db_keys: IntGaugeVec,
+    db_keys_expiring: IntGaugeVec,
     pool_connections: IntGaugeVec,
     checkout_timeouts: IntCounterVec,
     check_status: IntGaugeVec,
@@ -178,6 +180,16 @@ impl Metrics {
                 "INFO maxmemory; 0 means no limit.",
                 role,
             )?,
+            db_keys: gauge(
+                "redis_db_keys",
+                "Keys in the target's database (INFO keyspace).",
+                &["role", "db"],
+            )?,
+            db_keys_expiring: gauge(
+                "redis_db_keys_expiring",
+                "Keys with a TTL in the target's database (INFO keyspace).",
+                &["role", "db"],
+            )?,
             pool_connections: gauge(
                 "redis_pool_connections",
                 "The sidecar's own pooled connections to this Redis.",
@@ -307,6 +319,25 @@ impl Metrics {
         }
         for c in [&self.rejected_connections, &self.evicted_keys] {
             let _ = c.remove_label_values(&[role]);
+        }
+    }
+
+    /// The keys of the target's database (`db`), or none while INFO does not tell them.
+    pub fn record_keys(&self, role: &str, db: i64, keys: Option<crate::redis::info::DbKeys>) {
+        let db = db.to_string();
+        let labels = [role, db.as_str()];
+        match keys {
+            Some(k) => {
+                let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                self.db_keys.with_label_values(&labels).set(n(k.keys));
+                self.db_keys_expiring
+                    .with_label_values(&labels)
+                    .set(n(k.expires));
+            }
+            None => {
+                let _ = self.db_keys.remove_label_values(&labels);
+                let _ = self.db_keys_expiring.remove_label_values(&labels);
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use crate::redis::info::Info;
 use crate::redis::pool::{PoolState, TargetPool};
 use crate::redis::probe::{Observation, RedisProbe};
 use crate::redis::target::Target;
-use crate::serve::health::{Details, RedisDetails};
+use crate::serve::health::{Details, KeyspaceDoc, RedisDetails};
 use crate::serve::metrics::Metrics;
 use crate::serve::runner::{Probe, failed};
 use crate::serve::snapshot::{Report, Status};
@@ -69,6 +69,8 @@ impl Probe for RedisCheck {
     ) {
         match &result {
             Ok(obs) => {
+                let db = self.target.db();
+                let keys = obs.info.as_ref().ok().and_then(|i| i.db(db));
                 for role in self.target.roles() {
                     metrics.record_redis_success(
                         role.as_str(),
@@ -76,6 +78,7 @@ impl Probe for RedisCheck {
                         obs.info.as_ref().ok(),
                         obs.pool,
                     );
+                    metrics.record_keys(role.as_str(), db, keys);
                 }
             }
             Err(failure) => {
@@ -85,6 +88,7 @@ impl Probe for RedisCheck {
                 let pool = self.pool_state();
                 for role in self.target.roles() {
                     metrics.record_redis_failure(role.as_str(), failure, pool, checkout_timeout);
+                    metrics.record_keys(role.as_str(), self.target.db(), None);
                 }
             }
         }
@@ -99,7 +103,11 @@ impl Probe for RedisCheck {
                     verdict::redis(obs.ping, obs.info.as_ref(), self.target.roles(), self.slo);
                 if let Ok(info) = &obs.info {
                     let recent = self.evictions.observe(info.evicted_keys, Instant::now());
-                    if let Some(f) = verdict::evictions(recent, info, self.target.roles()) {
+                    let found = [
+                        verdict::evictions(recent, info, self.target.roles()),
+                        verdict::results_kept(info, self.target.db(), obs.results),
+                    ];
+                    for f in found.into_iter().flatten() {
                         judged.findings.push(f);
                         judged.status = judged.status.max(Status::Degraded);
                     }
@@ -115,14 +123,14 @@ impl Probe for RedisCheck {
                     error,
                     fix,
                     warnings: judged.findings,
-                    details: details(obs.pool, obs.info.as_ref().ok()),
+                    details: details(obs.pool, obs.info.as_ref().ok(), self.target.db()),
                 }
             }
             Err(failure) => failed(
                 failure.clone(),
                 last,
                 *now,
-                details(self.pool_state(), None),
+                details(self.pool_state(), None, self.target.db()),
             ),
         })
     }
@@ -138,10 +146,17 @@ impl Probe for RedisCheck {
     }
 }
 
-/// The `details` of a Redis check: the pool, and INFO's figures when there are any.
-fn details(pool: PoolState, info: Option<&Info>) -> Details {
+/// The `details` of a Redis check: the pool, and INFO's figures (with the keys of the
+/// target's database `db`) when there are any.
+fn details(pool: PoolState, info: Option<&Info>, db: i64) -> Details {
     Details::Redis(Box::new(RedisDetails {
         pool: pool.into(),
+        keyspace: info.and_then(|i| i.db(db)).map(|k| KeyspaceDoc {
+            db,
+            keys: k.keys,
+            expiring: k.expires,
+            avg_ttl_seconds: k.avg_ttl_ms as f64 / 1000.0,
+        }),
         info: info.cloned(),
     }))
 }

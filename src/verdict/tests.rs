@@ -1,4 +1,5 @@
 use super::*;
+use crate::redis::probe::ResultSample;
 
 const SLO: Duration = Duration::from_millis(100);
 const FAST: Duration = Duration::from_millis(1);
@@ -67,6 +68,33 @@ fn evictions_matter_on_a_broker_or_result_backend() {
         results
             .text
             .starts_with("2 key(s) evicted from the Celery result backend")
+    );
+}
+
+#[test]
+fn results_kept_forever_need_a_result_in_the_sample() {
+    let info =
+        crate::redis::info::parse("# Keyspace\ndb1:keys=4082,expires=2082,avg_ttl=86000000\n");
+    let sample = |results| {
+        Some(ResultSample {
+            sampled: 10,
+            results_without_ttl: results,
+        })
+    };
+    let f = results_kept(&info, 1, sample(6)).unwrap();
+    assert_eq!(
+        f.text,
+        "Celery results never expire: 2000 of the 4082 keys in db 1 have no TTL, and 6 of 10 keys sampled are results (celery-task-meta-*) without one; they pile up until memory runs out"
+    );
+    assert!(f.fix.contains("result_expires"));
+    assert!(
+        results_kept(&info, 1, sample(0)).is_none(),
+        "keys without a TTL, no result"
+    );
+    assert!(results_kept(&info, 1, None).is_none(), "nothing sampled");
+    assert!(
+        results_kept(&Info::default(), 1, sample(3)).is_none(),
+        "no keyspace"
     );
 }
 

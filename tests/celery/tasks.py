@@ -3,7 +3,7 @@
 Configured from the environment by the Rust tests (tests/support/mod.rs):
 BROKER_URL, and kombu's transport options KEYPREFIX (global_keyprefix), SEP, STEPS
 (priority_steps), QUEUE_ORDER (queue_order_strategy), VISIBILITY (visibility_timeout), plus
-PREFETCH (worker_prefetch_multiplier). Set as Celery's Redis broker documentation shows them.
+PREFETCH (worker_prefetch_multiplier), RESULT_BACKEND and RESULT_EXPIRES. Set as Celery's Redis broker documentation shows them.
 """
 
 import os
@@ -29,6 +29,12 @@ app.conf.broker_transport_options = options
 app.conf.task_send_sent_event = True
 app.conf.worker_prefetch_multiplier = int(os.environ.get("PREFETCH", "4"))
 app.conf.broker_connection_retry_on_startup = True
+# The result backend, when a test sets one, and RESULT_EXPIRES=none for results kept forever
+# (result_expires=None).
+if os.environ.get("RESULT_BACKEND"):
+    app.conf.result_backend = os.environ["RESULT_BACKEND"]
+if os.environ.get("RESULT_EXPIRES") == "none":
+    app.conf.result_expires = None
 
 
 @app.task

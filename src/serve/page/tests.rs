@@ -96,6 +96,7 @@ fn page() -> String {
                 in_use: 0,
             },
             info: Some(info),
+            keyspace: None,
         })),
     );
     broker.send_replace(Some(broker_report.clone()));
