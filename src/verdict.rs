@@ -267,6 +267,17 @@ pub struct Seen<'a> {
     pub channel: &'a str,
     /// The oldest running task of each name, oldest first (on workers alive).
     pub running: &'a [Long<'a>],
+    /// Work seen done lately by workers that send no heartbeat, if any.
+    pub consuming: Option<Consuming<'a>>,
+}
+
+/// Signs of workers at work that the worker events do not show.
+#[derive(Clone, Copy)]
+pub struct Consuming<'a> {
+    /// How long since a queue's front was taken (or a queue got shorter).
+    pub queue_taken: Option<Duration>,
+    /// Workers heard through task events only, not alive by heartbeat.
+    pub working: &'a [&'a str],
 }
 
 /// A task heard to start and not yet to end.
@@ -353,7 +364,26 @@ pub fn celery(
         }
     } else if alive < c.min_workers as usize {
         let fix = "start the workers, with this broker URL and db (CELERY_BROKER_URL on the worker service) and the same key prefix; a worker started with --without-heartbeat is not heard (check --ping finds it)";
-        if seen.in_grace {
+        if let Some(w) = &seen.consuming {
+            // Work is done: the workers are there, only silent. Not a failure.
+            let mut signs = Vec::new();
+            if !w.working.is_empty() {
+                signs.push(format!("task events come from {}", w.working.join(", ")));
+            }
+            if let Some(ago) = w.queue_taken {
+                signs.push(format!("a queue's tasks were taken {} ago", human(ago)));
+            }
+            findings.push(Finding::new(
+                "celery workers",
+                format!(
+                    "{alive} of the required {} workers heard by heartbeat, but workers are consuming: {}; they run with --without-heartbeat (or their worker events do not reach {}), so how many there are is unknown",
+                    c.min_workers,
+                    signs.join("; "),
+                    seen.channel
+                ),
+                "start the workers without --without-heartbeat (a heartbeat is one PUBLISH every 2 s per worker), or set SIDECAR_CELERY_MIN_WORKERS=0 and watch the queues; check --ping asks them directly",
+            ));
+        } else if seen.in_grace {
             findings.push(Finding::new(
                 "celery workers",
                 format!(

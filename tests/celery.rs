@@ -749,6 +749,63 @@ fn wait_celery_check(sidecar: &Sidecar, name: &str) -> Value {
     )
 }
 
+/// Workers with and without `-E` and `--without-heartbeat`: heard by heartbeat, or seen at
+/// work (task events, a queue drained) and said so instead of "no worker".
+#[test]
+fn workers_without_heartbeats_are_seen_at_work() {
+    let redis = Redis::start(&[]);
+    let run_combo = |db: u32, args: &[&str], tasks: &str| -> (Sidecar, Worker) {
+        let url = format!("redis://127.0.0.1:{}/{db}", redis.port);
+        let app = [("BROKER_URL", url.as_str()), ("PREFETCH", "1")];
+        let sidecar = Sidecar::start(&env(&url, &[]));
+        let hostname = format!("w{db}@test");
+        let mut all = vec!["-P", "solo"];
+        all.extend_from_slice(args);
+        let w = Worker::start(&app, &hostname, &all);
+        w.wait_ready();
+        send(&app, tasks);
+        (sidecar, w)
+    };
+    let drain = r#"[{"task": "sleep", "args": [0.4]}, {"task": "sleep", "args": [0.4]},
+        {"task": "sleep", "args": [0.4]}, {"task": "sleep", "args": [0.4]},
+        {"task": "sleep", "args": [0.4]}, {"task": "sleep", "args": [0.4]},
+        {"task": "sleep", "args": [0.4]}, {"task": "sleep", "args": [0.4]},
+        {"task": "sleep", "args": [0.4]}, {"task": "sleep", "args": [0.4]}]"#;
+
+    // Heartbeats and events: heard the usual way.
+    let (sidecar, _w) = run_combo(1, &["-E"], drain);
+    let c = wait_celery(&sidecar, "the worker alive", |c| c["workers_alive"] == 1);
+    assert_eq!(c["status"], "healthy", "{c:#}");
+
+    // Heartbeats, no events: heard the usual way.
+    let (sidecar, _w) = run_combo(2, &[], drain);
+    let c = wait_celery(&sidecar, "the worker alive", |c| c["workers_alive"] == 1);
+    assert_eq!(c["status"], "healthy", "{c:#}");
+
+    // No heartbeat, events on: the task events name the worker.
+    let (sidecar, _w) = run_combo(3, &["-E", "--without-heartbeat"], drain);
+    let c = wait_celery(&sidecar, "the worker seen at work", |c| {
+        c["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("task events come from w3@test"))
+    });
+    assert_eq!(c["status"], "degraded", "{c:#}");
+    assert_eq!(c["workers_alive"], 0);
+
+    // No heartbeat, no events: the queue draining is the only sign, and it is said.
+    let (sidecar, _w) = run_combo(4, &["--without-heartbeat"], drain);
+    let c = wait_celery(&sidecar, "the queue seen drained", |c| {
+        c["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("workers are consuming: a queue's tasks were taken"))
+    });
+    assert_eq!(c["status"], "degraded", "{c:#}");
+    assert!(
+        !c["warnings"][0].as_str().unwrap().contains("task events"),
+        "{c:#}"
+    );
+}
+
 #[test]
 fn a_queue_nobody_consumes_is_stalled() {
     let redis = Redis::start(&[]);

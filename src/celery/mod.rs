@@ -38,7 +38,14 @@ pub struct Shared {
     /// Key prefixes whose worker events were heard, and when (at most `MAX_PREFIXES`):
     /// which app is watched when several share the broker db.
     pub heard: Vec<(Vec<u8>, Instant)>,
+    /// Workers heard through their task events (started, succeeded...), and when last:
+    /// a worker with `--without-heartbeat` sends no worker event, but `-E` still tells its
+    /// name with each task. At most `MAX_WORKING`.
+    pub working: Vec<(String, Instant)>,
 }
+
+/// Workers remembered from their task events at most.
+pub const MAX_WORKING: usize = 64;
 
 /// Key prefixes remembered as heard at most.
 pub const MAX_PREFIXES: usize = 16;
@@ -68,6 +75,21 @@ impl Shared {
             subscription: Subscription::default(),
             naming,
             heard: Vec::new(),
+            working: Vec::new(),
+        }
+    }
+
+    /// Notes a task event from worker `hostname` at `now`.
+    pub fn working(&mut self, hostname: &str, now: Instant) {
+        match self.working.iter_mut().find(|(h, _)| h == hostname) {
+            Some((_, at)) => *at = now,
+            None => {
+                if self.working.len() >= MAX_WORKING {
+                    self.working.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
+                    self.working.truncate(MAX_WORKING - 1);
+                }
+                self.working.push((hostname.to_string(), now));
+            }
         }
     }
 

@@ -138,6 +138,8 @@ pub struct QueueObservation {
     /// True once a walk of the binding sets has finished.
     pub discovered: bool,
     pub layout: Layout,
+    /// A queue's front was taken, or a queue got shorter, since the last probe.
+    pub consumed: bool,
 }
 
 /// A key's tail as last seen.
@@ -459,6 +461,9 @@ impl QueueProbe {
         let now = Instant::now();
         let mut bad_messages = Vec::new();
         let mut queues = Vec::with_capacity(names.len());
+        // Whether any queue's front was taken, or any queue got shorter, since the last
+        // probe: a consumer at work, heard or not.
+        let mut consumed = false;
         {
             let mut guard = self.state();
             let s = &mut *guard;
@@ -543,6 +548,7 @@ impl QueueProbe {
                 state.unbound = !known.bound && !known.configured;
                 known.live = now_live;
                 progressed |= known.length.is_some_and(|before| state.length < before);
+                consumed |= progressed;
                 if state.length == 0 || progressed || known.progress.is_none() {
                     known.progress = Some(now);
                 }
@@ -583,6 +589,7 @@ impl QueueProbe {
             left_out,
             discovered: s.walked.is_some(),
             layout: s.layout.clone(),
+            consumed,
         })
     }
 

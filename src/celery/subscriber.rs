@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::Shared;
-use super::event::{self, Event, WorkerKind};
+use super::event::{self, Event, TaskKind, WorkerKind};
 use super::kombu::{DecodeError, Naming};
 use super::metrics::CeleryMetrics;
 use super::workers::Applied;
@@ -322,6 +322,12 @@ impl Subscriber {
                     }
                 }
                 Ok(Event::Task(t)) => {
+                    // task-sent comes from the client; the others from the worker.
+                    if t.kind != TaskKind::Sent
+                        && let Some(h) = &t.hostname
+                    {
+                        shared.working(h, now);
+                    }
                     let count = shared.book.record(&t, now);
                     self.metrics.record_task(&count);
                 }

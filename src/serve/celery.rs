@@ -16,22 +16,25 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::celery::Shared;
-use crate::celery::queues::{Layout, QueueObservation, QueueProbe};
+use crate::celery::queues::{QueueObservation, QueueProbe};
+use crate::celery::workers::Worker;
 use crate::config::{CELERY_CHECK, CeleryConfig};
 use crate::redis::failure::Failure;
 use crate::redis::target::{Role, Target};
 use crate::serve::health::{
-    CeleryDetails, CeleryFields, CeleryReport, Details, EventsDoc, LayoutDoc, QueueDoc,
-    ReservationsDoc, RunningDoc, RunningTaskDoc, WorkerDoc,
+    self, CeleryDetails, CeleryFields, CeleryReport, Details, EventsDoc, ReservationsDoc,
+    RunningDoc, RunningTaskDoc, WorkerDoc,
 };
 use crate::serve::history::History;
 use crate::serve::metrics::Metrics;
 use crate::serve::runner::Probe;
 use crate::serve::snapshot::{Report, Reports, Snapshot, Status};
-use crate::text::escape;
 use crate::text::human;
-use crate::verdict::{self, Cause, Long, Seen};
+use crate::verdict::{self, Cause, Consuming, Long, Seen};
 
+/// Work seen done (a queue's front taken, task events from a worker not heard by
+/// heartbeat) within this long counts as workers consuming.
+const CONSUMING_WINDOW: Duration = Duration::from_secs(120);
 /// How often workers are judged again between queue probes.
 const JUDGE_EVERY: Duration = Duration::from_secs(1);
 /// Workers that come or go logged one by one in one judgement at most.
@@ -75,6 +78,8 @@ pub struct CeleryCheck {
     history: Arc<History>,
     /// The queue probe last kept in the history.
     recorded: Option<Instant>,
+    /// When a queue probe last saw a queue's front taken (or a queue get shorter).
+    last_consumed: Option<Instant>,
 }
 
 /// What the event subscriber hears, as the check reads it: the worker table and task book,
@@ -122,6 +127,7 @@ impl CeleryCheck {
             judge_tick: None,
             history,
             recorded: None,
+            last_consumed: None,
         }
     }
 
@@ -177,12 +183,13 @@ impl CeleryCheck {
         }
         let sub = &shared.subscription;
         let workers = &shared.workers;
+        let is_up = |w: &Worker| workers.alive(w, as_of);
         let listed: Vec<WorkerDoc> = workers
             .sorted()
             .iter()
             .map(|w| WorkerDoc {
                 hostname: w.hostname.clone(),
-                alive: workers.alive(w, as_of),
+                alive: is_up(w),
                 active: w.active,
                 processed: w.processed,
                 heartbeat_age_seconds: round1(now.saturating_duration_since(w.last_heard)),
@@ -191,10 +198,13 @@ impl CeleryCheck {
                 sw_ver: w.sw_ver.clone(),
             })
             .collect();
-        let alive = workers.alive_count(as_of);
+        let alive = workers.sorted().into_iter().filter(|w| is_up(w)).count();
         // Each queue probe once in the history, with the workers alive as judged now.
         if self.recorded != Some(run.finished) {
             self.recorded = Some(run.finished);
+            if run.result.as_ref().is_ok_and(|o| o.consumed) {
+                self.last_consumed = Some(run.finished);
+            }
             self.history.celery(
                 run.finished_at,
                 run.result
@@ -210,7 +220,7 @@ impl CeleryCheck {
         let mut logged = 0;
         let mut unlogged = 0;
         for w in workers.sorted() {
-            let is_up = workers.alive(w, as_of);
+            let is_up = is_up(w);
             if is_up == self.up.contains(&w.hostname) {
                 continue;
             }
@@ -264,13 +274,13 @@ impl CeleryCheck {
             workers
                 .sorted()
                 .into_iter()
-                .map(|w| (w.hostname.as_str(), workers.alive(w, as_of), w.active)),
+                .map(|w| (w.hostname.as_str(), is_up(w), w.active)),
         );
         let grace = Duration::from_secs_f64(2.0 * workers.longest_freq(as_of));
         let down: Vec<&str> = workers
             .sorted()
             .into_iter()
-            .filter(|w| !workers.alive(w, as_of))
+            .filter(|w| !is_up(w))
             .map(|w| w.hostname.as_str())
             .take(5)
             .collect();
@@ -279,7 +289,7 @@ impl CeleryCheck {
         let mut oldest: Vec<RunningTaskDoc> = Vec::new();
         let running = shared
             .book
-            .running(|h| h.is_none_or(|h| workers.get(h).is_some_and(|w| workers.alive(w, as_of))));
+            .running(|h| h.is_none_or(|h| workers.get(h).is_some_and(is_up)));
         for r in &running {
             if !oldest.iter().any(|o| o.name == r.name) {
                 oldest.push(RunningTaskDoc {
@@ -312,6 +322,22 @@ impl CeleryCheck {
                 running: Duration::from_secs_f64(o.running_seconds),
             })
             .collect();
+        // Workers at work that no worker event shows: task events from a worker not up, or
+        // (with none up at all) a queue's front taken.
+        let working: Vec<&str> = shared
+            .working
+            .iter()
+            .filter(|(h, at)| {
+                now.saturating_duration_since(*at) <= CONSUMING_WINDOW
+                    && !workers.get(h).is_some_and(is_up)
+            })
+            .map(|(h, _)| h.as_str())
+            .take(5)
+            .collect();
+        let queue_taken = self
+            .last_consumed
+            .map(|t| now.saturating_duration_since(t))
+            .filter(|ago| alive == 0 && *ago <= CONSUMING_WINDOW);
         let channel = String::from_utf8_lossy(&shared.naming.events_pattern()).into_owned();
         let seen = Seen {
             subscribed: sub.up,
@@ -322,6 +348,10 @@ impl CeleryCheck {
             down: &down,
             channel: &channel,
             running: &long,
+            consuming: (!working.is_empty() || queue_taken.is_some()).then_some(Consuming {
+                queue_taken,
+                working: &working,
+            }),
         };
         // The broker's own Redis check: a broker unusable as Redis is unusable for Celery,
         // as `check` says it.
@@ -383,7 +413,7 @@ impl CeleryCheck {
                 // The queues change with a probe, not with each judgement: one copy.
                 Some((at, q)) if *at == run.finished => q.clone(),
                 _ => {
-                    let q = Arc::new(queues_json_of(obs));
+                    let q = Arc::new(health::queues_json(obs));
                     self.queues_json = Some((run.finished, q.clone()));
                     q
                 }
@@ -396,7 +426,7 @@ impl CeleryCheck {
                 visibility_timeout_seconds: self.config.visibility_timeout.as_secs_f64(),
             });
             details.queues_left_out = Some(obs.left_out);
-            details.kombu = Some(layout_doc(&obs.layout));
+            details.kombu = Some(health::layout_doc(&obs.layout));
         }
         let (error, fix) = judged.error.map(|c| (c.failure, c.fix)).unzip();
         let report = Report {
@@ -531,39 +561,6 @@ fn judge_ticks(first: Duration) -> tokio::time::Interval {
     let mut tick = tokio::time::interval_at(Instant::now() + first, JUDGE_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick
-}
-
-/// The `queues` object of the celery check, one [`QueueDoc`] per queue.
-fn queues_json_of(obs: &QueueObservation) -> Value {
-    let queues: serde_json::Map<String, Value> = obs
-        .queues
-        .iter()
-        .map(|q| {
-            let doc = QueueDoc {
-                length: q.length,
-                oldest_age_seconds: q.oldest_age.map(round1),
-                oldest_task: q.oldest_task.clone(),
-                idle_seconds: q.idle.map(round1),
-                unbound: q.unbound,
-                stranded: q.stranded,
-            };
-            let v = serde_json::to_value(doc).expect("a queue's document serializes");
-            (q.name.clone(), v)
-        })
-        .collect();
-    Value::Object(queues)
-}
-
-/// The layout of kombu's keys as `/healthz` shows it (bytes escaped as `config` does).
-pub fn layout_doc(l: &Layout) -> LayoutDoc {
-    LayoutDoc {
-        key_prefix: escape(&l.prefix),
-        key_prefix_from: l.prefix_from,
-        separators: l.seps.iter().map(|s| escape(s)).collect(),
-        separator_from: l.sep_from,
-        priority_steps_seen: l.steps_seen.iter().copied().collect(),
-        other_key_prefixes: l.other_prefixes.iter().map(|p| escape(p)).collect(),
-    }
 }
 
 fn round1(d: Duration) -> f64 {

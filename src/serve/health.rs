@@ -1,14 +1,17 @@
 //! What each check adds to its `/healthz` object, typed: one type per check kind
 //! ([`RedisDetails`], [`CeleryReport`]), serialized to the JSON clients have always received
-//! (docs/endpoints.md). [`CheckDoc`] is one check's whole object.
+//! (docs/endpoints.md). [`CheckDoc`] is one check's whole object; [`queues_json`] and
+//! [`layout_doc`] make the Celery check's parts from a queue probe.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::celery::queues::{Layout, QueueObservation};
 use crate::redis::info::Info;
 use crate::redis::pool::PoolState;
+use crate::text::escape;
 use crate::verdict::{Finding, Status};
 
 /// A check's kind-specific part.
@@ -217,4 +220,41 @@ impl Details {
             _ => None,
         }
     }
+}
+
+/// The `queues` object of the celery check, one [`QueueDoc`] per queue.
+pub fn queues_json(obs: &QueueObservation) -> Value {
+    let queues: serde_json::Map<String, Value> = obs
+        .queues
+        .iter()
+        .map(|q| {
+            let doc = QueueDoc {
+                length: q.length,
+                oldest_age_seconds: q.oldest_age.map(round1),
+                oldest_task: q.oldest_task.clone(),
+                idle_seconds: q.idle.map(round1),
+                unbound: q.unbound,
+                stranded: q.stranded,
+            };
+            let v = serde_json::to_value(doc).expect("a queue's document serializes");
+            (q.name.clone(), v)
+        })
+        .collect();
+    Value::Object(queues)
+}
+
+/// The layout of kombu's keys as `/healthz` shows it (bytes escaped as `config` does).
+pub fn layout_doc(l: &Layout) -> LayoutDoc {
+    LayoutDoc {
+        key_prefix: escape(&l.prefix),
+        key_prefix_from: l.prefix_from,
+        separators: l.seps.iter().map(|s| escape(s)).collect(),
+        separator_from: l.sep_from,
+        priority_steps_seen: l.steps_seen.iter().copied().collect(),
+        other_key_prefixes: l.other_prefixes.iter().map(|p| escape(p)).collect(),
+    }
+}
+
+fn round1(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 10.0).round() / 10.0
 }

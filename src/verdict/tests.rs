@@ -225,6 +225,7 @@ mod celery {
             left_out: 0,
             discovered: true,
             layout: Default::default(),
+            consumed: false,
         }
     }
 
@@ -238,6 +239,7 @@ mod celery {
             down,
             channel: "/0.celeryev/*",
             running: &[],
+            consuming: None,
         }
     }
 
@@ -250,6 +252,27 @@ mod celery {
             &o,
             s,
         )
+    }
+
+    #[test]
+    fn workers_at_work_without_heartbeats_are_not_a_failure() {
+        let working = ["w9@h"];
+        let s = Seen {
+            consuming: Some(Consuming {
+                queue_taken: Some(Duration::from_secs(3)),
+                working: &working,
+            }),
+            ..seen(0, &[])
+        };
+        let j = run(&s, Ok(obs()));
+        assert_eq!(j.status, Status::Degraded, "not unhealthy: work is done");
+        assert_eq!(
+            j.findings[0].text,
+            "0 of the required 1 workers heard by heartbeat, but workers are consuming: task events come from w9@h; a queue's tasks were taken 3.0s ago; they run with --without-heartbeat (or their worker events do not reach /0.celeryev/*), so how many there are is unknown"
+        );
+        assert!(j.findings[0].fix.contains("--without-heartbeat"));
+        // No sign of work: a failure, as before.
+        assert_eq!(run(&seen(0, &[]), Ok(obs())).status, Status::Unhealthy);
     }
 
     #[test]
@@ -357,6 +380,7 @@ mod celery {
             down: &[],
             channel: "/0.celeryev/*",
             running: &[],
+            consuming: None,
         };
         let j = run(&s, Ok(obs()));
         assert_eq!(j.status, Status::Degraded);

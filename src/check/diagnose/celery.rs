@@ -55,6 +55,7 @@ pub(super) async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &C
         channel: &channel,
         // A one-shot check hears no task start: how long tasks run is the server's to say.
         running: &[],
+        consuming: None,
     };
     let observed = queues
         .as_ref()
