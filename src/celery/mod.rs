@@ -81,29 +81,46 @@ impl Shared {
 
     /// Notes a task event from worker `hostname` at `now`.
     pub fn working(&mut self, hostname: &str, now: Instant) {
-        match self.working.iter_mut().find(|(h, _)| h == hostname) {
-            Some((_, at)) => *at = now,
-            None => {
-                if self.working.len() >= MAX_WORKING {
-                    self.working.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
-                    self.working.truncate(MAX_WORKING - 1);
-                }
-                self.working.push((hostname.to_string(), now));
-            }
-        }
+        touch(
+            &mut self.working,
+            hostname.as_bytes(),
+            now,
+            MAX_WORKING,
+            |h| h.as_bytes(),
+            |k| String::from_utf8_lossy(k).into_owned(),
+        );
     }
 
     /// Notes a worker event heard under `prefix`.
     pub fn heard_under(&mut self, prefix: &[u8], now: Instant) {
-        match self.heard.iter_mut().find(|(p, _)| p == prefix) {
-            Some((_, at)) => *at = now,
-            None => {
-                if self.heard.len() >= MAX_PREFIXES {
-                    self.heard.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
-                    self.heard.truncate(MAX_PREFIXES - 1);
-                }
-                self.heard.push((prefix.to_vec(), now));
+        touch(
+            &mut self.heard,
+            prefix,
+            now,
+            MAX_PREFIXES,
+            |p| p,
+            <[u8]>::to_vec,
+        );
+    }
+}
+
+/// Marks `key` seen at `now` in a list of at most `max` (the least recently seen makes room).
+fn touch<K>(
+    list: &mut Vec<(K, Instant)>,
+    key: &[u8],
+    now: Instant,
+    max: usize,
+    bytes: impl Fn(&K) -> &[u8],
+    own: impl Fn(&[u8]) -> K,
+) {
+    match list.iter_mut().find(|(k, _)| bytes(k) == key) {
+        Some((_, at)) => *at = now,
+        None => {
+            if list.len() >= max {
+                list.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
+                list.truncate(max - 1);
             }
+            list.push((own(key), now));
         }
     }
 }
