@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::celery::queues::QueueObservation;
+use crate::celery::queues::reservations::Risk;
 use crate::config::CeleryConfig;
 use crate::redis::failure::{Failure, Reason};
 use crate::redis::info::Info;
@@ -524,6 +525,43 @@ pub fn celery(
                 crate::celery::queues::MAX_QUEUES
             ),
             "name the queues that matter in SIDECAR_CELERY_QUEUES: they are never left out",
+        ));
+    }
+    for r in obs.at_risk.iter().take(3) {
+        let when = crate::text::rfc3339(
+            std::time::UNIX_EPOCH
+                + Duration::try_from_secs_f64(r.redelivery_at.max(0.0)).unwrap_or_default(),
+        );
+        let what = format!(
+            "task {} (id {}) in queue {}",
+            r.task.as_deref().unwrap_or("?"),
+            r.id.as_deref().unwrap_or("?"),
+            r.queue
+        );
+        let text = match r.risk {
+            Risk::EtaBeyond(d) => format!(
+                "{what} has an ETA {} after a worker reserved it, past the visibility timeout ({}): kombu delivers it again at {when}, before it runs, and it will run twice",
+                human(d),
+                human(c.visibility_timeout)
+            ),
+            Risk::Old(d) => format!(
+                "{what} has been reserved for {} without an acknowledgement, near the visibility timeout ({}): unless acknowledged by {when}, kombu delivers it again and it may run twice",
+                human(d),
+                human(c.visibility_timeout)
+            ),
+        };
+        findings.push(Finding::new(
+            "celery queues",
+            text,
+            "raise visibility_timeout in broker_transport_options (and SIDECAR_CELERY_VISIBILITY_TIMEOUT with it) above the longest ETA or countdown, or schedule far-off work with celery beat (celery/kombu#337)",
+        ));
+    }
+    let risky: u64 = obs.redelivery_risk.iter().map(|(_, n)| n).sum();
+    if risky as usize > obs.at_risk.len().min(3) {
+        findings.push(Finding::new(
+            "celery queues",
+            format!("{risky} reservations in all will be delivered again before they run or are acknowledged (celery_reservations_redelivery_risk)"),
+            "see the ones named above",
         ));
     }
     if obs.orphaned > 0 {

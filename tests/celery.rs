@@ -806,6 +806,63 @@ fn workers_without_heartbeats_are_seen_at_work() {
     );
 }
 
+/// A countdown longer than the visibility timeout is reported before kombu delivers it
+/// again (10 s here, as the app sets it); a countdown shorter than it is not.
+#[test]
+fn a_countdown_past_the_visibility_timeout_is_reported_before_it_runs_twice() {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let app = [("BROKER_URL", url.as_str()), ("VISIBILITY", "10")];
+    let sidecar = Sidecar::start(&env(&url, &[("SIDECAR_CELERY_VISIBILITY_TIMEOUT", "10s")]));
+    let w = Worker::start(&app, "eta@test", &["-P", "solo"]);
+    w.wait_ready();
+    wait_celery(&sidecar, "the worker alive", |c| c["workers_alive"] == 1);
+    let risky = |c: &Value| -> Option<String> {
+        c["warnings"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|w| w.contains("delivers it again"))
+            .map(String::from)
+    };
+    // Within the timeout: reserved, run at its ETA, acknowledged; never at risk.
+    send(&app, r#"[{"task": "add", "args": [1, 1], "countdown": 5}]"#);
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let c = celery(&sidecar);
+        assert_eq!(risky(&c), None, "{c:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // 30 s, past the 10 s timeout: reported well before kombu's redelivery at 10 s.
+    let sent = Instant::now();
+    let ids = send(
+        &app,
+        r#"[{"task": "add", "args": [2, 2], "countdown": 30}]"#,
+    );
+    let c = wait_celery(&sidecar, "the redelivery risk", |c| risky(c).is_some());
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        sent.elapsed()
+    );
+    let text = risky(&c).unwrap();
+    assert!(
+        text.starts_with(&format!("task tasks.add (id {}) in queue celery has an ETA ", ids[0]))
+            && text.contains("after a worker reserved it, past the visibility timeout (10.0s): kombu delivers it again at "),
+        "{text}"
+    );
+    assert_eq!(c["status"], "degraded");
+    let m = sidecar.get("/metrics").body;
+    assert_eq!(
+        sample(
+            &m,
+            "celery_reservations_redelivery_risk{queue_name=\"celery\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
 #[test]
 fn a_queue_nobody_consumes_is_stalled() {
     let redis = Redis::start(&[]);

@@ -127,6 +127,12 @@ fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
         &app,
         &json!([{"task": "add", "args": [1, 1], "queue": "emails"}]).to_string(),
     );
+    // A countdown past the visibility timeout (1 h): reserved now, delivered again before
+    // it runs, so the redelivery risk has a series.
+    send(
+        &app,
+        &json!([{"task": "add", "args": [1, 1], "countdown": 4000}]).to_string(),
+    );
     let mut env: Vec<(&str, &str)> = FAST
         .iter()
         .copied()
@@ -252,7 +258,7 @@ fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(loaded.len(), 13, "{rules}");
+    assert_eq!(loaded.len(), 14, "{rules}");
     for r in loaded {
         assert_eq!(r["health"], "ok", "{r}");
     }

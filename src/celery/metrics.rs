@@ -41,6 +41,7 @@ pub struct CeleryMetrics {
     tasks: Vec<(TaskKind, IntCounterVec)>,
     runtime: HistogramVec,
     queue_wait: HistogramVec,
+    redelivery_risk: IntGaugeVec,
     running_oldest: GaugeVec,
     decode_errors: IntCounterVec,
     events: IntCounter,
@@ -88,6 +89,16 @@ impl CeleryMetrics {
             decode_errors.with_label_values(&[source]);
         }
         Ok(CeleryMetrics {
+            redelivery_risk: reg(
+                registry,
+                IntGaugeVec::new(
+                    opts(
+                        "celery_reservations_redelivery_risk",
+                        "Reservations kombu will deliver again before they run (an ETA past the visibility timeout) or unacknowledged near it, among the oldest 200; only queues with any.",
+                    ),
+                    q,
+                )?,
+            )?,
             queue_wait: reg(
                 registry,
                 HistogramVec::new(
@@ -321,6 +332,12 @@ impl CeleryMetrics {
         self.unacked
             .with_label_values(&[] as &[&str])
             .set(i64::try_from(obs.unacked).unwrap_or(i64::MAX));
+        self.redelivery_risk.reset();
+        for (queue, n) in &obs.redelivery_risk {
+            self.redelivery_risk
+                .with_label_values(&[queue.as_str()])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
         self.unacked_oldest
             .with_label_values(&[] as &[&str])
             .set(obs.oldest_reservation.map_or(0.0, |a| a.as_secs_f64()));

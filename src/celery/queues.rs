@@ -32,7 +32,7 @@
 //! low-priority key that waits while higher priorities drain. Both start at 0 when the
 //! sidecar starts, with the precision of one probe interval.
 //!
-//! About 650 lines: `probe` reads one cycle in the order the broker is asked, kept in one
+//! About 700 lines: `probe` reads one cycle in the order the broker is asked, kept in one
 //! function so that the order reads top to bottom; discovery and the cap live beside it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -53,6 +53,7 @@ use tracing::Instrument;
 
 mod choose;
 mod discovery;
+pub mod reservations;
 
 pub use choose::choose;
 use choose::watch;
@@ -140,6 +141,10 @@ pub struct QueueObservation {
     pub layout: Layout,
     /// A queue's front was taken, or a queue got shorter, since the last probe.
     pub consumed: bool,
+    /// Reservations that will be delivered again, per queue (of the oldest inspected).
+    pub redelivery_risk: Vec<(String, u64)>,
+    /// The first of them.
+    pub at_risk: Vec<reservations::AtRisk>,
 }
 
 /// A key's tail as last seen.
@@ -347,11 +352,13 @@ impl QueueProbe {
             }
         }
         depths.cmd("HLEN").arg(naming.unacked());
+        // The oldest reservations, with when they were fetched: the oldest is the age shown,
+        // and their messages are read next for the redelivery risk.
         depths
             .cmd("ZRANGE")
             .arg(naming.unacked_index())
             .arg(0)
-            .arg(0)
+            .arg(reservations::MAX_INSPECTED - 1)
             .arg("WITHSCORES");
         depths
             .cmd("ZCOUNT")
@@ -407,13 +414,20 @@ impl QueueProbe {
             }
         }
         let unacked = as_u64(replies.next().as_ref());
-        let oldest_reservation = match replies.next() {
+        // (delivery tag, when fetched), oldest first.
+        let fetched: Vec<(Vec<u8>, f64)> = match replies.next() {
             Some(Value::Array(items)) => items
-                .get(1)
-                .and_then(as_f64)
-                .and_then(|fetched| Duration::try_from_secs_f64(now_unix - fetched).ok()),
-            _ => None,
+                .chunks(2)
+                .filter_map(|pair| match pair {
+                    [Value::BulkString(tag), score] => Some((tag.clone(), as_f64(score)?)),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
         };
+        let oldest_reservation = fetched
+            .first()
+            .and_then(|(_, at)| Duration::try_from_secs_f64(now_unix - at).ok());
         let orphaned = as_u64(replies.next().as_ref());
 
         // Round trip 2, when there is anything to read: the tails (LINDEX -1) of the counted
@@ -434,6 +448,13 @@ impl QueueProbe {
                     }
                     Some(_) => {}
                 }
+            }
+        }
+        // Last: the messages of the oldest reservations.
+        if !fetched.is_empty() {
+            reads.cmd("HMGET").arg(naming.unacked());
+            for (tag, _) in &fetched {
+                reads.arg(tag);
             }
         }
         let mut second: std::vec::IntoIter<Value> = Vec::new().into_iter();
@@ -569,6 +590,23 @@ impl QueueProbe {
             }
         }
 
+        let messages: Vec<Option<Vec<u8>>> = match (fetched.is_empty(), second.next()) {
+            (false, Some(Value::Array(items))) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::BulkString(b) => Some(b),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let entries: Vec<(Option<&[u8]>, f64)> = fetched
+            .iter()
+            .enumerate()
+            .map(|(i, (_, at))| (messages.get(i).and_then(|m| m.as_deref()), *at))
+            .collect();
+        let (redelivery_risk, at_risk) = reservations::judge(&entries, self.visibility, now_unix);
+
         // Discovery, with at most half of the time left, so that it never costs the probe.
         self.phase.set(Phase::Command("SCAN"));
         let left = (started + self.timeout).saturating_duration_since(Instant::now()) / 2;
@@ -590,6 +628,8 @@ impl QueueProbe {
             discovered: s.walked.is_some(),
             layout: s.layout.clone(),
             consumed,
+            redelivery_risk,
+            at_risk,
         })
     }
 

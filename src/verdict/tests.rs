@@ -226,6 +226,8 @@ mod celery {
             discovered: true,
             layout: Default::default(),
             consumed: false,
+            redelivery_risk: vec![],
+            at_risk: vec![],
         }
     }
 

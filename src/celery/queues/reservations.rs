@@ -1,0 +1,184 @@
+//! Reservations that will be delivered again: read from the oldest entries of kombu's
+//! `unacked` hash (the message, with its ETA) and `unacked_index` (when a worker fetched it).
+//! kombu gives a reservation to a worker again once it is older than the visibility
+//! timeout, acknowledged or not: a task whose ETA lies beyond that, or that has not been
+//! acknowledged by then, runs twice (celery/kombu#337). Pure: the probe reads, this judges.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Reservations inspected at most, the oldest first (`ZRANGE unacked_index 0 N-1`, then
+/// `HMGET unacked` of those): the cost of a probe stays bounded whatever the backlog.
+pub const MAX_INSPECTED: usize = 200;
+/// A reservation older than this share of the visibility timeout is at risk.
+pub const AGE_SHARE: f64 = 0.8;
+/// Reservations at risk listed at most (all are counted).
+const MAX_LISTED: usize = 10;
+
+/// Why a reservation will be delivered again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Risk {
+    /// Its ETA is this long after it was fetched, past the visibility timeout.
+    EtaBeyond(Duration),
+    /// It has been held this long, near the visibility timeout, and not acknowledged.
+    Old(Duration),
+}
+
+/// One reservation at risk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AtRisk {
+    pub queue: String,
+    pub task: Option<String>,
+    pub id: Option<String>,
+    pub risk: Risk,
+    /// When kombu delivers it again, in Unix seconds.
+    pub redelivery_at: f64,
+}
+
+/// The reservations at risk among `entries` (delivery tag's message, if the hash had it,
+/// and when it was fetched, in Unix seconds), as of `now` (Unix seconds): how many per
+/// queue, and the first few.
+pub fn judge(
+    entries: &[(Option<&[u8]>, f64)],
+    visibility: Duration,
+    now: f64,
+) -> (Vec<(String, u64)>, Vec<AtRisk>) {
+    let vt = visibility.as_secs_f64();
+    let mut per_queue: Vec<(String, u64)> = Vec::new();
+    let mut listed = Vec::new();
+    for (message, fetched) in entries {
+        let Some(m) = message.and_then(|m| serde_json::from_slice::<Value>(m).ok()) else {
+            continue;
+        };
+        // [message, exchange, routing_key]
+        let Some(envelope) = m.get(0).filter(|e| e.is_object()) else {
+            continue;
+        };
+        let headers = &envelope["headers"];
+        let queue = m[2]
+            .as_str()
+            .or_else(|| envelope["properties"]["delivery_info"]["routing_key"].as_str())
+            .unwrap_or("unknown");
+        let eta = headers["eta"].as_str().and_then(crate::text::parse_iso8601);
+        let age = now - fetched;
+        // Past the timeout it is orphaned: delivered again already (the orphaned count).
+        if age > vt {
+            continue;
+        }
+        let risk = match eta {
+            Some(eta) if eta - fetched > vt => Risk::EtaBeyond(secs(eta - fetched)),
+            _ if age > AGE_SHARE * vt => Risk::Old(secs(age)),
+            _ => continue,
+        };
+        match per_queue.iter_mut().find(|(q, _)| q == queue) {
+            Some((_, n)) => *n += 1,
+            None => per_queue.push((queue.to_string(), 1)),
+        }
+        if listed.len() < MAX_LISTED {
+            listed.push(AtRisk {
+                queue: queue.to_string(),
+                task: headers["task"].as_str().map(String::from),
+                id: headers["id"].as_str().map(String::from),
+                risk,
+                redelivery_at: fetched + vt,
+            });
+        }
+    }
+    (per_queue, listed)
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> Vec<u8> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/celery/21-unacked-hash-and-index.json"
+        );
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        v["unacked_value_verbatim"]
+            .as_str()
+            .unwrap()
+            .as_bytes()
+            .to_vec()
+    }
+
+    /// The captured reservation with an ETA put in its headers.
+    fn with_eta(eta: &str) -> Vec<u8> {
+        let mut v: Value = serde_json::from_slice(&fixture()).unwrap();
+        v[0]["headers"]["eta"] = Value::String(eta.into());
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn an_eta_beyond_the_visibility_timeout_or_an_old_reservation_is_at_risk() {
+        let hour = Duration::from_secs(3600);
+        let fetched = 1_795_777_000.0;
+        let plain = fixture();
+        // Fetched 10 minutes ago, no ETA: fine.
+        let (q, l) = judge(&[(Some(&plain), fetched)], hour, fetched + 600.0);
+        assert!(q.is_empty() && l.is_empty());
+        // Held past the hour: orphaned, counted elsewhere.
+        let (q, _) = judge(&[(Some(&plain), fetched)], hour, fetched + 3700.0);
+        assert!(q.is_empty());
+        // Held 50 minutes: near the hour.
+        let (q, l) = judge(&[(Some(&plain), fetched)], hour, fetched + 3000.0);
+        assert_eq!(q, [("celery".to_string(), 1)]);
+        assert_eq!(l[0].risk, Risk::Old(Duration::from_secs(3000)));
+        assert_eq!(l[0].task.as_deref(), Some("tasks.sleep"));
+        assert_eq!(
+            l[0].id.as_deref(),
+            Some("e25aa88f-1589-457f-aff3-520c709dd0f1")
+        );
+        assert_eq!(l[0].redelivery_at, fetched + 3600.0);
+        // An ETA 90 minutes after the fetch: delivered again before it runs.
+        let late = with_eta("2026-11-27T20:26:40+00:00");
+        let eta = crate::text::parse_iso8601("2026-11-27T20:26:40+00:00").unwrap();
+        let (q, l) = judge(&[(Some(&late), eta - 5400.0)], hour, eta - 5399.0);
+        assert_eq!(q, [("celery".to_string(), 1)]);
+        assert_eq!(l[0].risk, Risk::EtaBeyond(Duration::from_secs(5400)));
+        // An ETA within the timeout: fine.
+        let (q, _) = judge(&[(Some(&late), eta - 1800.0)], hour, eta - 1799.0);
+        assert!(q.is_empty());
+        // Garbage and a tag whose message is gone are skipped.
+        let (q, _) = judge(
+            &[(Some(b"not json"), 0.0), (None, 0.0), (Some(b"[1]"), 0.0)],
+            hour,
+            3500.0,
+        );
+        assert!(q.is_empty());
+    }
+
+    /// A real reservation of a countdown=30 task with a 10 s visibility timeout.
+    #[test]
+    fn a_real_countdown_past_the_timeout_is_at_risk() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/celery/22-unacked-eta-beyond-visibility.json"
+        );
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let message = v["unacked_value_verbatim"].as_str().unwrap().as_bytes();
+        let fetched = v["unacked_index"][0][1].as_f64().unwrap();
+        let now = v["read_at"].as_f64().unwrap();
+        let ten = Duration::from_secs(10);
+        let (q, l) = judge(&[(Some(message), fetched)], ten, now);
+        assert_eq!(q, [("celery".to_string(), 1)]);
+        let Risk::EtaBeyond(d) = l[0].risk else {
+            panic!("{l:?}");
+        };
+        assert!((29.0..31.0).contains(&d.as_secs_f64()), "{d:?}");
+        assert_eq!(
+            l[0].id.as_deref(),
+            Some("9a81e21a-9583-4cbf-abed-b7eafa9f9849")
+        );
+        // With a timeout of a minute, the same reservation is fine.
+        let (q, _) = judge(&[(Some(message), fetched)], Duration::from_secs(60), now);
+        assert!(q.is_empty());
+    }
+}
