@@ -18,7 +18,9 @@ use crate::text::human;
 use crate::text::show;
 
 mod keys;
+mod lost;
 pub use keys::{EVICTION_WINDOW, Evictions, evictions, results_kept};
+pub use lost::{Fate, LOST_WINDOW, LostTask, fate, lost};
 
 /// A check's health. Ordered: the overall status is the worst (greatest) of all checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

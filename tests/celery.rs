@@ -863,6 +863,71 @@ fn a_countdown_past_the_visibility_timeout_is_reported_before_it_runs_twice() {
     );
 }
 
+/// A worker SIGKILLed while it runs a task: the task is counted lost and named, gone with
+/// the default early ack, coming back (and when) with acks_late.
+#[test]
+fn a_task_running_on_a_killed_worker_is_lost_or_comes_back() {
+    let redis = Redis::start(&[]);
+    for (db, acks_late) in [(1, false), (2, true)] {
+        let url = format!("redis://127.0.0.1:{}/{db}", redis.port);
+        let mut app = vec![("BROKER_URL", url.as_str()), ("VISIBILITY", "60")];
+        if acks_late {
+            app.push(("ACKS_LATE", "1"));
+        }
+        let sidecar = Sidecar::start(&env(&url, &[("SIDECAR_CELERY_VISIBILITY_TIMEOUT", "60s")]));
+        // A prefork pool of one: its task events (task-started) arrive as the task starts.
+        let hostname = format!("lost{db}@test");
+        let mut w = Worker::start(&app, &hostname, &["-c", "1", "-E"]);
+        w.wait_ready();
+        let ids = send(&app, r#"[{"task": "sleep", "args": [60]}]"#);
+        wait_celery(&sidecar, "the task running", |c| {
+            c["details"]["running"]["tasks"] == 1
+        });
+        w.kill();
+        let c = wait_celery(&sidecar, "the task lost", |c| {
+            c["details"]["lost"]
+                .as_array()
+                .is_some_and(|l| !l.is_empty())
+        });
+        let lost = &c["details"]["lost"][0];
+        assert_eq!(lost["id"], ids[0].as_str(), "{c:#}");
+        assert_eq!(lost["name"], "tasks.sleep");
+        assert_eq!(lost["worker"], hostname.as_str());
+        let finding = c["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|w| w.contains("task(s) lost with a worker"))
+            .unwrap_or_else(|| panic!("{c:#}"))
+            .to_string();
+        assert!(
+            finding.contains(&format!("tasks.sleep (id {}) on {hostname}", ids[0])),
+            "{finding}"
+        );
+        if acks_late {
+            assert!(lost["comes_back_at"].is_string(), "{c:#}");
+            assert!(
+                finding.contains("it comes back: still reserved (acks_late)"),
+                "{finding}"
+            );
+        } else {
+            assert!(lost["comes_back_at"].is_null(), "{c:#}");
+            assert!(
+                finding.contains("gone: Celery acknowledged it when it started"),
+                "{finding}"
+            );
+        }
+        assert_eq!(c["details"]["running"]["tasks"], 0);
+        let m = sidecar.get("/metrics").body;
+        assert_eq!(
+            sample(&m, "celery_tasks_lost_total{name=\"tasks.sleep\"}"),
+            Some(1.0),
+            "{m}"
+        );
+    }
+}
+
 #[test]
 fn a_queue_nobody_consumes_is_stalled() {
     let redis = Redis::start(&[]);

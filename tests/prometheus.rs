@@ -258,7 +258,7 @@ fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(loaded.len(), 14, "{rules}");
+    assert_eq!(loaded.len(), 15, "{rules}");
     for r in loaded {
         assert_eq!(r["health"], "ok", "{r}");
     }

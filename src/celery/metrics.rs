@@ -42,6 +42,7 @@ pub struct CeleryMetrics {
     runtime: HistogramVec,
     queue_wait: HistogramVec,
     redelivery_risk: IntGaugeVec,
+    lost: IntCounterVec,
     running_oldest: GaugeVec,
     decode_errors: IntCounterVec,
     events: IntCounter,
@@ -89,6 +90,16 @@ impl CeleryMetrics {
             decode_errors.with_label_values(&[source]);
         }
         Ok(CeleryMetrics {
+            lost: reg(
+                registry,
+                IntCounterVec::new(
+                    opts(
+                        "celery_tasks_lost_total",
+                        "Tasks running on a worker that went down without a warm shutdown (SIGKILL, OOM, a lost host).",
+                    ),
+                    &["name"],
+                )?,
+            )?,
             redelivery_risk: reg(
                 registry,
                 IntGaugeVec::new(
@@ -306,7 +317,15 @@ impl CeleryMetrics {
     pub fn set_running(&self, ages: &[(&str, f64)]) {
         for (name, secs) in ages {
             self.running_oldest.with_label_values(&[name]).set(*secs);
+            // Lost tasks counted from 0 for every name that runs: rate() works from the
+            // first loss.
+            self.lost.with_label_values(&[name]);
         }
+    }
+
+    /// A task lost with its worker.
+    pub fn lost(&self, name: &str) {
+        self.lost.with_label_values(&[name]).inc();
     }
 
     /// A forgotten worker's series go.

@@ -145,6 +145,8 @@ pub struct QueueObservation {
     pub redelivery_risk: Vec<(String, u64)>,
     /// The first of them.
     pub at_risk: Vec<reservations::AtRisk>,
+    /// The task ids of the oldest reservations, with when they were fetched (Unix seconds).
+    pub reserved: Vec<(String, f64)>,
 }
 
 /// A key's tail as last seen.
@@ -590,22 +592,12 @@ impl QueueProbe {
             }
         }
 
-        let messages: Vec<Option<Vec<u8>>> = match (fetched.is_empty(), second.next()) {
-            (false, Some(Value::Array(items))) => items
-                .into_iter()
-                .map(|v| match v {
-                    Value::BulkString(b) => Some(b),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
+        let hmget = if fetched.is_empty() {
+            None
+        } else {
+            second.next()
         };
-        let entries: Vec<(Option<&[u8]>, f64)> = fetched
-            .iter()
-            .enumerate()
-            .map(|(i, (_, at))| (messages.get(i).and_then(|m| m.as_deref()), *at))
-            .collect();
-        let (redelivery_risk, at_risk) = reservations::judge(&entries, self.visibility, now_unix);
+        let held = reservations::read(&fetched, hmget, self.visibility, now_unix);
 
         // Discovery, with at most half of the time left, so that it never costs the probe.
         self.phase.set(Phase::Command("SCAN"));
@@ -628,8 +620,9 @@ impl QueueProbe {
             discovered: s.walked.is_some(),
             layout: s.layout.clone(),
             consumed,
-            redelivery_risk,
-            at_risk,
+            redelivery_risk: held.risk,
+            at_risk: held.at_risk,
+            reserved: held.reserved,
         })
     }
 

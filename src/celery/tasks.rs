@@ -293,6 +293,22 @@ impl TaskBook {
         &self.started_names
     }
 
+    /// Takes the running tasks of `hostname` out: it went down with them.
+    pub fn take_running_on(&mut self, hostname: &str) -> Vec<Running> {
+        let ids: Vec<String> = self
+            .running
+            .values()
+            .filter(|r| r.hostname.as_deref() == Some(hostname))
+            .map(|r| r.id.clone())
+            .collect();
+        let mut taken: Vec<Running> = ids
+            .iter()
+            .filter_map(|id| self.running.remove(id))
+            .collect();
+        taken.sort_by_key(|r| r.since);
+        taken
+    }
+
     /// Forgets the running tasks of a worker that was forgotten.
     pub fn forget_worker(&mut self, hostname: &str) {
         self.running

@@ -7,6 +7,11 @@
 //! alive (after a grace of two heartbeat intervals from each subscription); degraded when
 //! the worker data is stale (subscription down), a queue is stalled, or reservations are
 //! orphaned; healthy otherwise.
+//!
+//! About 620 lines: `judgement` joins the last queue probe and the worker table in one pass
+//! under one lock (workers, running and lost tasks, signs of silent workers at work), in
+//! the order the verdict needs them; the parts that only build documents live in
+//! [`crate::serve::health`].
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,7 +27,7 @@ use crate::config::{CELERY_CHECK, CeleryConfig};
 use crate::redis::failure::Failure;
 use crate::redis::target::{Role, Target};
 use crate::serve::health::{
-    self, CeleryDetails, CeleryFields, CeleryReport, Details, EventsDoc, ReservationsDoc,
+    self, CeleryDetails, CeleryFields, CeleryReport, Details, EventsDoc, LostDoc, ReservationsDoc,
     RunningDoc, RunningTaskDoc, WorkerDoc,
 };
 use crate::serve::history::History;
@@ -30,7 +35,7 @@ use crate::serve::metrics::Metrics;
 use crate::serve::runner::Probe;
 use crate::serve::snapshot::{Report, Reports, Snapshot, Status};
 use crate::text::human;
-use crate::verdict::{self, Cause, Consuming, Long, Seen};
+use crate::verdict::{self, Cause, Consuming, Long, LostTask, Seen};
 
 /// Work seen done (a queue's front taken, task events from a worker not heard by
 /// heartbeat) within this long counts as workers consuming.
@@ -80,7 +85,12 @@ pub struct CeleryCheck {
     recorded: Option<Instant>,
     /// When a queue probe last saw a queue's front taken (or a queue get shorter).
     last_consumed: Option<Instant>,
+    /// Tasks lost with their worker, newest first (at most `MAX_LOST`), and when.
+    lost: std::collections::VecDeque<(Instant, LostTask)>,
 }
+
+/// Lost tasks remembered at most.
+const MAX_LOST: usize = 20;
 
 /// What the event subscriber hears, as the check reads it: the worker table and task book,
 /// and the signal that a worker came or went.
@@ -128,6 +138,7 @@ impl CeleryCheck {
             history,
             recorded: None,
             last_consumed: None,
+            lost: std::collections::VecDeque::new(),
         }
     }
 
@@ -219,6 +230,8 @@ impl CeleryCheck {
         // judgement, then a count: a flood of hostnames must not flood the log).
         let mut logged = 0;
         let mut unlogged = 0;
+        // Workers that went down without a warm shutdown: their running tasks are lost.
+        let mut went_down: Vec<String> = Vec::new();
         for w in workers.sorted() {
             let is_up = is_up(w);
             if is_up == self.up.contains(&w.hostname) {
@@ -237,6 +250,9 @@ impl CeleryCheck {
                 }
             });
             // Every change is kept in the history (bounded there); the log gets a few.
+            if !is_up && !w.offline {
+                went_down.push(w.hostname.clone());
+            }
             let first = self.known.insert(w.hostname.clone());
             self.history
                 .worker(&w.hostname, is_up, first, why.clone(), SystemTime::now());
@@ -262,6 +278,25 @@ impl CeleryCheck {
                     "Celery worker {} is down: {why}",
                     w.hostname
                 ),
+            }
+        }
+        let reserved = run
+            .result
+            .as_ref()
+            .map_or(&[][..], |o| o.reserved.as_slice());
+        for host in &went_down {
+            for r in shared.book.running(|h| h == Some(host.as_str())) {
+                metrics.celery.lost(&r.name);
+                let task = LostTask {
+                    id: r.id.clone(),
+                    name: r.name.clone(),
+                    worker: host.clone(),
+                    ago: Duration::ZERO,
+                    fate: verdict::fate(&r.id, reserved, self.config.visibility_timeout),
+                };
+                tracing::warn!(worker = %host, task = %r.name, "a task was lost with its worker: {} (id {})", r.name, r.id);
+                self.lost.push_front((now, task));
+                self.lost.truncate(MAX_LOST);
             }
         }
         if unlogged > 0 {
@@ -370,7 +405,7 @@ impl CeleryCheck {
                     )
                 })
             });
-        let judged = verdict::celery(
+        let mut judged = verdict::celery(
             &self.config,
             &self.endpoint,
             self.slo,
@@ -378,6 +413,18 @@ impl CeleryCheck {
             &run.result,
             &seen,
         );
+        let lost: Vec<LostTask> = self
+            .lost
+            .iter()
+            .map(|(at, t)| LostTask {
+                ago: now.saturating_duration_since(*at),
+                ..t.clone()
+            })
+            .collect();
+        if let Some(f) = verdict::lost(&lost) {
+            judged.findings.push(f);
+            judged.status = judged.status.max(Status::Degraded);
+        }
         let events = EventsDoc {
             subscribed: sub.up,
             since_seconds: sub.since.map(|t| round1(now.saturating_duration_since(t))),
@@ -388,6 +435,10 @@ impl CeleryCheck {
             reconnects: sub.connects.saturating_sub(1),
             tasks_remembered: shared.book.remembered(),
         };
+        // The lost tasks run no more.
+        for host in &went_down {
+            shared.book.take_running_on(host);
+        }
         drop(shared);
 
         let mut fields = CeleryFields {
@@ -404,6 +455,7 @@ impl CeleryCheck {
                 tasks: running_count,
                 oldest,
             },
+            lost: lost.iter().map(LostDoc::of).collect(),
             reservations: None,
             queues_left_out: None,
             kombu: None,

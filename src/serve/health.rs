@@ -72,6 +72,8 @@ pub struct CeleryReport {
 pub struct CeleryDetails {
     pub events: EventsDoc,
     pub running: RunningDoc,
+    /// Tasks lost with their worker, newest first (the last 20).
+    pub lost: Vec<LostDoc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reservations: Option<ReservationsDoc>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,6 +109,36 @@ pub struct RunningTaskDoc {
     pub id: String,
     pub worker: Option<String>,
     pub running_seconds: f64,
+}
+
+/// A task lost with its worker.
+#[derive(Debug, Clone, Serialize)]
+pub struct LostDoc {
+    pub id: String,
+    pub name: String,
+    pub worker: String,
+    pub seconds_ago: f64,
+    /// When kombu delivers it again (acks_late), or `null`: gone.
+    pub comes_back_at: Option<String>,
+}
+
+impl LostDoc {
+    pub fn of(t: &crate::verdict::LostTask) -> LostDoc {
+        use crate::verdict::Fate;
+        LostDoc {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            worker: t.worker.clone(),
+            seconds_ago: round1(t.ago),
+            comes_back_at: match t.fate {
+                Fate::Gone => None,
+                Fate::ComesBack(at) => Some(crate::text::rfc3339(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::try_from_secs_f64(at.max(0.0)).unwrap_or_default(),
+                )),
+            },
+        }
+    }
 }
 
 /// The unacked reservations.

@@ -228,6 +228,7 @@ mod celery {
             consumed: false,
             redelivery_risk: vec![],
             at_risk: vec![],
+            reserved: vec![],
         }
     }
 

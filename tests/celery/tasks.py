@@ -3,7 +3,7 @@
 Configured from the environment by the Rust tests (tests/support/mod.rs):
 BROKER_URL, and kombu's transport options KEYPREFIX (global_keyprefix), SEP, STEPS
 (priority_steps), QUEUE_ORDER (queue_order_strategy), VISIBILITY (visibility_timeout), plus
-PREFETCH (worker_prefetch_multiplier), RESULT_BACKEND and RESULT_EXPIRES. Set as Celery's Redis broker documentation shows them.
+PREFETCH (worker_prefetch_multiplier), RESULT_BACKEND, RESULT_EXPIRES and ACKS_LATE. Set as Celery's Redis broker documentation shows them.
 """
 
 import os
@@ -35,6 +35,9 @@ if os.environ.get("RESULT_BACKEND"):
     app.conf.result_backend = os.environ["RESULT_BACKEND"]
 if os.environ.get("RESULT_EXPIRES") == "none":
     app.conf.result_expires = None
+# ACKS_LATE=1: acknowledge after the task ran (task_acks_late), as Celery's docs show it.
+if os.environ.get("ACKS_LATE"):
+    app.conf.task_acks_late = True
 
 
 @app.task

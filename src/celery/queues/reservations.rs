@@ -36,6 +36,59 @@ pub struct AtRisk {
     pub redelivery_at: f64,
 }
 
+/// What the probe read of the oldest reservations: `fetched` (delivery tag, when fetched)
+/// and the `HMGET unacked` reply of those tags: the reservations at risk per queue, the
+/// first of them, and every task id with when it was fetched.
+pub fn read(
+    fetched: &[(Vec<u8>, f64)],
+    hmget: Option<redis::Value>,
+    visibility: Duration,
+    now: f64,
+) -> Reservations {
+    let messages: Vec<Option<Vec<u8>>> = match hmget {
+        Some(redis::Value::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                redis::Value::BulkString(b) => Some(b),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let entries: Vec<(Option<&[u8]>, f64)> = fetched
+        .iter()
+        .enumerate()
+        .map(|(i, (_, at))| (messages.get(i).and_then(|m| m.as_deref()), *at))
+        .collect();
+    let (risk, at_risk) = judge(&entries, visibility, now);
+    Reservations {
+        risk,
+        at_risk,
+        reserved: ids(&entries),
+    }
+}
+
+/// What [`read`] found.
+pub struct Reservations {
+    /// Reservations at risk, per queue.
+    pub risk: Vec<(String, u64)>,
+    /// The first of them.
+    pub at_risk: Vec<AtRisk>,
+    /// Every task id, with when it was fetched.
+    pub reserved: Vec<(String, f64)>,
+}
+
+/// The task id of each reservation whose message says one, with when it was fetched.
+pub fn ids(entries: &[(Option<&[u8]>, f64)]) -> Vec<(String, f64)> {
+    entries
+        .iter()
+        .filter_map(|(m, fetched)| {
+            let v: Value = serde_json::from_slice((*m)?).ok()?;
+            Some((v[0]["headers"]["id"].as_str()?.to_string(), *fetched))
+        })
+        .collect()
+}
+
 /// The reservations at risk among `entries` (delivery tag's message, if the hash had it,
 /// and when it was fetched, in Unix seconds), as of `now` (Unix seconds): how many per
 /// queue, and the first few.
@@ -180,5 +233,29 @@ mod tests {
         // With a timeout of a minute, the same reservation is fine.
         let (q, _) = judge(&[(Some(message), fetched)], Duration::from_secs(60), now);
         assert!(q.is_empty());
+    }
+
+    /// An acks_late task on a worker SIGKILLed while it ran: its reservation stays, with
+    /// its task id, which is how a lost task is known to come back.
+    #[test]
+    fn a_killed_workers_acks_late_task_is_still_reserved() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/celery/23-acks-late-task-on-a-killed-worker.json"
+        );
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let message = v["unacked"].as_object().unwrap().values().next().unwrap();
+        let fetched = v["unacked_index"][0][1].as_f64().unwrap();
+        let reserved = ids(&[(Some(message.as_str().unwrap().as_bytes()), fetched)]);
+        assert_eq!(
+            reserved,
+            [("f6348017-7909-4e64-8fee-b318d76a5917".to_string(), fetched)]
+        );
+        let heard = v["events_heard_in_order"].as_array().unwrap();
+        assert!(
+            !heard
+                .iter()
+                .any(|e| e.as_str().unwrap().starts_with("worker-offline"))
+        );
     }
 }

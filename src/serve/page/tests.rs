@@ -46,6 +46,7 @@ fn celery_details() -> Details {
                 tasks: 0,
                 oldest: vec![],
             },
+            lost: vec![],
             reservations: None,
             queues_left_out: None,
             kombu: None,
