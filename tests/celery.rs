@@ -35,6 +35,16 @@ fn wait_celery(sidecar: &Sidecar, what: &str, ok: impl Fn(&Value) -> bool) -> Va
     }
 }
 
+/// The check's first warning that contains `part`.
+fn warning(c: &Value, part: &str) -> Option<String> {
+    c["warnings"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|w| w.contains(part))
+        .map(String::from)
+}
+
 fn worker<'a>(c: &'a Value, hostname: &str) -> &'a Value {
     c["workers"]
         .as_array()
@@ -561,14 +571,7 @@ fn an_evicting_broker_is_a_finding() {
     });
     let broker = |s: &Sidecar| s.get("/healthz").json()["checks"]["redis:broker"].clone();
     // Degraded already, by the policy (an allkeys-* broker), but nothing evicted yet.
-    let evicted = |b: &Value| -> Option<String> {
-        b["warnings"]
-            .as_array()?
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|w| w.contains("key(s) evicted from the Celery broker"))
-            .map(String::from)
-    };
+    let evicted = |b: &Value| warning(b, "key(s) evicted from the Celery broker");
     let before = broker(&sidecar);
     assert_eq!(evicted(&before), None, "{before:#}");
     // The cache's keys fill the memory: Redis evicts, the queue among them.
@@ -817,14 +820,7 @@ fn a_countdown_past_the_visibility_timeout_is_reported_before_it_runs_twice() {
     let w = Worker::start(&app, "eta@test", &["-P", "solo"]);
     w.wait_ready();
     wait_celery(&sidecar, "the worker alive", |c| c["workers_alive"] == 1);
-    let risky = |c: &Value| -> Option<String> {
-        c["warnings"]
-            .as_array()?
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|w| w.contains("delivers it again"))
-            .map(String::from)
-    };
+    let risky = |c: &Value| warning(c, "delivers it again");
     // Within the timeout: reserved, run at its ETA, acknowledged; never at risk.
     send(&app, r#"[{"task": "add", "args": [1, 1], "countdown": 5}]"#);
     let until = Instant::now() + Duration::from_secs(8);
@@ -893,14 +889,7 @@ fn a_task_running_on_a_killed_worker_is_lost_or_comes_back() {
         assert_eq!(lost["id"], ids[0].as_str(), "{c:#}");
         assert_eq!(lost["name"], "tasks.sleep");
         assert_eq!(lost["worker"], hostname.as_str());
-        let finding = c["warnings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|w| w.contains("task(s) lost with a worker"))
-            .unwrap_or_else(|| panic!("{c:#}"))
-            .to_string();
+        let finding = warning(&c, "task(s) lost with a worker").unwrap_or_else(|| panic!("{c:#}"));
         assert!(
             finding.contains(&format!("tasks.sleep (id {}) on {hostname}", ids[0])),
             "{finding}"
@@ -937,16 +926,7 @@ fn a_queue_nobody_consumes_is_stalled() {
     let w = Worker::start(&app, "w6@test", &["-P", "solo", "-Q", "emails"]);
     w.wait_ready();
     send(&app, r#"[{"task": "add", "args": [1, 1]}]"#);
-    let stalled = |c: &Value| {
-        c["warnings"]
-            .as_array()
-            .and_then(|ws| {
-                ws.iter()
-                    .filter_map(Value::as_str)
-                    .find(|w| w.contains("stalled"))
-            })
-            .map(str::to_string)
-    };
+    let stalled = |c: &Value| warning(c, "stalled");
     let c = wait_celery(&sidecar, "celery stalled", |c| stalled(c).is_some());
     assert_eq!(c["status"], "degraded");
     let warning = stalled(&c).unwrap();
@@ -1008,13 +988,8 @@ fn a_killed_prefetching_worker_leaves_orphaned_reservations() {
             .unwrap()
             >= 2.0
     );
-    let warning = c["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .find(|w| w.contains("older than the visibility timeout"))
-        .unwrap_or_else(|| panic!("{c:#}"));
+    let warning =
+        warning(&c, "older than the visibility timeout").unwrap_or_else(|| panic!("{c:#}"));
     assert!(warning.contains("(2.0s)"), "{warning}");
     let m = sidecar
         .scrape_when(

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use crate::serve::health::round3;
 use crate::serve::history::{self, Event, Point, Subject, View};
 use crate::text::rfc3339;
 
@@ -50,10 +51,6 @@ fn series(points: &[Point]) -> Series {
         .iter()
         .map(|p| (p.at as f64 / 1e3, p.value.map(round3)))
         .collect()
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 /// The `/api/history` document.

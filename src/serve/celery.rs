@@ -28,7 +28,7 @@ use crate::redis::failure::Failure;
 use crate::redis::target::{Role, Target};
 use crate::serve::health::{
     self, CeleryDetails, CeleryFields, CeleryReport, Details, EventsDoc, LostDoc, ReservationsDoc,
-    RunningDoc, RunningTaskDoc, WorkerDoc,
+    RunningDoc, RunningTaskDoc, WorkerDoc, round1,
 };
 use crate::serve::history::History;
 use crate::serve::metrics::Metrics;
@@ -613,8 +613,4 @@ fn judge_ticks(first: Duration) -> tokio::time::Interval {
     let mut tick = tokio::time::interval_at(Instant::now() + first, JUDGE_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick
-}
-
-fn round1(d: Duration) -> f64 {
-    (d.as_secs_f64() * 10.0).round() / 10.0
 }

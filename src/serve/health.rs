@@ -287,6 +287,12 @@ pub fn layout_doc(l: &Layout) -> LayoutDoc {
     }
 }
 
-fn round1(d: std::time::Duration) -> f64 {
+/// Seconds to one decimal, as the documents show ages.
+pub fn round1(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 10.0).round() / 10.0
+}
+
+/// Three decimals, as the documents show milliseconds and seconds.
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::redis::failure::Failure;
-use crate::serve::health::{CheckDoc, Details};
+use crate::serve::health::{CheckDoc, Details, round3};
 use crate::text::rfc3339;
 use crate::verdict::Finding;
 pub use crate::verdict::Status;
@@ -256,10 +256,6 @@ fn check_json(check: &Check, report: Option<&Report>, verdict: &Verdict) -> Valu
         celery: details.celery_fields(),
     };
     serde_json::to_value(doc).expect("a check's document serializes")
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 #[cfg(test)]

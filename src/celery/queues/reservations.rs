@@ -60,12 +60,7 @@ pub fn read(
         .enumerate()
         .map(|(i, (_, at))| (messages.get(i).and_then(|m| m.as_deref()), *at))
         .collect();
-    let (risk, at_risk) = judge(&entries, visibility, now);
-    Reservations {
-        risk,
-        at_risk,
-        reserved: ids(&entries),
-    }
+    judge(&entries, visibility, now)
 }
 
 /// What [`read`] found.
@@ -78,28 +73,14 @@ pub struct Reservations {
     pub reserved: Vec<(String, f64)>,
 }
 
-/// The task id of each reservation whose message says one, with when it was fetched.
-pub fn ids(entries: &[(Option<&[u8]>, f64)]) -> Vec<(String, f64)> {
-    entries
-        .iter()
-        .filter_map(|(m, fetched)| {
-            let v: Value = serde_json::from_slice((*m)?).ok()?;
-            Some((v[0]["headers"]["id"].as_str()?.to_string(), *fetched))
-        })
-        .collect()
-}
-
-/// The reservations at risk among `entries` (delivery tag's message, if the hash had it,
-/// and when it was fetched, in Unix seconds), as of `now` (Unix seconds): how many per
-/// queue, and the first few.
-pub fn judge(
-    entries: &[(Option<&[u8]>, f64)],
-    visibility: Duration,
-    now: f64,
-) -> (Vec<(String, u64)>, Vec<AtRisk>) {
+/// The reservations among `entries` (delivery tag's message, if the hash had it, and when
+/// it was fetched, in Unix seconds), each message parsed once, as of `now` (Unix
+/// seconds): those at risk (how many per queue, and the first few) and every task id.
+pub fn judge(entries: &[(Option<&[u8]>, f64)], visibility: Duration, now: f64) -> Reservations {
     let vt = visibility.as_secs_f64();
     let mut per_queue: Vec<(String, u64)> = Vec::new();
     let mut listed = Vec::new();
+    let mut reserved = Vec::new();
     for (message, fetched) in entries {
         let Some(m) = message.and_then(|m| serde_json::from_slice::<Value>(m).ok()) else {
             continue;
@@ -109,6 +90,9 @@ pub fn judge(
             continue;
         };
         let headers = &envelope["headers"];
+        if let Some(id) = headers["id"].as_str() {
+            reserved.push((id.to_string(), *fetched));
+        }
         let queue = m[2]
             .as_str()
             .or_else(|| envelope["properties"]["delivery_info"]["routing_key"].as_str())
@@ -138,7 +122,11 @@ pub fn judge(
             });
         }
     }
-    (per_queue, listed)
+    Reservations {
+        risk: per_queue,
+        at_risk: listed,
+        reserved,
+    }
 }
 
 fn secs(s: f64) -> Duration {
@@ -175,13 +163,22 @@ mod tests {
         let fetched = 1_795_777_000.0;
         let plain = fixture();
         // Fetched 10 minutes ago, no ETA: fine.
-        let (q, l) = judge(&[(Some(&plain), fetched)], hour, fetched + 600.0);
+        let Reservations {
+            risk: q,
+            at_risk: l,
+            ..
+        } = judge(&[(Some(&plain), fetched)], hour, fetched + 600.0);
         assert!(q.is_empty() && l.is_empty());
         // Held past the hour: orphaned, counted elsewhere.
-        let (q, _) = judge(&[(Some(&plain), fetched)], hour, fetched + 3700.0);
+        let Reservations { risk: q, .. } =
+            judge(&[(Some(&plain), fetched)], hour, fetched + 3700.0);
         assert!(q.is_empty());
         // Held 50 minutes: near the hour.
-        let (q, l) = judge(&[(Some(&plain), fetched)], hour, fetched + 3000.0);
+        let Reservations {
+            risk: q,
+            at_risk: l,
+            ..
+        } = judge(&[(Some(&plain), fetched)], hour, fetched + 3000.0);
         assert_eq!(q, [("celery".to_string(), 1)]);
         assert_eq!(l[0].risk, Risk::Old(Duration::from_secs(3000)));
         assert_eq!(l[0].task.as_deref(), Some("tasks.sleep"));
@@ -193,14 +190,19 @@ mod tests {
         // An ETA 90 minutes after the fetch: delivered again before it runs.
         let late = with_eta("2026-11-27T20:26:40+00:00");
         let eta = crate::text::parse_iso8601("2026-11-27T20:26:40+00:00").unwrap();
-        let (q, l) = judge(&[(Some(&late), eta - 5400.0)], hour, eta - 5399.0);
+        let Reservations {
+            risk: q,
+            at_risk: l,
+            ..
+        } = judge(&[(Some(&late), eta - 5400.0)], hour, eta - 5399.0);
         assert_eq!(q, [("celery".to_string(), 1)]);
         assert_eq!(l[0].risk, Risk::EtaBeyond(Duration::from_secs(5400)));
         // An ETA within the timeout: fine.
-        let (q, _) = judge(&[(Some(&late), eta - 1800.0)], hour, eta - 1799.0);
+        let Reservations { risk: q, .. } =
+            judge(&[(Some(&late), eta - 1800.0)], hour, eta - 1799.0);
         assert!(q.is_empty());
         // Garbage and a tag whose message is gone are skipped.
-        let (q, _) = judge(
+        let Reservations { risk: q, .. } = judge(
             &[(Some(b"not json"), 0.0), (None, 0.0), (Some(b"[1]"), 0.0)],
             hour,
             3500.0,
@@ -220,7 +222,11 @@ mod tests {
         let fetched = v["unacked_index"][0][1].as_f64().unwrap();
         let now = v["read_at"].as_f64().unwrap();
         let ten = Duration::from_secs(10);
-        let (q, l) = judge(&[(Some(message), fetched)], ten, now);
+        let Reservations {
+            risk: q,
+            at_risk: l,
+            ..
+        } = judge(&[(Some(message), fetched)], ten, now);
         assert_eq!(q, [("celery".to_string(), 1)]);
         let Risk::EtaBeyond(d) = l[0].risk else {
             panic!("{l:?}");
@@ -231,7 +237,8 @@ mod tests {
             Some("9a81e21a-9583-4cbf-abed-b7eafa9f9849")
         );
         // With a timeout of a minute, the same reservation is fine.
-        let (q, _) = judge(&[(Some(message), fetched)], Duration::from_secs(60), now);
+        let Reservations { risk: q, .. } =
+            judge(&[(Some(message), fetched)], Duration::from_secs(60), now);
         assert!(q.is_empty());
     }
 
@@ -246,7 +253,13 @@ mod tests {
         let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let message = v["unacked"].as_object().unwrap().values().next().unwrap();
         let fetched = v["unacked_index"][0][1].as_f64().unwrap();
-        let reserved = ids(&[(Some(message.as_str().unwrap().as_bytes()), fetched)]);
+        let bytes = message.as_str().unwrap().as_bytes();
+        let reserved = judge(
+            &[(Some(bytes), fetched)],
+            Duration::from_secs(3600),
+            fetched,
+        )
+        .reserved;
         assert_eq!(
             reserved,
             [("f6348017-7909-4e64-8fee-b318d76a5917".to_string(), fetched)]
