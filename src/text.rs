@@ -113,6 +113,18 @@ pub fn parse_iso8601(text: &str) -> Option<f64> {
     Some(secs - offset)
 }
 
+/// Seconds since the Unix epoch of `t` (0 before it).
+pub fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> f64 {
+    unix_secs(SystemTime::now())
+}
+
 /// `2026-11-27T10:00:00.123Z`: UTC with milliseconds, as `/healthz` and the JSON logs write
 /// times.
 pub fn rfc3339(t: SystemTime) -> String {

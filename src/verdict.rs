@@ -17,8 +17,10 @@ use crate::redis::target::Role;
 use crate::text::human;
 use crate::text::show;
 
+mod beat;
 mod keys;
 mod lost;
+pub use beat::beat;
 pub use keys::{EVICTION_WINDOW, Evictions, evictions, results_kept};
 pub use lost::{Fate, LOST_WINDOW, LostTask, fate, lost};
 

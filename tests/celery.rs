@@ -9,59 +9,16 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use support::{FAST, Redis, Sidecar, Worker, redis_command, sample, send, wait_for};
-
-/// The sidecar's celery check, from /healthz.
-fn celery(sidecar: &Sidecar) -> Value {
-    sidecar.get("/healthz").json()["checks"]["celery"].clone()
-}
-
-/// Polls the celery check until `ok` holds; returns it.
-fn wait_celery(sidecar: &Sidecar, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for(what, Duration::from_secs(40), || {
-            let c = celery(sidecar);
-            last = c.clone();
-            ok(&c).then_some(c)
-        })
-    }));
-    match found {
-        Ok(c) => c,
-        Err(_) => panic!(
-            "timed out waiting for {what}; last celery check:\n{last:#}\nlogs:\n{}",
-            sidecar.logs()
-        ),
-    }
-}
-
-/// The check's first warning that contains `part`.
-fn warning(c: &Value, part: &str) -> Option<String> {
-    c["warnings"]
-        .as_array()?
-        .iter()
-        .filter_map(Value::as_str)
-        .find(|w| w.contains(part))
-        .map(String::from)
-}
+use support::{
+    Redis, Sidecar, Worker, celery, env, redis_command, sample, send, wait_celery, wait_for,
+    warning,
+};
 
 fn worker<'a>(c: &'a Value, hostname: &str) -> &'a Value {
     c["workers"]
         .as_array()
         .and_then(|ws| ws.iter().find(|w| w["hostname"] == hostname))
         .unwrap_or_else(|| panic!("no worker {hostname} in {c:#}"))
-}
-
-/// The sidecar's environment: fast probes plus `extra`.
-fn env<'a>(url: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    let mut v: Vec<(&str, &str)> = FAST
-        .iter()
-        .copied()
-        .filter(|(k, _)| *k != "SIDECAR_CELERY_MIN_WORKERS")
-        .collect();
-    v.push(("CELERY_BROKER_URL", url));
-    v.extend_from_slice(extra);
-    v
 }
 
 #[test]

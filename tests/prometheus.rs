@@ -139,6 +139,8 @@ fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
         .filter(|(k, _)| *k != "SIDECAR_CELERY_MIN_WORKERS")
         .collect();
     env.push(("REDIS_URL", &url));
+    // A periodic task declared, heard from the tasks sent below: the beat panel's series.
+    env.push(("SIDECAR_CELERY_BEAT_EXPECT", "tasks.add:1m"));
     let sidecar = Sidecar::start(&env);
     let prometheus = Prometheus::start(sidecar.addr);
 
@@ -258,7 +260,7 @@ fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(loaded.len(), 15, "{rules}");
+    assert_eq!(loaded.len(), 16, "{rules}");
     for r in loaded {
         assert_eq!(r["health"], "ok", "{r}");
     }

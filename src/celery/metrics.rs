@@ -6,6 +6,8 @@ use prometheus::{
     Registry,
 };
 
+use std::sync::{Mutex, PoisonError};
+
 use super::event::TaskKind;
 use super::queues::QueueObservation;
 use super::tasks::Count;
@@ -44,6 +46,10 @@ pub struct CeleryMetrics {
     redelivery_risk: IntGaugeVec,
     lost: IntCounterVec,
     running_oldest: GaugeVec,
+    beat_last_run: GaugeVec,
+    beat_overdue: GaugeVec,
+    /// The periodic tasks with series.
+    beat_shown: Mutex<Vec<String>>,
     decode_errors: IntCounterVec,
     events: IntCounter,
     subscribed: IntGauge,
@@ -121,6 +127,27 @@ impl CeleryMetrics {
                     q,
                 )?,
             )?,
+            beat_last_run: reg(
+                registry,
+                GaugeVec::new(
+                    opts(
+                        "celery_beat_last_run_timestamp_seconds",
+                        "When the periodic task last ran, in Unix seconds: RedBeat's last_run_at, or its last task event heard (SIDECAR_CELERY_BEAT_EXPECT).",
+                    ),
+                    &["name"],
+                )?,
+            )?,
+            beat_overdue: reg(
+                registry,
+                GaugeVec::new(
+                    opts(
+                        "celery_beat_overdue_seconds",
+                        "How long the periodic task is overdue: past twice its interval since it last ran (0 while on time).",
+                    ),
+                    &["name"],
+                )?,
+            )?,
+            beat_shown: Mutex::new(Vec::new()),
             running_oldest: reg(
                 registry,
                 GaugeVec::new(
@@ -320,6 +347,30 @@ impl CeleryMetrics {
             // Lost tasks counted from 0 for every name that runs: rate() works from the
             // first loss.
             self.lost.with_label_values(&[name]);
+        }
+    }
+
+    /// Beat's periodic tasks at a judgement: (name, when it last ran if known, seconds
+    /// overdue); the series of tasks no longer listed go.
+    pub fn set_beat(&self, tasks: &[(&str, Option<f64>, f64)]) {
+        let mut shown = self
+            .beat_shown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for old in shown.iter().filter(|o| !tasks.iter().any(|(n, ..)| n == o)) {
+            let _ = self.beat_last_run.remove_label_values(&[old]);
+            let _ = self.beat_overdue.remove_label_values(&[old]);
+        }
+        shown.clear();
+        for (name, last, overdue) in tasks {
+            match last {
+                Some(t) => self.beat_last_run.with_label_values(&[name]).set(*t),
+                None => {
+                    let _ = self.beat_last_run.remove_label_values(&[name]);
+                }
+            }
+            self.beat_overdue.with_label_values(&[name]).set(*overdue);
+            shown.push((*name).to_string());
         }
     }
 

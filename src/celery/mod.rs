@@ -11,10 +11,12 @@
 //!
 //! The `celery` check that runs them is the server's (`crate::serve::celery`).
 
+pub mod beat;
 pub mod event;
 pub mod kombu;
 pub mod metrics;
 pub mod queues;
+pub mod reply;
 pub mod subscriber;
 pub mod tasks;
 pub mod workers;
@@ -42,6 +44,8 @@ pub struct Shared {
     /// a worker with `--without-heartbeat` sends no worker event, but `-E` still tells its
     /// name with each task. At most `MAX_WORKING`.
     pub working: Vec<(String, Instant)>,
+    /// The periodic tasks declared, and when each was last heard.
+    pub beat: beat::Expected,
 }
 
 /// Workers remembered from their task events at most.
@@ -76,6 +80,7 @@ impl Shared {
             naming,
             heard: Vec::new(),
             working: Vec::new(),
+            beat: beat::Expected::new(c.beat_expect.clone(), crate::text::unix_now()),
         }
     }
 

@@ -36,7 +36,7 @@
 //! function so that the order reads top to bottom; discovery and the cap live beside it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
+
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,6 +44,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 use tokio::time::Instant;
 
+use super::beat::{Beat, RedBeat};
 use super::kombu::{self, DEFAULT_SEP, DecodeError, Naming};
 use crate::redis::failure::{Failure, Phase, PhaseCell};
 use crate::redis::pool::TargetPool;
@@ -54,6 +55,8 @@ use tracing::Instrument;
 mod choose;
 mod discovery;
 pub mod reservations;
+
+use super::reply::{as_f64, as_u64, bit, fatal, fingerprint};
 
 pub use choose::choose;
 use choose::watch;
@@ -147,6 +150,8 @@ pub struct QueueObservation {
     pub at_risk: Vec<reservations::AtRisk>,
     /// The task ids of the oldest reservations, with when they were fetched (Unix seconds).
     pub reserved: Vec<(String, f64)>,
+    /// RedBeat's schedule, when the broker holds one.
+    pub beat: Option<Beat>,
 }
 
 /// A key's tail as last seen.
@@ -224,6 +229,7 @@ pub struct QueueProbe {
     prefix_set: bool,
     sep_set: bool,
     visibility: Duration,
+    redbeat: RedBeat,
     timeout: Duration,
     state: Mutex<State>,
     phase: PhaseCell,
@@ -266,6 +272,7 @@ impl QueueProbe {
             prefix_set: c.keyprefix.is_some(),
             sep_set: c.sep.is_some(),
             visibility: c.visibility_timeout,
+            redbeat: RedBeat::new(&c.redbeat_prefix),
             timeout,
             state: Mutex::new(State {
                 watched: known.keys().cloned().collect(),
@@ -367,7 +374,10 @@ impl QueueProbe {
             .arg(naming.unacked_index())
             .arg("-inf")
             .arg(now_unix - self.visibility.as_secs_f64());
-        let (mut conn, replies, round_trip): (_, Vec<Value>, _) = self
+        // Last, RedBeat's schedule and lock (three commands, whose refusal is not the
+        // probe's: beat is watched when it can be).
+        self.redbeat.ask_schedule(&mut depths);
+        let (mut conn, mut replies, round_trip): (_, Vec<Value>, _) = self
             .pool
             .first(
                 started,
@@ -378,6 +388,7 @@ impl QueueProbe {
             )
             .await?;
         drop(depths);
+        let redbeat_replies = replies.split_off(replies.len().saturating_sub(3));
         // A refusal that is not about one key (NOPERM, LOADING...) is the probe's failure.
         if let Some(e) = replies.iter().find_map(fatal) {
             return Err(Failure::from_redis(&e, target));
@@ -431,6 +442,7 @@ impl QueueProbe {
             .first()
             .and_then(|(_, at)| Duration::try_from_secs_f64(now_unix - at).ok());
         let orphaned = as_u64(replies.next().as_ref());
+        let schedule = self.redbeat.read_schedule(&mut redbeat_replies.into_iter());
 
         // Round trip 2, when there is anything to read: the tails (LINDEX -1) of the counted
         // keys holding messages, and LLEN and tail of the keys the EXISTS found.
@@ -458,6 +470,9 @@ impl QueueProbe {
             for (tag, _) in &fetched {
                 reads.arg(tag);
             }
+        }
+        if let Some(schedule) = &schedule {
+            RedBeat::ask_entries(schedule, &mut reads);
         }
         let mut second: std::vec::IntoIter<Value> = Vec::new().into_iter();
         if !reads.is_empty() {
@@ -598,6 +613,7 @@ impl QueueProbe {
             second.next()
         };
         let held = reservations::read(&fetched, hmget, self.visibility, now_unix);
+        let beat = schedule.map(|schedule| self.redbeat.read(schedule, &mut second));
 
         // Discovery, with at most half of the time left, so that it never costs the probe.
         self.phase.set(Phase::Command("SCAN"));
@@ -623,6 +639,7 @@ impl QueueProbe {
             redelivery_risk: held.risk,
             at_risk: held.at_risk,
             reserved: held.reserved,
+            beat,
         })
     }
 
@@ -640,14 +657,6 @@ impl QueueProbe {
     }
 }
 
-/// A server error in a pipeline reply that is not about one key's type.
-fn fatal(v: &Value) -> Option<RedisError> {
-    match v {
-        Value::ServerError(e) if e.code() != "WRONGTYPE" => Some(RedisError::from(e.clone())),
-        _ => None,
-    }
-}
-
 /// The key prefixes whose workers were heard within `HEARD_WITHIN`, sorted.
 fn live_prefixes(heard: &[(Vec<u8>, Instant)]) -> Vec<Vec<u8>> {
     let mut live: Vec<Vec<u8>> = heard
@@ -657,34 +666,6 @@ fn live_prefixes(heard: &[(Vec<u8>, Instant)]) -> Vec<Vec<u8>> {
         .collect();
     live.sort();
     live
-}
-
-/// Bit `i` of a queue's key mask (the last bit stands for every key past 63).
-fn bit(mask: u64, i: usize) -> bool {
-    mask & (1 << i.min(63)) != 0
-}
-
-fn fingerprint(bytes: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
-}
-
-fn as_u64(v: Option<&Value>) -> u64 {
-    match v {
-        Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
-        _ => 0,
-    }
-}
-
-fn as_f64(v: &Value) -> Option<f64> {
-    let x = match v {
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok()?,
-        Value::Double(d) => *d,
-        Value::Int(n) => *n as f64,
-        _ => return None,
-    };
-    x.is_finite().then_some(x)
 }
 
 #[cfg(test)]

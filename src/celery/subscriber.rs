@@ -329,6 +329,7 @@ impl Subscriber {
                         shared.working(h, now);
                     }
                     let count = shared.book.record(&t, now);
+                    shared.beat.heard(&count.name, crate::text::unix_now());
                     self.metrics.record_task(&count);
                 }
                 Ok(Event::Other) => {}

@@ -8,6 +8,9 @@ use crate::config::cli::Settings;
 use crate::redis::target::{Role, Target};
 use crate::text::unescape;
 
+/// RedBeat's default `redbeat_key_prefix`.
+pub const REDBEAT_PREFIX: &str = "redbeat:";
+
 /// The name of the Celery check.
 pub const CELERY_CHECK: &str = "celery";
 
@@ -35,6 +38,10 @@ pub struct CeleryConfig {
     pub running_max: Duration,
     pub max_workers: usize,
     pub forget_after: Duration,
+    /// Periodic tasks declared (`SIDECAR_CELERY_BEAT_EXPECT`): task name and interval.
+    pub beat_expect: Vec<(String, Duration)>,
+    /// RedBeat's `redbeat_key_prefix`.
+    pub redbeat_prefix: String,
 }
 
 pub(super) fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, ConfigError> {
@@ -160,6 +167,21 @@ pub(super) fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, C
             return Err(invalid(var, value.as_deref(), "must be at least 1s"));
         }
     }
+    let beat_expect = beat_expect(s)?;
+    let redbeat_prefix = match non_empty(
+        vars::CELERY_REDBEAT_KEY_PREFIX,
+        &s.celery_redbeat_key_prefix,
+    )? {
+        Some(p) if p.chars().any(char::is_control) || p.len() > 200 => {
+            return Err(invalid(
+                vars::CELERY_REDBEAT_KEY_PREFIX,
+                None,
+                "must be at most 200 characters, none of them control characters",
+            ));
+        }
+        Some(p) => p.to_string(),
+        None => REDBEAT_PREFIX.to_string(),
+    };
     Ok(CeleryConfig {
         broker,
         queues,
@@ -173,5 +195,43 @@ pub(super) fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, C
         running_max,
         max_workers,
         forget_after,
+        beat_expect,
+        redbeat_prefix,
     })
+}
+
+/// `SIDECAR_CELERY_BEAT_EXPECT`: `task.name:interval,...`, at most 100 tasks, each interval
+/// at least 1s.
+fn beat_expect(s: &Settings) -> Result<Vec<(String, Duration)>, ConfigError> {
+    let var = vars::CELERY_BEAT_EXPECT;
+    let Some(text) = non_empty(var, &s.celery_beat_expect)? else {
+        return Ok(Vec::new());
+    };
+    let mut tasks: Vec<(String, Duration)> = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let parsed = item.rsplit_once(':').and_then(|(name, every)| {
+            let name = name.trim();
+            let every = crate::text::parse_duration(every.trim())?;
+            let fine = !name.is_empty()
+                && name.len() <= 255
+                && !name.chars().any(char::is_control)
+                && every >= Duration::from_secs(1);
+            fine.then(|| (name.to_string(), every))
+        });
+        let Some((name, every)) = parsed else {
+            return Err(invalid(
+                var,
+                Some(item),
+                "is not task.name:interval (an interval of at least 1s, such as tasks.report:10m)",
+            ));
+        };
+        match tasks.iter_mut().find(|(n, _)| *n == name) {
+            Some(t) => t.1 = every,
+            None => tasks.push((name, every)),
+        }
+    }
+    if tasks.len() > 100 {
+        return Err(invalid(var, None, "names more than 100 tasks"));
+    }
+    Ok(tasks)
 }

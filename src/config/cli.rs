@@ -235,6 +235,23 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub celery_running_max: Option<String>,
+    /// Periodic tasks expected, `task.name:interval,...`, heard as task events (when beat
+    /// is not RedBeat).
+    #[arg(
+        long = vars::CELERY_BEAT_EXPECT.flag,
+        env = vars::CELERY_BEAT_EXPECT.env,
+        global = true,
+        hide_env_values = true
+    )]
+    pub celery_beat_expect: Option<String>,
+    /// RedBeat's key prefix, as `redbeat_key_prefix` (default `redbeat:`).
+    #[arg(
+        long = vars::CELERY_REDBEAT_KEY_PREFIX.flag,
+        env = vars::CELERY_REDBEAT_KEY_PREFIX.env,
+        global = true,
+        hide_env_values = true
+    )]
+    pub celery_redbeat_key_prefix: Option<String>,
     /// How many workers are tracked at most (default 256).
     #[arg(
         long = vars::CELERY_MAX_WORKERS.flag,

@@ -93,6 +93,23 @@ impl Config {
             ),
         );
         line("celery max workers", &c.max_workers.to_string());
+        line(
+            "celery beat",
+            &if c.beat_expect.is_empty() {
+                format!("RedBeat's keys under \"{}\" when present", c.redbeat_prefix)
+            } else {
+                let tasks: Vec<String> = c
+                    .beat_expect
+                    .iter()
+                    .map(|(n, e)| format!("{n} every {}", show(*e)))
+                    .collect();
+                format!(
+                    "RedBeat's keys under \"{}\" when present, else expected: {}",
+                    c.redbeat_prefix,
+                    tasks.join(", ")
+                )
+            },
+        );
         match &self.otel {
             None => line(
                 "traces",

@@ -10,7 +10,7 @@ mod targets;
 pub mod vars;
 
 use crate::text::{parse_duration, show};
-pub use celery::{CELERY_CHECK, CeleryConfig};
+pub use celery::{CELERY_CHECK, CeleryConfig, REDBEAT_PREFIX};
 pub use otel::{OtelConfig, OtlpProtocol, Sampler};
 pub use vars::Var;
 

@@ -36,6 +36,8 @@ fn settings(pairs: &[(&str, &str)]) -> Settings {
             "SIDECAR_CELERY_RUNNING_MAX" => s.celery_running_max = v,
             "SIDECAR_CELERY_MAX_WORKERS" => s.celery_max_workers = v,
             "SIDECAR_CELERY_FORGET_AFTER" => s.celery_forget_after = v,
+            "SIDECAR_CELERY_BEAT_EXPECT" => s.celery_beat_expect = v,
+            "SIDECAR_CELERY_REDBEAT_KEY_PREFIX" => s.celery_redbeat_key_prefix = v,
             "OTEL_EXPORTER_OTLP_ENDPOINT" => s.otel_endpoint = v,
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => s.otel_traces_endpoint = v,
             "OTEL_EXPORTER_OTLP_PROTOCOL" => s.otel_protocol = v,
@@ -416,6 +418,18 @@ fn bad_settings_name_their_variable() {
             "SIDECAR_CELERY_HEARTBEAT_MISSES (--celery-heartbeat-misses): \"0\" is not a whole number from 1 to 100",
         ),
         (
+            &[("SIDECAR_CELERY_BEAT_EXPECT", "tasks.report:10m,tasks.tick")],
+            "SIDECAR_CELERY_BEAT_EXPECT (--celery-beat-expect): \"tasks.tick\" is not task.name:interval",
+        ),
+        (
+            &[("SIDECAR_CELERY_BEAT_EXPECT", "tasks.tick:500ms")],
+            "SIDECAR_CELERY_BEAT_EXPECT (--celery-beat-expect): \"tasks.tick:500ms\" is not task.name:interval",
+        ),
+        (
+            &[("SIDECAR_CELERY_REDBEAT_KEY_PREFIX", "a\nb")],
+            "SIDECAR_CELERY_REDBEAT_KEY_PREFIX (--celery-redbeat-key-prefix): must be at most 200",
+        ),
+        (
             &[("SIDECAR_CELERY_MAX_WORKERS", "lots")],
             "SIDECAR_CELERY_MAX_WORKERS (--celery-max-workers): \"lots\" is not a whole number",
         ),
@@ -490,4 +504,27 @@ fn describe_redacts() {
     );
     assert!(!format!("{c:?}").contains("hunter2"));
     assert!(!format!("{c:?}").contains("tok3n"));
+}
+
+#[test]
+fn periodic_tasks_expected_and_redbeat_prefix() {
+    let c = Config::from_settings(&Settings::default()).unwrap();
+    assert!(c.celery.beat_expect.is_empty());
+    assert_eq!(c.celery.redbeat_prefix, "redbeat:");
+    let c = Config::from_settings(&settings(&[
+        (
+            "SIDECAR_CELERY_BEAT_EXPECT",
+            " tasks.report:10m, app.tasks:tick:2s ,,tasks.report:1h",
+        ),
+        ("SIDECAR_CELERY_REDBEAT_KEY_PREFIX", "myapp:"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        c.celery.beat_expect,
+        vec![
+            ("tasks.report".to_string(), Duration::from_secs(3600)),
+            ("app.tasks:tick".to_string(), Duration::from_secs(2)),
+        ]
+    );
+    assert_eq!(c.celery.redbeat_prefix, "myapp:");
 }

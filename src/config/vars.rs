@@ -93,6 +93,16 @@ var!(
     "celery-running-max"
 );
 var!(
+    CELERY_BEAT_EXPECT,
+    "SIDECAR_CELERY_BEAT_EXPECT",
+    "celery-beat-expect"
+);
+var!(
+    CELERY_REDBEAT_KEY_PREFIX,
+    "SIDECAR_CELERY_REDBEAT_KEY_PREFIX",
+    "celery-redbeat-key-prefix"
+);
+var!(
     CELERY_MAX_WORKERS,
     "SIDECAR_CELERY_MAX_WORKERS",
     "celery-max-workers"

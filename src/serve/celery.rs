@@ -16,19 +16,20 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::celery::Shared;
+use crate::celery::beat::RedBeat;
 use crate::celery::queues::{QueueObservation, QueueProbe};
 use crate::celery::workers::Worker;
 use crate::config::{CELERY_CHECK, CeleryConfig};
 use crate::redis::failure::Failure;
 use crate::redis::target::{Role, Target};
 use crate::serve::health::{
-    self, CeleryDetails, CeleryFields, CeleryReport, Details, EventsDoc, LostDoc, ReservationsDoc,
-    RunningDoc, RunningTaskDoc, WorkerDoc, round1,
+    self, BeatDoc, CeleryDetails, CeleryFields, CeleryReport, Details, EventsDoc, LostDoc,
+    ReservationsDoc, RunningDoc, RunningTaskDoc, WorkerDoc, round1,
 };
 use crate::serve::history::History;
 use crate::serve::metrics::Metrics;
@@ -70,7 +71,7 @@ pub struct CeleryCheck {
     /// Queue names in the metrics now, to remove the ones that vanish.
     shown: Vec<String>,
     /// The `queues` object of the last probe, shared by the reports until the next.
-    queues_json: Option<(Instant, Arc<Value>)>,
+    queues_json: Option<(Instant, Arc<RawValue>)>,
     /// The workers alive at the last judgement, to log each one that comes or goes.
     up: std::collections::BTreeSet<String>,
     /// Every worker in the table that was ever up: a worker not in it is new.
@@ -425,6 +426,36 @@ impl CeleryCheck {
             judged.findings.push(f);
             judged.status = judged.status.max(Status::Degraded);
         }
+        // Beat: RedBeat's schedule when the broker holds one, else the tasks declared.
+        let beat = run
+            .result
+            .as_ref()
+            .ok()
+            .and_then(|o| o.beat.clone())
+            .or_else(|| shared.beat.beat());
+        let now_unix = crate::text::unix_now();
+        let tasks: Vec<(&str, Option<f64>, f64)> = beat
+            .iter()
+            .flat_map(|b| &b.entries)
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.last_run,
+                    p.overdue(now_unix).map_or(0.0, |d| d.as_secs_f64()),
+                )
+            })
+            .collect();
+        metrics.celery.set_beat(&tasks);
+        if let Some(f) = beat.as_ref().and_then(|b| {
+            verdict::beat(
+                b,
+                now_unix,
+                &RedBeat::new(&self.config.redbeat_prefix).lock_key(),
+            )
+        }) {
+            judged.findings.push(f);
+            judged.status = judged.status.max(Status::Degraded);
+        }
         let events = EventsDoc {
             subscribed: sub.up,
             since_seconds: sub.since.map(|t| round1(now.saturating_duration_since(t))),
@@ -445,7 +476,7 @@ impl CeleryCheck {
             workers_alive: alive,
             min_workers: self.config.min_workers,
             workers: listed,
-            queues: Arc::new(Value::Object(serde_json::Map::new())),
+            queues: health::no_queues(),
             unacked: None,
         };
         oldest.truncate(10);
@@ -459,13 +490,14 @@ impl CeleryCheck {
             reservations: None,
             queues_left_out: None,
             kombu: None,
+            beat: beat.as_ref().map(|b| BeatDoc::of(b, now_unix)),
         };
         if let Ok(obs) = &run.result {
             fields.queues = match &self.queues_json {
                 // The queues change with a probe, not with each judgement: one copy.
                 Some((at, q)) if *at == run.finished => q.clone(),
                 _ => {
-                    let q = Arc::new(health::queues_json(obs));
+                    let q = health::queues_json(obs);
                     self.queues_json = Some((run.finished, q.clone()));
                     q
                 }

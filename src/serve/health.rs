@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
+use crate::celery::beat::{Beat, Source};
 use crate::celery::queues::{Layout, QueueObservation};
 use crate::redis::info::Info;
 use crate::redis::pool::PoolState;
@@ -80,6 +81,57 @@ pub struct CeleryDetails {
     pub queues_left_out: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kombu: Option<LayoutDoc>,
+    /// Celery beat, when RedBeat's keys are on the broker or periodic tasks are declared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beat: Option<BeatDoc>,
+}
+
+/// Celery beat's periodic tasks, due first.
+#[derive(Debug, Clone, Serialize)]
+pub struct BeatDoc {
+    pub source: Source,
+    /// RedBeat: whether a beat holds its lock, and for how long more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_held: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_ttl_seconds: Option<f64>,
+    pub tasks: Vec<PeriodicDoc>,
+    /// RedBeat entries beyond the 100 read.
+    pub tasks_left_out: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeriodicDoc {
+    pub name: String,
+    pub last_run_age_seconds: Option<f64>,
+    /// Negative: past due.
+    pub due_in_seconds: Option<f64>,
+    pub every_seconds: Option<f64>,
+    pub overdue_seconds: f64,
+}
+
+impl BeatDoc {
+    /// At `now`, in unix seconds.
+    pub fn of(b: &Beat, now: f64) -> BeatDoc {
+        let round = |x: f64| (x * 10.0).round() / 10.0;
+        BeatDoc {
+            source: b.source,
+            lock_held: (b.source == Source::Redbeat).then_some(b.lock.is_some()),
+            lock_ttl_seconds: b.lock.map(round1),
+            tasks: b
+                .entries
+                .iter()
+                .map(|p| PeriodicDoc {
+                    name: p.name.clone(),
+                    last_run_age_seconds: p.last_run.map(|t| round((now - t).max(0.0))),
+                    due_in_seconds: p.due.map(|d| round(d - now)),
+                    every_seconds: p.every.map(round1),
+                    overdue_seconds: p.overdue(now).map_or(0.0, round1),
+                })
+                .collect(),
+            tasks_left_out: b.left_out,
+        }
+    }
 }
 
 /// The event subscription.
@@ -165,10 +217,10 @@ pub struct LayoutDoc {
 /// nothing was taken, unbound and stranded only when they say something (with a thousand
 /// idle queues, every field is memory held for each report).
 #[derive(Debug, Clone, Serialize)]
-pub struct QueueDoc {
+pub struct QueueDoc<'a> {
     pub length: u64,
     pub oldest_age_seconds: Option<f64>,
-    pub oldest_task: Option<String>,
+    pub oldest_task: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_seconds: Option<f64>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -187,9 +239,10 @@ pub struct CeleryFields {
     pub workers_alive: usize,
     pub min_workers: u32,
     pub workers: Vec<WorkerDoc>,
-    /// One object per queue, shared by the reports until the next queue probe (with a
-    /// thousand queues, a copy per judgement would be memory held for nothing).
-    pub queues: Arc<Value>,
+    /// One object per queue, serialized once per queue probe and shared by the reports
+    /// until the next (with a thousand queues, a tree of values, or a copy per judgement,
+    /// would be memory held for nothing).
+    pub queues: Arc<RawValue>,
     pub unacked: Option<u64>,
 }
 
@@ -254,25 +307,102 @@ impl Details {
     }
 }
 
-/// The `queues` object of the celery check, one [`QueueDoc`] per queue.
-pub fn queues_json(obs: &QueueObservation) -> Value {
-    let queues: serde_json::Map<String, Value> = obs
-        .queues
-        .iter()
-        .map(|q| {
-            let doc = QueueDoc {
-                length: q.length,
-                oldest_age_seconds: q.oldest_age.map(round1),
-                oldest_task: q.oldest_task.clone(),
-                idle_seconds: q.idle.map(round1),
-                unbound: q.unbound,
-                stranded: q.stranded,
-            };
-            let v = serde_json::to_value(doc).expect("a queue's document serializes");
-            (q.name.clone(), v)
-        })
-        .collect();
-    Value::Object(queues)
+/// The `queues` object of the celery check, one [`QueueDoc`] per queue, as JSON text.
+pub fn queues_json(obs: &QueueObservation) -> Arc<RawValue> {
+    struct Queues<'a>(&'a QueueObservation);
+    impl Serialize for Queues<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.queues.iter().map(|q| {
+                let doc = QueueDoc {
+                    length: q.length,
+                    oldest_age_seconds: q.oldest_age.map(round1),
+                    oldest_task: q.oldest_task.as_deref(),
+                    idle_seconds: q.idle.map(round1),
+                    unbound: q.unbound,
+                    stranded: q.stranded,
+                };
+                (&q.name, doc)
+            }))
+        }
+    }
+    let raw = serde_json::value::to_raw_value(&Queues(obs)).expect("a queue's document serializes");
+    Arc::from(raw)
+}
+
+/// What the status page shows of a queue's document.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
+pub struct QueueBrief {
+    pub length: Option<u64>,
+    pub oldest_age_seconds: Option<f64>,
+}
+
+/// Reads a `queues` object back, without a copy of what is not asked for: how many queues
+/// it holds, and the brief of each whose name `pick` gives a slot below `slots` (the first
+/// name given a slot keeps it).
+pub fn queue_briefs(
+    all: &RawValue,
+    slots: usize,
+    mut pick: impl FnMut(&str) -> Option<usize>,
+) -> (usize, Vec<Option<QueueBrief>>) {
+    use serde::de::{self, Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    use std::borrow::Cow;
+
+    /// A name, borrowed from the text unless it holds an escape.
+    struct Key<'de>(Cow<'de, str>);
+    impl<'de> serde::Deserialize<'de> for Key<'de> {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a queue name")
+                }
+                fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(s)))
+                }
+                fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(s.to_owned())))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+    struct Read<'p, F> {
+        pick: &'p mut F,
+        total: usize,
+        found: Vec<Option<QueueBrief>>,
+    }
+    impl<'de, F: FnMut(&str) -> Option<usize>> Visitor<'de> for &mut Read<'_, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("the queues object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(Key(name)) = map.next_key()? {
+                self.total += 1;
+                match (self.pick)(&name).filter(|&i| i < self.found.len()) {
+                    Some(i) if self.found[i].is_none() => self.found[i] = Some(map.next_value()?),
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut read = Read {
+        pick: &mut pick,
+        total: 0,
+        found: vec![None; slots],
+    };
+    // The text is ours (queues_json wrote it): it cannot fail to read back.
+    let _ = serde_json::Deserializer::from_str(all.get()).deserialize_map(&mut read);
+    (read.total, read.found)
+}
+
+/// An empty `queues` object.
+pub fn no_queues() -> Arc<RawValue> {
+    Arc::from(RawValue::from_string("{}".to_owned()).expect("{} is JSON"))
 }
 
 /// The layout of kombu's keys as `/healthz` shows it (bytes escaped as `config` does).
@@ -295,4 +425,49 @@ pub fn round1(d: std::time::Duration) -> f64 {
 /// Three decimals, as the documents show milliseconds and seconds.
 pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_briefs_reads_back_what_is_asked_for() {
+        let long = "q".repeat(400);
+        let all = serde_json::value::to_raw_value(&serde_json::json!({
+            "plain": {"length": 3, "oldest_age_seconds": 75.0, "oldest_task": "t\"1"},
+            "quo\"te": {"length": 0, "oldest_age_seconds": null, "oldest_task": null},
+            long.clone(): {"length": 9, "oldest_age_seconds": 1.5, "oldest_task": null, "unbound": true},
+            "unasked": {"length": 1, "oldest_age_seconds": null, "oldest_task": null},
+        }))
+        .unwrap();
+        let wanted = [
+            "quo\"te",
+            "plain",
+            crate::serve::history::cut_str(&long),
+            "absent",
+        ];
+        let (total, briefs) = queue_briefs(&all, wanted.len(), |name| {
+            let name = crate::serve::history::cut_str(name);
+            wanted.iter().position(|w| *w == name)
+        });
+        assert_eq!(total, 4);
+        let brief = |length, oldest| {
+            Some(QueueBrief {
+                length: Some(length),
+                oldest_age_seconds: oldest,
+            })
+        };
+        assert_eq!(
+            briefs,
+            vec![
+                brief(0, None),
+                brief(3, Some(75.0)),
+                brief(9, Some(1.5)),
+                None
+            ]
+        );
+        let (total, briefs) = queue_briefs(&no_queues(), 1, |_| Some(0));
+        assert_eq!((total, briefs), (0, vec![None]));
+    }
 }

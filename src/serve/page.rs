@@ -8,10 +8,10 @@ use std::fmt::Write as _;
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::serve::health::Details;
+use crate::serve::health::{self, Details};
 use crate::serve::history::{self, Point, Subject, View};
 use crate::serve::snapshot::{self, Snapshot, Status};
 use crate::text::{human, rfc3339};
@@ -297,8 +297,12 @@ fn celery(out: &mut String, snapshot: &Snapshot, view: &View, now: Instant) {
 }
 
 /// The longest queues: length, oldest waiting, and a sparkline of the length.
-fn queues(out: &mut String, view: &View, all: &Value) {
-    let total = all.as_object().map_or(0, |m| m.len());
+fn queues(out: &mut String, view: &View, all: &RawValue) {
+    // The history keeps names cut to MAX_TEXT bytes; the snapshot has them whole.
+    let (total, briefs) = health::queue_briefs(all, view.queues.len(), |name| {
+        let name = history::cut_str(name);
+        view.queues.iter().position(|q| q.name == name)
+    });
     if view.queues.is_empty() {
         let _ = write!(out, "<p>{total} queue(s) watched.</p>");
         return;
@@ -318,24 +322,12 @@ fn queues(out: &mut String, view: &View, all: &Value) {
         out,
         "<div class=\"scroll\"><table><caption>{caption}</caption><thead><tr><th>queue</th><th>length</th><th>oldest waiting</th><th>length, last hour</th></tr></thead><tbody>"
     );
-    for q in &view.queues {
-        // The history keeps names cut to MAX_TEXT bytes; the snapshot has them whole.
-        let doc = all.get(&q.name).or_else(|| {
-            all.as_object()?
-                .iter()
-                .find(|(k, _)| history::cut_str(k) == q.name)
-                .map(|(_, v)| v)
+    for (q, brief) in view.queues.iter().zip(briefs) {
+        let brief = brief.unwrap_or_default();
+        let length = brief.length.map_or("—".to_string(), |n| n.to_string());
+        let oldest = brief.oldest_age_seconds.map_or("—".to_string(), |s| {
+            human(Duration::from_secs_f64(s.max(0.0)))
         });
-        let length = doc
-            .and_then(|d| d.get("length"))
-            .and_then(Value::as_u64)
-            .map_or("—".to_string(), |n| n.to_string());
-        let oldest = doc
-            .and_then(|d| d.get("oldest_age_seconds"))
-            .and_then(Value::as_f64)
-            .map_or("—".to_string(), |s| {
-                human(Duration::from_secs_f64(s.max(0.0)))
-            });
         let _ = write!(
             out,
             "<tr><td class=\"name\">{}</td><td>{length}</td><td>{oldest}</td><td>",

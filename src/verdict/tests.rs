@@ -229,6 +229,7 @@ mod celery {
             redelivery_risk: vec![],
             at_risk: vec![],
             reserved: vec![],
+            beat: None,
         }
     }
 
@@ -486,4 +487,52 @@ mod celery {
         assert_eq!(texts[2], "SIDECAR_CELERY_SEP is");
         assert!(texts[3].starts_with("1002 queue(s) are not watched"));
     }
+}
+
+#[test]
+fn an_overdue_periodic_task_names_beat_s_state() {
+    use crate::celery::beat::{Beat, Periodic, Source};
+    let now = 10_000.0;
+    let task = |name: &str, last: Option<f64>, every: u64| Periodic {
+        name: name.into(),
+        last_run: last,
+        due: Some(last.unwrap_or(9_000.0) + every as f64),
+        every: Some(Duration::from_secs(every)),
+    };
+    let mut b = Beat {
+        source: Source::Redbeat,
+        lock: None,
+        entries: vec![
+            task("on-time", Some(9_990.0), 60),
+            task("tick", Some(9_900.0), 30),
+            task("report", Some(9_000.0), 300),
+        ],
+        left_out: 0,
+    };
+    let f = beat(&b, now, "redbeat::lock").unwrap();
+    assert_eq!(f.step, "celery beat");
+    // The most overdue first: report by 400 s, tick by 40 s.
+    assert_eq!(
+        f.text,
+        "periodic task report is overdue by 6m40s (it last ran 16m40s ago, every 5m00s) and no process holds RedBeat's lock (redbeat::lock): celery beat is not running (1 more overdue: tick)"
+    );
+    b.lock = Some(Duration::from_secs(1200));
+    let f = beat(&b, now, "redbeat::lock").unwrap();
+    assert!(
+        f.text.contains(
+            "while RedBeat's lock (redbeat::lock) is held, for 20m00s more: beat is stuck"
+        ),
+        "{}",
+        f.text
+    );
+    b.source = Source::Expected;
+    b.lock = None;
+    b.entries = vec![task("tasks.report", None, 300)];
+    let f = beat(&b, now, "redbeat::lock").unwrap();
+    assert_eq!(
+        f.text,
+        "periodic task tasks.report is overdue by 6m40s (not heard since the sidecar started, expected every 5m00s by SIDECAR_CELERY_BEAT_EXPECT): celery beat is not running, or the workers send no task events"
+    );
+    b.entries = vec![task("fine", Some(9_990.0), 60)];
+    assert_eq!(beat(&b, now, "redbeat::lock"), None);
 }

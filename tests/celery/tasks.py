@@ -4,6 +4,9 @@ Configured from the environment by the Rust tests (tests/support/mod.rs):
 BROKER_URL, and kombu's transport options KEYPREFIX (global_keyprefix), SEP, STEPS
 (priority_steps), QUEUE_ORDER (queue_order_strategy), VISIBILITY (visibility_timeout), plus
 PREFETCH (worker_prefetch_multiplier), RESULT_BACKEND, RESULT_EXPIRES and ACKS_LATE. Set as Celery's Redis broker documentation shows them.
+For beat: BEAT_EVERY (seconds between runs of tasks.tick in beat_schedule), BEAT_MAX_LOOP
+(beat_max_loop_interval; RedBeat's lock lasts five of them) and REDBEAT_PREFIX
+(redbeat_key_prefix), as RedBeat's documentation shows them.
 """
 
 import os
@@ -38,6 +41,21 @@ if os.environ.get("RESULT_EXPIRES") == "none":
 # ACKS_LATE=1: acknowledge after the task ran (task_acks_late), as Celery's docs show it.
 if os.environ.get("ACKS_LATE"):
     app.conf.task_acks_late = True
+# Beat: one periodic task; with -S redbeat.RedBeatScheduler its schedule is kept on the
+# broker (redbeat_redis_url defaults to broker_url).
+if os.environ.get("BEAT_EVERY"):
+    app.conf.beat_schedule = {
+        "tick-every": {"task": "tasks.tick", "schedule": float(os.environ["BEAT_EVERY"])}
+    }
+if os.environ.get("BEAT_MAX_LOOP"):
+    app.conf.beat_max_loop_interval = float(os.environ["BEAT_MAX_LOOP"])
+if os.environ.get("REDBEAT_PREFIX"):
+    app.conf.redbeat_key_prefix = os.environ["REDBEAT_PREFIX"]
+
+
+@app.task
+def tick():
+    return "tock"
 
 
 @app.task

@@ -1,6 +1,7 @@
 //! The pinned Celery virtual environment: workers, clients and Python helpers.
 
 use super::*;
+use serde_json::Value;
 
 /// Runs a script of tests/celery with the pinned venv's python, in a clean environment
 /// plus `env`.
@@ -55,26 +56,34 @@ impl Worker {
     /// `celery -A tasks worker -n <hostname>` with `args` (e.g. `-E`, `-Q emails`,
     /// `-P solo`); `env` carries BROKER_URL and the transport options.
     pub fn start(env: &[(&str, &str)], hostname: &str, args: &[&str]) -> Worker {
+        let mut all = vec!["worker", "--without-mingle", "--hostname", hostname];
+        all.extend_from_slice(args);
+        Worker::spawn(env, hostname, &all)
+    }
+
+    /// `celery -A tasks beat` with `args` (e.g. `-S redbeat.RedBeatScheduler`); `env`
+    /// carries BROKER_URL and BEAT_EVERY.
+    pub fn beat(env: &[(&str, &str)], args: &[&str]) -> Worker {
+        let mut all = vec!["beat"];
+        all.extend_from_slice(args);
+        Worker::spawn(env, "beat", &all)
+    }
+
+    fn spawn(env: &[(&str, &str)], name: &str, args: &[&str]) -> Worker {
         use std::os::unix::process::CommandExt;
         let mut child = celery_command("celery", env)
-            .args([
-                "-A",
-                "tasks",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--without-mingle",
-            ])
-            .args(["--hostname", hostname])
-            .args(args)
+            .args(["-A", "tasks"])
+            .args(&args[..1])
+            .args(["--loglevel", "INFO"])
+            .args(&args[1..])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .spawn()
-            .expect("start a celery worker");
+            .unwrap_or_else(|e| panic!("start celery {name}: {e}"));
         let logs = capture(&mut child);
         Worker {
-            hostname: hostname.to_string(),
+            hostname: name.to_string(),
             child: Some(child),
             logs,
         }
@@ -167,4 +176,50 @@ pub fn celery_count(
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("count.py prints JSON")
+}
+
+/// The sidecar's celery check, from /healthz.
+pub fn celery(sidecar: &Sidecar) -> Value {
+    sidecar.get("/healthz").json()["checks"]["celery"].clone()
+}
+
+/// Polls the celery check until `ok` holds; returns it.
+pub fn wait_celery(sidecar: &Sidecar, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(what, Duration::from_secs(40), || {
+            let c = celery(sidecar);
+            last = c.clone();
+            ok(&c).then_some(c)
+        })
+    }));
+    match found {
+        Ok(c) => c,
+        Err(_) => panic!(
+            "timed out waiting for {what}; last celery check:\n{last:#}\nlogs:\n{}",
+            sidecar.logs()
+        ),
+    }
+}
+
+/// The check's first warning that contains `part`.
+pub fn warning(c: &Value, part: &str) -> Option<String> {
+    c["warnings"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|w| w.contains(part))
+        .map(String::from)
+}
+
+/// The sidecar's environment: fast probes plus `extra`.
+pub fn env<'a>(url: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut v: Vec<(&str, &str)> = FAST
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "SIDECAR_CELERY_MIN_WORKERS")
+        .collect();
+    v.push(("CELERY_BROKER_URL", url));
+    v.extend_from_slice(extra);
+    v
 }

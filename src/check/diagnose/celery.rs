@@ -141,6 +141,40 @@ pub(super) async fn celery_steps(d: &mut Diagnosis, c: &CeleryConfig, config: &C
     };
     d.steps.push(step("celery queues", detail, &findings));
 
+    // Beat, when RedBeat's schedule is on the broker (tasks declared to be heard as task
+    // events need watching over time: the server's to judge).
+    if let Ok((obs, _)) = &queues
+        && let Some(b) = &obs.beat
+    {
+        let now = crate::text::unix_now();
+        let lock_key = crate::celery::beat::RedBeat::new(&c.redbeat_prefix).lock_key();
+        if let Some(f) = verdict::beat(b, now, &lock_key) {
+            findings.push(f);
+        }
+        let lock = match b.lock {
+            Some(t) => format!("{lock_key} held ({} left)", crate::text::human(t)),
+            None => format!("{lock_key} not held"),
+        };
+        let next = b
+            .entries
+            .iter()
+            .find_map(|p| Some((p, p.due? - now)))
+            .map(|(p, d)| {
+                let d = crate::text::human(Duration::from_secs_f64(d.abs()));
+                if p.due.is_some_and(|due| due >= now) {
+                    format!("; next due: {} in {d}", p.name)
+                } else {
+                    format!("; {} due {d} ago", p.name)
+                }
+            })
+            .unwrap_or_default();
+        let detail = format!(
+            "RedBeat: {} periodic task(s), {lock}{next}",
+            b.entries.len() + b.left_out
+        );
+        d.steps.push(step("celery beat", detail, &findings));
+    }
+
     // Workers.
     let detail = match &heard {
         Err(f) => f.message.clone(),

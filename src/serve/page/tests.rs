@@ -50,6 +50,7 @@ fn celery_details() -> Details {
             reservations: None,
             queues_left_out: None,
             kombu: None,
+            beat: None,
         },
         fields: CeleryFields {
             workers_alive: 1,
@@ -64,7 +65,7 @@ fn celery_details() -> Details {
                 pid: Some(7),
                 sw_ver: None,
             }],
-            queues: Arc::new(queues),
+            queues: Arc::from(serde_json::value::to_raw_value(&queues).unwrap()),
             unacked: Some(0),
         },
     }))
