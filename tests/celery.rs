@@ -736,6 +736,8 @@ fn workers_without_heartbeats_are_seen_at_work() {
     let (sidecar, _w) = run_combo(1, &["-E"], drain);
     let c = wait_celery(&sidecar, "the worker alive", |c| c["workers_alive"] == 1);
     assert_eq!(c["status"], "healthy", "{c:#}");
+    let unheard = |s: &Sidecar| sample(&s.get("/metrics").body, "celery_workers_unheard_consuming");
+    assert_eq!(unheard(&sidecar), Some(0.0));
 
     // Heartbeats, no events: heard the usual way.
     let (sidecar, _w) = run_combo(2, &[], drain);
@@ -751,6 +753,7 @@ fn workers_without_heartbeats_are_seen_at_work() {
     });
     assert_eq!(c["status"], "degraded", "{c:#}");
     assert_eq!(c["workers_alive"], 0);
+    assert_eq!(unheard(&sidecar), Some(1.0));
 
     // No heartbeat, no events: the queue draining is the only sign, and it is said.
     let (sidecar, _w) = run_combo(4, &["--without-heartbeat"], drain);
@@ -764,6 +767,7 @@ fn workers_without_heartbeats_are_seen_at_work() {
         !c["warnings"][0].as_str().unwrap().contains("task events"),
         "{c:#}"
     );
+    assert_eq!(unheard(&sidecar), Some(1.0));
 }
 
 /// A countdown longer than the visibility timeout is reported before kombu delivers it

@@ -262,6 +262,17 @@ fn a_queue_whose_binding_is_flushed_stays_watched_while_it_holds_tasks() {
         warning.starts_with("queue emails holds 62 task(s) but its binding set is gone"),
         "{warning}"
     );
+    let m = sidecar.get("/metrics").body;
+    assert_eq!(
+        support::sample(&m, "celery_queue_unbound{queue_name=\"emails\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        support::sample(&m, "celery_queue_unbound{queue_name=\"celery\"}"),
+        None,
+        "{m}"
+    );
     // Still there a few walks later.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(celery(&sidecar)["queues"]["emails"]["length"], 62);

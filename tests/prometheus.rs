@@ -143,6 +143,20 @@ fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
     env.push(("SIDECAR_CELERY_BEAT_EXPECT", "tasks.add:1m"));
     let sidecar = Sidecar::start(&env);
     let prometheus = Prometheus::start(sidecar.addr);
+    // A queue holding a task whose binding set is then deleted (as a FLUSHALL would):
+    // the unbound queue the integrity panel counts.
+    send(
+        &app,
+        &json!([{"task": "add", "args": [1, 1], "queue": "orphans"}]).to_string(),
+    );
+    support::wait_for("orphans watched", Duration::from_secs(20), || {
+        sidecar
+            .get("/metrics")
+            .body
+            .contains("celery_queue_length{queue_name=\"orphans\"}")
+            .then_some(())
+    });
+    redis.cli(None, &["DEL", "_kombu.binding.orphans"]);
 
     // Tasks keep coming while Prometheus scrapes: successes, failures, a retry.
     let stop = Arc::new(AtomicBool::new(false));
@@ -215,6 +229,13 @@ fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
         value(&format!("redis_up{{job=\"{JOB}\", role=\"cache\"}}")),
         1.0
     );
+    // The queue whose binding set was deleted, counted by the integrity panel.
+    let orphans = format!("celery_queue_unbound{{job=\"{JOB}\", queue_name=\"orphans\"}} == 1");
+    support::wait_for(
+        "the unbound queue in Prometheus",
+        Duration::from_secs(30),
+        || (!prometheus.query(&orphans).is_empty()).then_some(()),
+    );
     let failed = prometheus.query(&format!(
         "celery_task_failed_total{{job=\"{JOB}\", name=\"tasks.boom\"}}"
     ));
@@ -260,7 +281,7 @@ fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(loaded.len(), 16, "{rules}");
+    assert_eq!(loaded.len(), 18, "{rules}");
     for r in loaded {
         assert_eq!(r["health"], "ok", "{r}");
     }

@@ -44,6 +44,8 @@ pub struct CeleryMetrics {
     runtime: HistogramVec,
     queue_wait: HistogramVec,
     redelivery_risk: IntGaugeVec,
+    queue_unbound: IntGaugeVec,
+    unheard_consuming: IntGauge,
     lost: IntCounterVec,
     running_oldest: GaugeVec,
     beat_last_run: GaugeVec,
@@ -104,6 +106,23 @@ impl CeleryMetrics {
                         "Tasks running on a worker that went down without a warm shutdown (SIGKILL, OOM, a lost host).",
                     ),
                     &["name"],
+                )?,
+            )?,
+            queue_unbound: reg(
+                registry,
+                IntGaugeVec::new(
+                    opts(
+                        "celery_queue_unbound",
+                        "1 for a queue holding tasks whose kombu binding set is gone (a FLUSHALL?): tasks published to it through an exchange are dropped; only such queues have a series.",
+                    ),
+                    q,
+                )?,
+            )?,
+            unheard_consuming: reg(
+                registry,
+                IntGauge::new(
+                    "celery_workers_unheard_consuming",
+                    "1 while fewer workers than required are heard by heartbeat but work is seen done (task events from unheard workers, or queues taken from): workers with --without-heartbeat.",
                 )?,
             )?,
             redelivery_risk: reg(
@@ -403,6 +422,16 @@ impl CeleryMetrics {
             .with_label_values(&[] as &[&str])
             .set(i64::try_from(obs.unacked).unwrap_or(i64::MAX));
         self.redelivery_risk.reset();
+        self.queue_unbound.reset();
+        for q in obs
+            .queues
+            .iter()
+            .filter(|q| q.unbound && q.length + q.stranded > 0)
+        {
+            self.queue_unbound
+                .with_label_values(&[q.name.as_str()])
+                .set(1);
+        }
         for (queue, n) in &obs.redelivery_risk {
             self.redelivery_risk
                 .with_label_values(&[queue.as_str()])
@@ -430,5 +459,11 @@ impl CeleryMetrics {
         let _ = self.unacked_oldest.remove_label_values(&[] as &[&str]);
         let _ = self.unacked_orphaned.remove_label_values(&[] as &[&str]);
         let _ = self.queues_left_out.remove_label_values(&[] as &[&str]);
+        self.queue_unbound.reset();
+    }
+
+    /// Whether work is seen done by workers no heartbeat shows, while too few are heard.
+    pub fn set_unheard_consuming(&self, yes: bool) {
+        self.unheard_consuming.set(i64::from(yes));
     }
 }

@@ -406,6 +406,9 @@ impl CeleryCheck {
                     )
                 })
             });
+        metrics.celery.set_unheard_consuming(
+            seen.consuming.is_some() && seen.subscribed && alive < self.config.min_workers as usize,
+        );
         let mut judged = verdict::celery(
             &self.config,
             &self.endpoint,
