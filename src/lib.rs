@@ -29,6 +29,9 @@
 //! - [`verdict`]: the one judgement of a Redis target and of the Celery check, shared by
 //!   the server and `check` (with what the server alone watches probe after probe: keys
 //!   evicted from a broker, results kept forever).
+//! - [`notify`]: notifications: the transition record ([`notify::event`]), which changes
+//!   are sent and together ([`notify::debounce`]), the bodies for Slack, Discord or JSON
+//!   ([`notify::message`]), the POST and each receiver's outbox ([`notify::deliver`]).
 //! - [`check`]: the `check` command, one diagnosis per target: [`check::diagnose`] walks a
 //!   target step by step (its `connect` and `celery` steps), [`check::pidbox`] asks the
 //!   workers `inspect ping`.
@@ -41,13 +44,15 @@
 //!   the [`serve::history`] of the last hour and of every change; [`serve::health`] types
 //!   the `/healthz` document; [`serve::http`] answers `/livez`, `/readyz`, `/healthz`,
 //!   `/metrics`, the status page ([`serve::page`]) and its JSON ([`serve::api`]) from them
-//!   only, the last two rendered when out of date ([`serve::cache`]).
+//!   only, the last two rendered when out of date ([`serve::cache`]); [`serve::notifier`]
+//!   sends the history's changes to the webhooks.
 //!
 //! Probes write, HTTP reads: no request ever waits on Redis.
 
 pub mod celery;
 pub mod check;
 pub mod config;
+pub mod notify;
 pub mod redis;
 pub mod serve;
 pub mod telemetry;
@@ -93,6 +98,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         tasks.spawn(celery.run(offset(runners)));
         tasks.spawn(subscriber.run());
     }
+    serve::notifier::start(
+        &config.notify,
+        config.probe_interval,
+        &parts.history,
+        &parts.metrics,
+        &mut tasks,
+    );
     let app = Arc::new(http::App {
         snapshot: parts.snapshot,
         metrics: parts.metrics,

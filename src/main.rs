@@ -38,7 +38,19 @@ fn main() -> ExitCode {
             print!("{}", config.describe());
             ExitCode::SUCCESS
         }
-        Command::Check { json, ping } => {
+        Command::Check {
+            notify_test: true, ..
+        } => {
+            if cli.settings.log_level.is_some() {
+                telemetry::init(config.log_format, &config.log_filter, None);
+            }
+            let rt = runtime();
+            let (code, report) = rt.block_on(check::notify_test(&config));
+            rt.shutdown_timeout(LINGER);
+            print!("{report}");
+            ExitCode::from(code)
+        }
+        Command::Check { json, ping, .. } => {
             // check prints its own report; logs only when asked for with RUST_LOG.
             if cli.settings.log_level.is_some() {
                 telemetry::init(config.log_format, &config.log_filter, None);

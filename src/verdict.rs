@@ -18,9 +18,11 @@ use crate::text::human;
 use crate::text::show;
 
 mod beat;
+mod fixes;
 mod keys;
 mod lost;
 pub use beat::beat;
+pub use fixes::failure_fix;
 pub use keys::{EVICTION_WINDOW, Evictions, evictions, results_kept};
 pub use lost::{Fate, LOST_WINDOW, LostTask, fate, lost};
 

@@ -112,6 +112,13 @@ fn the_password_never_appears_anywhere() {
             ("REDIS_URL", u.as_str()),
             ("RUST_LOG", "trace"),
             ("SIDECAR_AUTH_TOKEN", "Tok-5a4b3c2d1e"),
+            // A webhook URL is a credential: nobody listens there, so each change's
+            // delivery fails and is logged (by host only).
+            (
+                "SIDECAR_NOTIFY_URL",
+                "http://127.0.0.1:9/hooks/Hook-7f6e5d4c",
+            ),
+            ("SIDECAR_NOTIFY_AFTER", "0s"),
         ]);
         let sidecar = Sidecar::start(&e);
         let auth = "Authorization: Bearer Tok-5a4b3c2d1e\r\n";
@@ -140,7 +147,12 @@ fn the_password_never_appears_anywhere() {
             );
             outputs.push((format!("{label} {path}"), body));
         }
-        for args in [&["check"][..], &["check", "--json"], &["config"]] {
+        for args in [
+            &["check"][..],
+            &["check", "--json"],
+            &["check", "--notify-test"],
+            &["config"],
+        ] {
             let out = run(args, &e);
             outputs.push((
                 format!("{label} {args:?}"),
@@ -165,7 +177,7 @@ fn the_password_never_appears_anywhere() {
 
     for (label, text) in &outputs {
         assert!(!text.is_empty(), "{label} is empty");
-        for secret in [PASSWORD, wrong_pw, "Tok-5a4b3c2d1e"] {
+        for secret in [PASSWORD, wrong_pw, "Tok-5a4b3c2d1e", "Hook-7f6e5d4c"] {
             assert!(!text.contains(secret), "{label} shows a secret:\n{text}");
         }
     }

@@ -5,12 +5,13 @@
 use std::path::{Path, PathBuf};
 
 /// The layers, from the bottom: the first path component under `src/` (a file or folder).
-const LAYERS: [&str; 8] = [
+const LAYERS: [&str; 9] = [
     "text",
     "redis",
     "config",
     "celery",
     "verdict",
+    "notify",
     "check",
     "telemetry",
     "serve",

@@ -283,17 +283,7 @@ async fn login(d: &mut Diagnosis, resp: &mut Resp, limit: Duration) -> bool {
                 Err(f) => return fail_io(d, "auth", f),
                 Ok(Reply::Error(e)) => {
                     let f = Failure::from_redis(&server_error(&e), &target);
-                    let fix = if e.contains("without any password configured") {
-                        "the server has no password: remove it from the URL".to_string()
-                    } else if e.starts_with("ERR max number of clients") {
-                        "raise maxclients, or find the client that leaks connections (CLIENT LIST)"
-                            .to_string()
-                    } else {
-                        format!(
-                            "the user or password in {} is not the server's: on Railway reference ${{{{Redis.REDIS_URL}}}} rather than copying it",
-                            target.credentials_home()
-                        )
-                    };
+                    let fix = crate::verdict::failure_fix(&f, &target);
                     d.steps.push(Step::fail("auth", f, fix));
                     return false;
                 }

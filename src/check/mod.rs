@@ -182,3 +182,45 @@ fn human(sections: &[(Vec<String>, Diagnosis)], overall: &str) -> String {
     let _ = writeln!(out, "overall: {overall}");
     out
 }
+
+/// `check --notify-test`: one test message to each receiver, and what each answered; exit
+/// 0 when every one took it (2xx), 1 otherwise (or when none is set).
+pub async fn notify_test(config: &Config) -> (u8, String) {
+    use crate::notify::{deliver, message};
+    let n = &config.notify;
+    if n.receivers.is_empty() {
+        return (
+            1,
+            "no receiver: set SIDECAR_NOTIFY_URL to a Slack or Discord webhook URL, or any URL that takes a JSON POST\n".to_string(),
+        );
+    }
+    let tls = match deliver::tls(&n.roots) {
+        Ok(t) => t,
+        Err(problem) => return (1, format!("TLS cannot be set up: {problem}\n")),
+    };
+    let mut out = String::new();
+    let mut code = 0;
+    for (i, r) in n.receivers.iter().enumerate() {
+        let body = message::test_body(r.format, "redis-celery-sidecar");
+        let said = match deliver::post(r, &tls, &body).await {
+            Ok(a) if a.ok() => format!("ok    answered {} {}", a.status, a.body),
+            Ok(a) => {
+                code = 1;
+                format!("fail  answered {} {}", a.status, a.body)
+            }
+            Err(e) => {
+                code = 1;
+                format!("fail  {e}")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "notify {} ({}, {})  {}",
+            i + 1,
+            r.format.as_str(),
+            r.shown(),
+            said.trim_end()
+        );
+    }
+    (code, out)
+}

@@ -34,6 +34,9 @@ pub enum Command {
         /// Also ping the Celery workers (`inspect ping` over Redis) and list who answered.
         #[arg(long)]
         ping: bool,
+        /// Only send a test message to each SIDECAR_NOTIFY_URL and print what it answered.
+        #[arg(long)]
+        notify_test: bool,
     },
     /// Print the effective configuration, secrets redacted, and exit.
     Config,
@@ -235,6 +238,15 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub celery_running_max: Option<String>,
+    /// Webhook URLs to POST state changes to (comma list; secrets).
+    #[arg(long = vars::NOTIFY_URL.flag, env = vars::NOTIFY_URL.env, global = true, hide_env_values = true)]
+    pub notify_url: Option<String>,
+    /// slack, discord or json (default: from each URL's host).
+    #[arg(long = vars::NOTIFY_FORMAT.flag, env = vars::NOTIFY_FORMAT.env, global = true, hide_env_values = true)]
+    pub notify_format: Option<String>,
+    /// How long a change must hold before it is sent (default: two probe intervals).
+    #[arg(long = vars::NOTIFY_AFTER.flag, env = vars::NOTIFY_AFTER.env, global = true, hide_env_values = true)]
+    pub notify_after: Option<String>,
     /// Periodic tasks expected, `task.name:interval,...`, heard as task events (when beat
     /// is not RedBeat).
     #[arg(

@@ -110,6 +110,20 @@ impl Config {
                 )
             },
         );
+        let n = &self.notify;
+        line(
+            "notify",
+            &if n.receivers.is_empty() {
+                "nothing (SIDECAR_NOTIFY_URL unset)".to_string()
+            } else {
+                let to: Vec<String> = n
+                    .receivers
+                    .iter()
+                    .map(|r| format!("{} ({})", r.shown(), r.format.as_str()))
+                    .collect();
+                format!("{}, after a change holds {}", to.join(", "), show(n.after))
+            },
+        );
         match &self.otel {
             None => line(
                 "traces",

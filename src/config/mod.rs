@@ -5,6 +5,7 @@ mod celery;
 pub mod cli;
 mod describe;
 pub mod dotenv;
+pub mod notify;
 mod otel;
 mod targets;
 pub mod vars;
@@ -148,6 +149,8 @@ pub struct Config {
     pub celery: CeleryConfig,
     /// Trace export; `None` without an endpoint or with `OTEL_SDK_DISABLED=true`.
     pub otel: Option<OtelConfig>,
+    /// Where state changes are sent; no receiver: none.
+    pub notify: notify::NotifyConfig,
 }
 
 impl Config {
@@ -213,6 +216,7 @@ impl Config {
         }
         let celery = celery::celery(s, &targets)?;
         let otel = otel::otel(s)?;
+        let notify = notify::notify(s, probe_interval)?;
         let ready_checks = ready_checks(s, &targets)?;
         let auth_token = match non_empty(vars::AUTH_TOKEN, &s.auth_token)? {
             None => None,
@@ -278,6 +282,7 @@ impl Config {
             log_filter,
             celery,
             otel,
+            notify,
         })
     }
 }

@@ -157,20 +157,7 @@ pub(super) fn targets(s: &Settings) -> Result<Targets, ConfigError> {
             problem: "no Redis is left to probe: Redis Sentinel URLs are recognised but not supported yet; set REDIS_URL to the master's redis:// URL to probe it meanwhile".into(),
         });
     }
-    // SSL_CERT_FILE and SSL_CERT_DIR add roots to every TLS target, as OpenSSL's default
-    // paths do for the app's Python.
-    let mut extra = Vec::new();
-    for (var, value) in [
-        (vars::SSL_CERT_FILE, &s.ssl_cert_file),
-        (vars::SSL_CERT_DIR, &s.ssl_cert_dir),
-    ] {
-        if let Some(path) = non_empty(var, value)? {
-            extra.push(Roots {
-                origin: var.env,
-                path: path.to_string(),
-            });
-        }
-    }
+    let extra = extra_roots(s)?;
     let mut merged: Vec<Target> = Vec::new();
     for mut t in wanted {
         t.add_roots(&extra);
@@ -196,6 +183,24 @@ pub(super) fn targets(s: &Settings) -> Result<Targets, ConfigError> {
         }
     }
     Ok((merged, default_target, ignored, warnings))
+}
+
+/// SSL_CERT_FILE and SSL_CERT_DIR: roots added to every TLS connection (the TLS targets'
+/// and the webhooks'), as OpenSSL's default paths are for the app's Python.
+pub(super) fn extra_roots(s: &Settings) -> Result<Vec<Roots>, ConfigError> {
+    let mut extra = Vec::new();
+    for (var, value) in [
+        (vars::SSL_CERT_FILE, &s.ssl_cert_file),
+        (vars::SSL_CERT_DIR, &s.ssl_cert_dir),
+    ] {
+        if let Some(path) = non_empty(var, value)? {
+            extra.push(Roots {
+                origin: var.env,
+                path: path.to_string(),
+            });
+        }
+    }
+    Ok(extra)
 }
 
 /// The variable a target was read from, for an error about its URL.

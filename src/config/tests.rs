@@ -1,7 +1,7 @@
 use super::*;
 use crate::text::{escape, unescape};
 
-fn settings(pairs: &[(&str, &str)]) -> Settings {
+pub(super) fn settings(pairs: &[(&str, &str)]) -> Settings {
     let mut s = Settings::default();
     for (k, v) in pairs {
         let v = Some(v.to_string());
@@ -37,6 +37,10 @@ fn settings(pairs: &[(&str, &str)]) -> Settings {
             "SIDECAR_CELERY_MAX_WORKERS" => s.celery_max_workers = v,
             "SIDECAR_CELERY_FORGET_AFTER" => s.celery_forget_after = v,
             "SIDECAR_CELERY_BEAT_EXPECT" => s.celery_beat_expect = v,
+            "SIDECAR_NOTIFY_URL" => s.notify_url = v,
+            "SIDECAR_NOTIFY_FORMAT" => s.notify_format = v,
+            "SIDECAR_NOTIFY_AFTER" => s.notify_after = v,
+            "SSL_CERT_FILE" => s.ssl_cert_file = v,
             "SIDECAR_CELERY_REDBEAT_KEY_PREFIX" => s.celery_redbeat_key_prefix = v,
             "OTEL_EXPORTER_OTLP_ENDPOINT" => s.otel_endpoint = v,
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => s.otel_traces_endpoint = v,

@@ -92,6 +92,9 @@ var!(
     "SIDECAR_CELERY_RUNNING_MAX",
     "celery-running-max"
 );
+var!(NOTIFY_URL, "SIDECAR_NOTIFY_URL", "notify-url");
+var!(NOTIFY_FORMAT, "SIDECAR_NOTIFY_FORMAT", "notify-format");
+var!(NOTIFY_AFTER, "SIDECAR_NOTIFY_AFTER", "notify-after");
 var!(
     CELERY_BEAT_EXPECT,
     "SIDECAR_CELERY_BEAT_EXPECT",

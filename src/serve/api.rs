@@ -4,9 +4,9 @@
 
 use serde::Serialize;
 
+use crate::notify::event::EventDoc;
 use crate::serve::health::round3;
-use crate::serve::history::{self, Event, Point, Subject, View};
-use crate::text::rfc3339;
+use crate::serve::history::{self, Event, Point, View};
 
 #[derive(Serialize)]
 struct HistoryDoc<'a> {
@@ -102,44 +102,11 @@ struct EventsDoc<'a> {
     events: Vec<EventDoc<'a>>,
 }
 
-#[derive(Serialize)]
-struct EventDoc<'a> {
-    at: String,
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    checks: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    worker: Option<&'a str>,
-    from: Option<&'static str>,
-    to: &'static str,
-    reason: Option<&'static str>,
-    sentence: Option<&'a str>,
-    fix: Option<&'a str>,
-}
-
-fn event(e: &Event) -> EventDoc<'_> {
-    let (kind, checks, worker) = match &e.subject {
-        Subject::Checks(c) => ("check", Some(c.as_slice()), None),
-        Subject::Worker(w) => ("worker", None, Some(w.as_str())),
-    };
-    EventDoc {
-        at: rfc3339(e.at),
-        kind,
-        checks,
-        worker,
-        from: e.from,
-        to: e.to,
-        reason: e.reason,
-        sentence: e.sentence.as_deref(),
-        fix: e.fix.as_deref(),
-    }
-}
-
 /// The `/api/events` document: newest first.
 pub fn events(view: &View) -> String {
     to_json(&EventsDoc {
         capacity: history::EVENTS,
-        events: view.events.iter().map(event).collect(),
+        events: view.events.iter().map(Event::doc).collect(),
     })
 }
 

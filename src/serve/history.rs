@@ -146,27 +146,7 @@ pub struct Minute {
     pub failed: u64,
 }
 
-/// One state change of a check or a worker.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub at: SystemTime,
-    pub subject: Subject,
-    /// `None` for a check's first report.
-    pub from: Option<&'static str>,
-    pub to: &'static str,
-    /// The fixed cause (`connect`, `auth`, ...), when there is one.
-    pub reason: Option<&'static str>,
-    pub sentence: Option<String>,
-    pub fix: Option<String>,
-}
-
-/// What changed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Subject {
-    /// The checks a runner publishes under (a target with two roles has two).
-    Checks(Vec<String>),
-    Worker(String),
-}
+pub use crate::notify::{Event, Subject};
 
 /// A series as of one moment: its points within the last [`WINDOW`], oldest first.
 #[derive(Debug, Clone)]
@@ -234,6 +214,9 @@ pub struct History {
     inner: Mutex<Inner>,
     /// Bumped after every write: a rendering of an older generation is out of date.
     generation: AtomicU64,
+    /// Where each change is also sent, when notifications are on (never waited on: a
+    /// full channel drops the change, counted by the notifier's absence of it).
+    notify: std::sync::OnceLock<tokio::sync::mpsc::Sender<Event>>,
 }
 
 /// Points in a [`WINDOW`] at `interval`, within 12 ..= [`MAX_POINTS`].
@@ -280,6 +263,7 @@ impl History {
                 worker_events: VecDeque::with_capacity(EVENTS),
             }),
             generation: AtomicU64::new(0),
+            notify: std::sync::OnceLock::new(),
         }
     }
 
@@ -293,6 +277,21 @@ impl History {
     fn write(&self, f: impl FnOnce(&mut Inner)) {
         f(&mut self.lock());
         self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Sends every change from now on to `tx` too.
+    pub fn notify_to(&self, tx: tokio::sync::mpsc::Sender<Event>) {
+        let _ = self.notify.set(tx);
+    }
+
+    /// Keeps a change, and passes it on to the notifier.
+    fn keep(&self, events: &mut VecDeque<Event>, e: Event) {
+        if let Some(tx) = self.notify.get()
+            && tx.try_send(e.clone()).is_err()
+        {
+            tracing::warn!("a state change was not passed to the notifier: its queue is full");
+        }
+        push_event(events, e);
     }
 
     /// How many writes so far.
@@ -327,7 +326,7 @@ impl History {
                         .unwrap_or_default(),
                     Status::Healthy => (None, None),
                 };
-                push_event(
+                self.keep(
                     &mut inner.check_events,
                     Event {
                         // When the change was judged: for Celery, a worker can change the
@@ -365,7 +364,7 @@ impl History {
         at: SystemTime,
     ) {
         self.write(|inner| {
-            push_event(
+            self.keep(
                 &mut inner.worker_events,
                 Event {
                     at,

@@ -56,6 +56,8 @@ pub struct Metrics {
     /// Open HTTP connections, and those closed at once for the cap.
     pub http_connections: IntGauge,
     pub http_rejected: IntCounter,
+    /// Notifications: delivered, attempts failed, given up.
+    pub notifications: IntCounterVec,
     last_probe: GaugeVec,
     probe_duration: GaugeVec,
     /// Celery's families.
@@ -140,6 +142,17 @@ impl Metrics {
             "HTTP connections closed at once because SIDECAR_MAX_CONNECTIONS were open.",
         )?;
         registry.register(Box::new(http_rejected.clone()))?;
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "sidecar_notifications_total",
+                "Notifications (SIDECAR_NOTIFY_URL) by outcome: sent, failed (an attempt; retried), dropped (too old, or pushed out of a full outbox).",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(notifications.clone()))?;
+        for outcome in ["sent", "failed", "dropped"] {
+            notifications.with_label_values(&[outcome]);
+        }
         let build_info = gauge(
             "sidecar_build_info",
             "Always 1; the version label says which build runs.",
@@ -208,6 +221,7 @@ impl Metrics {
             ready,
             http_connections,
             http_rejected,
+            notifications,
             last_probe: float(
                 "sidecar_last_probe_timestamp_seconds",
                 "Unix time the last probe of this check finished.",

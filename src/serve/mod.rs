@@ -8,6 +8,7 @@ pub mod health;
 pub mod history;
 pub mod http;
 pub mod metrics;
+pub mod notifier;
 pub mod page;
 pub mod process;
 pub mod redis;

@@ -131,6 +131,7 @@ impl Probe for RedisCheck {
                 last,
                 *now,
                 details(self.pool_state(), None, self.target.db()),
+                Some(verdict::failure_fix(failure, &self.target)),
             ),
         })
     }

@@ -210,6 +210,7 @@ pub fn failed(
     last: Option<&Report>,
     now: SystemTime,
     details: Details,
+    fix: Option<String>,
 ) -> Report {
     Report {
         status: Status::Unhealthy,
@@ -219,7 +220,7 @@ pub fn failed(
         last_success: last.and_then(|r| r.last_success),
         consecutive_failures: last.map_or(0, |r| r.consecutive_failures) + 1,
         error: Some(failure),
-        fix: None,
+        fix,
         warnings: Vec::new(),
         details,
     }
@@ -294,6 +295,7 @@ mod tests {
             None,
             then,
             Details::None,
+            None,
         );
         assert_eq!(first.status, Status::Unhealthy);
         assert_eq!(first.consecutive_failures, 1);
@@ -307,6 +309,7 @@ mod tests {
             Some(&ok),
             then,
             Details::None,
+            None,
         );
         assert_eq!(next.consecutive_failures, 1);
         assert_eq!(next.last_success, Some(then));
@@ -315,6 +318,7 @@ mod tests {
             Some(&next),
             then,
             Details::None,
+            None,
         );
         assert_eq!(third.consecutive_failures, 2);
     }

@@ -65,11 +65,7 @@ pub(super) async fn connect(d: &mut Diagnosis, limit: Duration) -> Option<Box<dy
                 }
                 Ok(Err(e)) => {
                     let f = Failure::from_redis(&RedisError::from(e), &target);
-                    let fix = if host.ends_with(".railway.internal") {
-                        "*.railway.internal names resolve only inside Railway's private network: run the sidecar as a service of the same project, or from outside use the public URL (REDIS_PUBLIC_URL, the TCP proxy)"
-                    } else {
-                        "check the host name for typos; `getent hosts <host>` on this machine must answer"
-                    };
+                    let fix = crate::verdict::failure_fix(&f, &target);
                     d.steps.push(Step::fail("dns", f, fix));
                     return None;
                 }
@@ -122,14 +118,7 @@ pub(super) async fn connect(d: &mut Diagnosis, limit: Duration) -> Option<Box<dy
     }
     let Some(tcp) = stream else {
         let f = last.unwrap_or_else(|| Failure::new(Reason::Dns, "no address to connect to"));
-        let fix = match f.reason {
-            Reason::Timeout => {
-                "packets are dropped or the host is down: check firewalls, security groups and that Redis listens on this interface (`bind`)"
-            }
-            _ => {
-                "start Redis, or fix the port (Railway's private Redis port is 6379); `protected-mode` and `bind` decide which interfaces Redis listens on"
-            }
-        };
+        let fix = crate::verdict::failure_fix(&f, &target);
         let mut step = Step::fail("tcp", f, fix);
         step.detail = format!("{} [{}]", step.detail, tried.join("; "));
         d.steps.push(step);

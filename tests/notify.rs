@@ -1,0 +1,375 @@
+//! Notifications against a local HTTP receiver and a real redis-server: Redis killed, one
+//! message with the cause once the change held; restarted, one "again after N s"; a Redis
+//! flapping faster than the delay sends nothing; a receiver down gets its messages late, in
+//! order; `check --notify-test`. The webhook URL, a credential, is never shown.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{FAST, Redis, Sidecar, free_port, run, sample, wait_for};
+
+/// A webhook receiver on loopback: records each POST's path and JSON body, answers with
+/// `status`; `down` stops it listening (connections refused) until `up`.
+struct Receiver {
+    port: u16,
+    got: Arc<Mutex<Vec<(Instant, String, Value)>>>,
+    status: Arc<AtomicU16>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let mut r = Receiver {
+            port: free_port(),
+            got: Arc::default(),
+            status: Arc::new(AtomicU16::new(200)),
+            stop: Arc::default(),
+            thread: None,
+        };
+        r.up();
+        r
+    }
+
+    fn up(&mut self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).expect("bind the receiver");
+        listener.set_nonblocking(true).unwrap();
+        self.stop.store(false, Ordering::SeqCst);
+        let (got, status, stop) = (self.got.clone(), self.status.clone(), self.stop.clone());
+        self.thread = Some(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok((s, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut reader = BufReader::new(s);
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut length = 0;
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    if h == "\r\n" || h.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let code = status.load(Ordering::SeqCst);
+                if code == 200 {
+                    got.lock().unwrap().push((
+                        Instant::now(),
+                        path,
+                        serde_json::from_slice(&body).expect("a JSON body"),
+                    ));
+                }
+                let answer = if code == 200 { "ok" } else { "no" };
+                let _ = write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        }));
+    }
+
+    fn down(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hooks/T0K3N-9c8b7a", self.port)
+    }
+
+    fn bodies(&self) -> Vec<Value> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, _, b)| b.clone())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// The sidecar watching `redis` (cache only: no Celery), telling `receiver` in `format`.
+fn sidecar(redis: &Redis, receiver: &Receiver, format: &str) -> Sidecar {
+    let url = redis.url();
+    let hook = receiver.url();
+    let mut env: Vec<(&str, &str)> = FAST.to_vec();
+    env.extend([
+        ("REDIS_URL", url.as_str()),
+        ("SIDECAR_NOTIFY_URL", hook.as_str()),
+        ("SIDECAR_NOTIFY_FORMAT", format),
+    ]);
+    let s = Sidecar::start(&env);
+    s.wait_status("/readyz", 200);
+    s
+}
+
+/// The events of a JSON message: (subject, to).
+fn events(body: &Value) -> Vec<(String, String)> {
+    body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let who = e["checks"]
+                .as_array()
+                .map(|c| {
+                    c.iter()
+                        .map(|c| c.as_str().unwrap())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .or_else(|| e["worker"].as_str().map(String::from))
+                .unwrap();
+            (who, e["to"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn redis_down_then_up_sends_one_message_each_with_the_cause_and_the_duration() {
+    let mut redis = Redis::start(&[]);
+    let receiver = Receiver::start();
+    let sidecar = sidecar(&redis, &receiver, "json");
+    // Healthy from the start: nothing to say.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(receiver.bodies().len(), 0, "{:?}", receiver.bodies());
+
+    let killed = Instant::now();
+    redis.kill();
+    let down = wait_for("the down message", Duration::from_secs(20), || {
+        receiver.bodies().first().cloned()
+    });
+    // Held for SIDECAR_NOTIFY_AFTER (two probes) first, and every check that went down
+    // with it in the same message.
+    assert!(
+        killed.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        killed.elapsed()
+    );
+    // The celery check (on the same Redis, the app's broker too) went down with it.
+    let mut got = events(&down);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("celery".to_string(), "unhealthy".to_string()),
+            ("redis:cache".to_string(), "unhealthy".to_string())
+        ],
+        "{down:#}"
+    );
+    let e = down["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["checks"][0] == "redis:cache")
+        .unwrap();
+    assert_eq!(e["from"], "healthy");
+    assert_eq!(e["reason"], "connect", "{down:#}");
+    assert!(
+        e["sentence"].as_str().unwrap().contains("refused"),
+        "{down:#}"
+    );
+    assert!(e["fix"].is_string(), "{down:#}");
+    assert_eq!(down["service"], "redis-celery-sidecar");
+
+    std::thread::sleep(Duration::from_secs(2));
+    redis.restart();
+    let up = wait_for("the recovery", Duration::from_secs(20), || {
+        receiver.bodies().get(1).cloned()
+    });
+    let mut got = events(&up);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("celery".to_string(), "healthy".to_string()),
+            ("redis:cache".to_string(), "healthy".to_string())
+        ],
+        "{up:#}"
+    );
+    for e in up["events"].as_array().unwrap() {
+        let lasted = e["lasted_seconds"].as_f64().unwrap();
+        assert!((3.0..30.0).contains(&lasted), "{up:#}");
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        receiver.bodies().len(),
+        2,
+        "one message each: {:?}",
+        receiver.bodies()
+    );
+    let paths: Vec<String> = receiver
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, p, _)| p.clone())
+        .collect();
+    assert!(
+        paths.iter().all(|p| p == "/hooks/T0K3N-9c8b7a"),
+        "{paths:?}"
+    );
+    let m = sidecar.get("/metrics").body;
+    assert_eq!(
+        sample(&m, "sidecar_notifications_total{outcome=\"sent\"}"),
+        Some(2.0),
+        "{m}"
+    );
+    assert!(!sidecar.logs().contains("T0K3N"), "{}", sidecar.logs());
+}
+
+#[test]
+fn a_flapping_redis_sends_no_storm() {
+    let redis = Redis::start(&[]);
+    let receiver = Receiver::start();
+    let url = redis.url();
+    let hook = receiver.url();
+    let mut env: Vec<(&str, &str)> = FAST.to_vec();
+    env.extend([
+        ("REDIS_URL", url.as_str()),
+        ("SIDECAR_NOTIFY_URL", hook.as_str()),
+        ("SIDECAR_NOTIFY_FORMAT", "slack"),
+        ("SIDECAR_NOTIFY_AFTER", "3s"),
+    ]);
+    let sidecar = Sidecar::start(&env);
+    sidecar.wait_status("/readyz", 200);
+    // Frozen and thawed every 1.5 s for 15 s: the probe (every second, 800 ms timeout)
+    // sees it down and up again, each state for less than SIDECAR_NOTIFY_AFTER.
+    for _ in 0..5 {
+        redis.freeze();
+        std::thread::sleep(Duration::from_millis(1500));
+        redis.thaw();
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let bodies = receiver.bodies();
+    let events = sidecar.get("/api/events").json();
+    let changes = events["events"].as_array().unwrap().len();
+    assert!(changes >= 6, "the check did flap: {events:#}");
+    assert!(
+        bodies.len() <= 2,
+        "{} messages for {changes} changes: {bodies:?}",
+        bodies.len()
+    );
+    for b in &bodies {
+        assert!(b["text"].is_string(), "slack format: {b}");
+    }
+}
+
+#[test]
+fn a_receiver_down_gets_its_messages_late_and_in_order() {
+    let mut redis = Redis::start(&[]);
+    let mut receiver = Receiver::start();
+    let sidecar = sidecar(&redis, &receiver, "json");
+    receiver.down();
+    redis.kill();
+    std::thread::sleep(Duration::from_secs(6));
+    redis.restart();
+    std::thread::sleep(Duration::from_secs(6));
+    let m = sidecar.get("/metrics").body;
+    assert!(
+        sample(&m, "sidecar_notifications_total{outcome=\"failed\"}").is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    assert!(
+        sidecar.logs().contains("was not delivered (retried)"),
+        "{}",
+        sidecar.logs()
+    );
+    receiver.up();
+    let got = wait_for("both messages", Duration::from_secs(90), || {
+        let b = receiver.bodies();
+        (b.len() >= 2).then_some(b)
+    });
+    let mut order: Vec<String> = got.iter().flat_map(events).map(|(_, to)| to).collect();
+    order.dedup();
+    assert_eq!(order, ["unhealthy", "healthy"], "{got:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(receiver.bodies().len(), 2);
+    assert_eq!(
+        sample(
+            &sidecar.get("/metrics").body,
+            "sidecar_notifications_total{outcome=\"dropped\"}"
+        ),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn check_notify_test_reports_the_receivers_answer() {
+    let mut receiver = Receiver::start();
+    let hook = receiver.url();
+    let env = [
+        ("REDIS_URL", "redis://127.0.0.1:9/0"),
+        ("SIDECAR_NOTIFY_URL", hook.as_str()),
+        ("SIDECAR_NOTIFY_FORMAT", "discord"),
+    ];
+    let out = run(&["check", "--notify-test"], &env);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.starts_with(&format!(
+            "notify 1 (discord, http://127.0.0.1:{}/***)  ok    answered 200 ok",
+            receiver.port
+        )),
+        "{said}"
+    );
+    let got = receiver.bodies();
+    assert!(
+        got[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("a test message"),
+        "{got:?}"
+    );
+
+    receiver.status.store(500, Ordering::SeqCst);
+    let out = run(&["check", "--notify-test"], &env);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("fail  answered 500 no"), "{said}");
+
+    receiver.down();
+    let out = run(&["check", "--notify-test"], &env);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "fail  cannot connect to 127.0.0.1:{}",
+            receiver.port
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("T0K3N"), "{said}");
+
+    let out = run(
+        &["check", "--notify-test"],
+        &[("REDIS_URL", "redis://127.0.0.1:9/0")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("set SIDECAR_NOTIFY_URL"));
+}
