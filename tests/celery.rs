@@ -822,6 +822,46 @@ fn a_countdown_past_the_visibility_timeout_is_reported_before_it_runs_twice() {
 
 /// A worker SIGKILLed while it runs a task: the task is counted lost and named, gone with
 /// the default early ack, coming back (and when) with acks_late.
+/// A worker holding a countdown task stops warmly: kombu puts the reservation back on its
+/// queue marked `redelivered`, and a new worker reserves it again. One message delivered
+/// again, counted once (seen at the queue's front, then among the reservations).
+#[test]
+fn a_message_delivered_again_is_counted_once() {
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let app = [("BROKER_URL", url.as_str())];
+    let sidecar = Sidecar::start(&env(&url, &[]));
+    let mut first = Worker::start(&app, "first@test", &["-P", "solo"]);
+    first.wait_ready();
+    send(
+        &app,
+        r#"[{"task": "add", "args": [3, 3], "countdown": 120}]"#,
+    );
+    wait_celery(&sidecar, "the reservation", |c| c["unacked"] == 1);
+    let counted = |s: &Sidecar| {
+        sample(
+            &s.get("/metrics").body,
+            "celery_tasks_redelivered_total{queue_name=\"celery\"}",
+        )
+    };
+    assert_eq!(counted(&sidecar), None, "nothing delivered again yet");
+    first.terminate();
+    let c = wait_celery(&sidecar, "the message back on its queue", |c| {
+        c["queues"]["celery"]["length"] == 1
+            && c["details"]["reservations"]["redelivered_seen"] == 1
+    });
+    assert_eq!(c["unacked"], 0, "{c:#}");
+    assert_eq!(counted(&sidecar), Some(1.0));
+    let second = Worker::start(&app, "second@test", &["-P", "solo"]);
+    second.wait_ready();
+    let c = wait_celery(&sidecar, "reserved again", |c| {
+        c["unacked"] == 1 && c["queues"]["celery"]["length"] == 0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(c["details"]["reservations"]["redelivered_seen"], 1, "{c:#}");
+    assert_eq!(counted(&sidecar), Some(1.0), "one message, counted once");
+}
+
 #[test]
 fn a_task_running_on_a_killed_worker_is_lost_or_comes_back() {
     let redis = Redis::start(&[]);

@@ -45,6 +45,7 @@ pub struct CeleryMetrics {
     queue_wait: HistogramVec,
     redelivery_risk: IntGaugeVec,
     queue_unbound: IntGaugeVec,
+    redelivered: IntCounterVec,
     unheard_consuming: IntGauge,
     lost: IntCounterVec,
     running_oldest: GaugeVec,
@@ -106,6 +107,16 @@ impl CeleryMetrics {
                         "Tasks running on a worker that went down without a warm shutdown (SIGKILL, OOM, a lost host).",
                     ),
                     &["name"],
+                )?,
+            )?,
+            redelivered: reg(
+                registry,
+                IntCounterVec::new(
+                    opts(
+                        "celery_tasks_redelivered_total",
+                        "Messages kombu delivered again (marked redelivered: restored after the visibility timeout or a worker's warm shutdown), each counted once when first seen at a queue's front or among the oldest reservations.",
+                    ),
+                    q,
                 )?,
             )?,
             queue_unbound: reg(
@@ -391,6 +402,11 @@ impl CeleryMetrics {
             self.beat_overdue.with_label_values(&[name]).set(*overdue);
             shown.push((*name).to_string());
         }
+    }
+
+    /// A message delivered again, seen for the first time.
+    pub fn redelivered(&self, queue: &str) {
+        self.redelivered.with_label_values(&[queue]).inc();
     }
 
     /// A task lost with its worker.

@@ -150,6 +150,9 @@ pub struct QueueObservation {
     pub at_risk: Vec<reservations::AtRisk>,
     /// The task ids of the oldest reservations, with when they were fetched (Unix seconds).
     pub reserved: Vec<(String, f64)>,
+    /// Messages delivered again (kombu's `redelivered` mark), seen at a queue's front or
+    /// among the oldest reservations: (task id, queue).
+    pub redelivered: Vec<(String, String)>,
     /// RedBeat's schedule, when the broker holds one.
     pub beat: Option<Beat>,
 }
@@ -498,6 +501,8 @@ impl QueueProbe {
 
         let now = Instant::now();
         let mut bad_messages = Vec::new();
+        // Messages kombu delivered again, seen at a queue's front: (task id, queue).
+        let mut again: Vec<(String, String)> = Vec::new();
         let mut queues = Vec::with_capacity(names.len());
         // Whether any queue's front was taken, or any queue got shorter, since the last
         // probe: a consumer at work, heard or not.
@@ -555,10 +560,15 @@ impl QueueProbe {
                             // A new front: the old one was taken, if there was one.
                             progressed |= previous.is_some();
                             let task = match kombu::decode(&bytes) {
-                                Ok(m) => m.envelope["headers"]["task"]
-                                    .as_str()
-                                    .filter(|t| t.len() <= 255)
-                                    .map(str::to_string),
+                                Ok(m) => {
+                                    if let Some(id) = reservations::redelivered(&m.envelope) {
+                                        again.push((id.to_string(), state.name.clone()));
+                                    }
+                                    m.envelope["headers"]["task"]
+                                        .as_str()
+                                        .filter(|t| t.len() <= 255)
+                                        .map(str::to_string)
+                                }
                                 Err(DecodeError::ContentType(_) | DecodeError::TooLarge(_)) => None,
                                 Err(e) => {
                                     bad_messages.push(e);
@@ -639,6 +649,7 @@ impl QueueProbe {
             redelivery_risk: held.risk,
             at_risk: held.at_risk,
             reserved: held.reserved,
+            redelivered: again.into_iter().chain(held.redelivered).collect(),
             beat,
         })
     }

@@ -22,6 +22,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::celery::Shared;
 use crate::celery::beat::RedBeat;
+use crate::celery::queues::reservations::SeenOnce;
 use crate::celery::queues::{QueueObservation, QueueProbe};
 use crate::celery::workers::Worker;
 use crate::config::{CELERY_CHECK, CeleryConfig};
@@ -88,6 +89,8 @@ pub struct CeleryCheck {
     last_consumed: Option<Instant>,
     /// Tasks lost with their worker, newest first (at most `MAX_LOST`), and when.
     lost: std::collections::VecDeque<(Instant, LostTask)>,
+    /// Messages seen delivered again.
+    redelivered: SeenOnce,
 }
 
 /// Lost tasks remembered at most.
@@ -140,6 +143,7 @@ impl CeleryCheck {
             recorded: None,
             last_consumed: None,
             lost: std::collections::VecDeque::new(),
+            redelivered: SeenOnce::default(),
         }
     }
 
@@ -511,6 +515,7 @@ impl CeleryCheck {
                 oldest_age_seconds: obs.oldest_reservation.map(round1),
                 orphaned: obs.orphaned,
                 visibility_timeout_seconds: self.config.visibility_timeout.as_secs_f64(),
+                redelivered_seen: self.redelivered.total(),
             });
             details.queues_left_out = Some(obs.left_out);
             details.kombu = Some(health::layout_doc(&obs.layout));
@@ -575,6 +580,11 @@ impl Probe for CeleryCheck {
                     .collect();
                 metrics.celery.set_queues(obs, &gone);
                 self.shown = names;
+                for (id, queue) in &obs.redelivered {
+                    if self.redelivered.first(id) {
+                        metrics.celery.redelivered(queue);
+                    }
+                }
                 self.count_bad_messages(obs, metrics);
             }
             Err(_) => {

@@ -200,6 +200,8 @@ pub struct ReservationsDoc {
     pub oldest_age_seconds: Option<f64>,
     pub orphaned: u64,
     pub visibility_timeout_seconds: f64,
+    /// Messages delivered again seen since the sidecar started.
+    pub redelivered_seen: u64,
 }
 
 /// kombu's layout as found on the broker (bytes escaped as `config` shows them).

@@ -229,6 +229,7 @@ mod celery {
             redelivery_risk: vec![],
             at_risk: vec![],
             reserved: vec![],
+            redelivered: vec![],
             beat: None,
         }
     }

@@ -71,6 +71,16 @@ pub struct Reservations {
     pub at_risk: Vec<AtRisk>,
     /// Every task id, with when it was fetched.
     pub reserved: Vec<(String, f64)>,
+    /// Reserved again after kombu restored them (task id, queue).
+    pub redelivered: Vec<(String, String)>,
+}
+
+/// The task id of a message kombu delivered again: it marks what it restores (after the
+/// visibility timeout, or from a worker's warm shutdown) `redelivered` (fixture 25).
+pub fn redelivered(envelope: &Value) -> Option<&str> {
+    let marked = envelope["headers"]["redelivered"] == true
+        || envelope["properties"]["delivery_info"]["redelivered"] == true;
+    marked.then(|| envelope["headers"]["id"].as_str()).flatten()
 }
 
 /// The reservations among `entries` (delivery tag's message, if the hash had it, and when
@@ -81,6 +91,7 @@ pub fn judge(entries: &[(Option<&[u8]>, f64)], visibility: Duration, now: f64) -
     let mut per_queue: Vec<(String, u64)> = Vec::new();
     let mut listed = Vec::new();
     let mut reserved = Vec::new();
+    let mut again = Vec::new();
     for (message, fetched) in entries {
         let Some(m) = message.and_then(|m| serde_json::from_slice::<Value>(m).ok()) else {
             continue;
@@ -97,6 +108,9 @@ pub fn judge(entries: &[(Option<&[u8]>, f64)], visibility: Duration, now: f64) -
             .as_str()
             .or_else(|| envelope["properties"]["delivery_info"]["routing_key"].as_str())
             .unwrap_or("unknown");
+        if let Some(id) = redelivered(envelope) {
+            again.push((id.to_string(), queue.to_string()));
+        }
         let eta = headers["eta"].as_str().and_then(crate::text::parse_iso8601);
         let age = now - fetched;
         // Past the timeout it is orphaned: delivered again already (the orphaned count).
@@ -126,6 +140,41 @@ pub fn judge(entries: &[(Option<&[u8]>, f64)], visibility: Duration, now: f64) -
         risk: per_queue,
         at_risk: listed,
         reserved,
+        redelivered: again,
+    }
+}
+
+/// Task ids seen delivered again, each counted once (the last [`SEEN_MAX`] remembered).
+#[derive(Debug, Default)]
+pub struct SeenOnce {
+    ids: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+    total: u64,
+}
+
+/// Redelivered task ids remembered at most.
+pub const SEEN_MAX: usize = 4096;
+
+impl SeenOnce {
+    /// True the first time `id` is seen.
+    pub fn first(&mut self, id: &str) -> bool {
+        if self.ids.contains(id) {
+            return false;
+        }
+        if self.order.len() >= SEEN_MAX
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        self.ids.insert(id.to_string());
+        self.order.push_back(id.to_string());
+        self.total += 1;
+        true
+    }
+
+    /// How many were seen in all.
+    pub fn total(&self) -> u64 {
+        self.total
     }
 }
 
@@ -270,5 +319,50 @@ mod tests {
                 .iter()
                 .any(|e| e.as_str().unwrap().starts_with("worker-offline"))
         );
+    }
+
+    #[test]
+    fn messages_delivered_again_are_told_once() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/celery/25-redelivered-after-a-warm-shutdown.json"
+        );
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let front: Value =
+            serde_json::from_str(v["queue_front_verbatim"].as_str().unwrap()).unwrap();
+        let id = "bfeeabb6-750a-497a-9935-cca22a7b19e0";
+        assert_eq!(redelivered(&front), Some(id));
+        // Reserved again by a new worker: still marked, in the unacked hash's triple.
+        let unacked = v["unacked_value_after_a_new_worker_reserved_it"]
+            .as_str()
+            .unwrap()
+            .as_bytes();
+        let r = judge(
+            &[(Some(unacked), 1_796_159_560.0)],
+            Duration::from_secs(3600),
+            1_796_159_561.0,
+        );
+        assert_eq!(r.redelivered, [(id.to_string(), "celery".to_string())]);
+        // A first delivery is not marked.
+        let plain: Value = serde_json::from_slice(&fixture()).unwrap();
+        assert_eq!(redelivered(&plain[0]), None);
+        let r = judge(
+            &[(Some(&fixture()), 1_796_159_560.0)],
+            Duration::from_secs(3600),
+            1_796_159_561.0,
+        );
+        assert!(r.redelivered.is_empty());
+
+        let mut seen = SeenOnce::default();
+        assert!(seen.first(id));
+        assert!(
+            !seen.first(id),
+            "the front, then the reservation: one message"
+        );
+        for i in 0..SEEN_MAX {
+            assert!(seen.first(&i.to_string()));
+        }
+        assert!(seen.first(id), "forgotten past the bound");
+        assert_eq!(seen.total(), SEEN_MAX as u64 + 2);
     }
 }
