@@ -18,6 +18,8 @@ use support::{FAST, Redis, Sidecar, free_port, run, sample, wait_for};
 /// `status`; `down` stops it listening (connections refused) until `up`.
 struct Receiver {
     port: u16,
+    /// Answers over TLS with this configuration.
+    tls: Option<Arc<rustls::ServerConfig>>,
     got: Arc<Mutex<Vec<(Instant, String, Value)>>>,
     status: Arc<AtomicU16>,
     stop: Arc<AtomicBool>,
@@ -26,7 +28,32 @@ struct Receiver {
 
 impl Receiver {
     fn start() -> Receiver {
+        Receiver::with_tls(None)
+    }
+
+    /// The receiver over TLS, with the test PKI's certificate for `localhost`.
+    fn start_tls(pki: &support::Pki) -> Receiver {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.server_cert)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(&pki.server_key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        Receiver::with_tls(Some(Arc::new(config)))
+    }
+
+    fn with_tls(tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let mut r = Receiver {
+            tls,
             port: free_port(),
             got: Arc::default(),
             status: Arc::new(AtomicU16::new(200)),
@@ -42,6 +69,7 @@ impl Receiver {
         listener.set_nonblocking(true).unwrap();
         self.stop.store(false, Ordering::SeqCst);
         let (got, status, stop) = (self.got.clone(), self.status.clone(), self.stop.clone());
+        let tls = self.tls.clone();
         self.thread = Some(std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let Ok((s, _)) = listener.accept() else {
@@ -50,37 +78,17 @@ impl Receiver {
                 };
                 s.set_nonblocking(false).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut reader = BufReader::new(s);
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                let mut length = 0;
-                loop {
-                    let mut h = String::new();
-                    reader.read_line(&mut h).unwrap();
-                    if h == "\r\n" || h.is_empty() {
-                        break;
-                    }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).unwrap();
                 let code = status.load(Ordering::SeqCst);
-                if code == 200 {
-                    got.lock().unwrap().push((
-                        Instant::now(),
-                        path,
-                        serde_json::from_slice(&body).expect("a JSON body"),
-                    ));
+                let request = match &tls {
+                    Some(config) => {
+                        let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                        exchange(rustls::StreamOwned::new(conn, s), code)
+                    }
+                    None => exchange(s, code),
+                };
+                if let Some((path, body)) = request.filter(|_| code == 200) {
+                    got.lock().unwrap().push((Instant::now(), path, body));
                 }
-                let answer = if code == 200 { "ok" } else { "no" };
-                let _ = write!(
-                    reader.get_mut(),
-                    "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
             }
         }));
     }
@@ -104,6 +112,36 @@ impl Receiver {
             .map(|(_, _, b)| b.clone())
             .collect()
     }
+}
+
+/// Reads one request, answers `code`: the path and the JSON body, if it was one.
+fn exchange(stream: impl Read + Write, code: u16) -> Option<(String, Value)> {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let path = line.split_whitespace().nth(1)?.to_string();
+    let mut length = 0;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    let answer = if code == 200 { "ok" } else { "no" };
+    let stream = reader.get_mut();
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    let _ = stream.flush();
+    Some((path, serde_json::from_slice(&body).expect("a JSON body")))
 }
 
 impl Drop for Receiver {
@@ -149,6 +187,14 @@ fn events(body: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The message tells of the Redis check and the celery check (on the same Redis) going `to`.
+fn both_went(body: &Value, to: &str) {
+    let mut got = events(body);
+    got.sort();
+    let want = ["celery", "redis:cache"].map(|c| (c.to_string(), to.to_string()));
+    assert_eq!(got, want, "{body:#}");
+}
+
 #[test]
 fn redis_down_then_up_sends_one_message_each_with_the_cause_and_the_duration() {
     let mut redis = Redis::start(&[]);
@@ -171,16 +217,7 @@ fn redis_down_then_up_sends_one_message_each_with_the_cause_and_the_duration() {
         killed.elapsed()
     );
     // The celery check (on the same Redis, the app's broker too) went down with it.
-    let mut got = events(&down);
-    got.sort();
-    assert_eq!(
-        got,
-        [
-            ("celery".to_string(), "unhealthy".to_string()),
-            ("redis:cache".to_string(), "unhealthy".to_string())
-        ],
-        "{down:#}"
-    );
+    both_went(&down, "unhealthy");
     let e = down["events"]
         .as_array()
         .unwrap()
@@ -201,16 +238,7 @@ fn redis_down_then_up_sends_one_message_each_with_the_cause_and_the_duration() {
     let up = wait_for("the recovery", Duration::from_secs(20), || {
         receiver.bodies().get(1).cloned()
     });
-    let mut got = events(&up);
-    got.sort();
-    assert_eq!(
-        got,
-        [
-            ("celery".to_string(), "healthy".to_string()),
-            ("redis:cache".to_string(), "healthy".to_string())
-        ],
-        "{up:#}"
-    );
+    both_went(&up, "healthy");
     for e in up["events"].as_array().unwrap() {
         let lasted = e["lasted_seconds"].as_f64().unwrap();
         assert!((3.0..30.0).contains(&lasted), "{up:#}");
@@ -328,9 +356,14 @@ fn check_notify_test_reports_the_receivers_answer() {
         ("SIDECAR_NOTIFY_URL", hook.as_str()),
         ("SIDECAR_NOTIFY_FORMAT", "discord"),
     ];
-    let out = run(&["check", "--notify-test"], &env);
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{said}");
+    let notify_test = |env: &[(&str, &str)]| {
+        let out = run(&["check", "--notify-test"], env);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!said.contains("T0K3N"), "{said}");
+        (out.status.code(), said)
+    };
+    let (code, said) = notify_test(&env);
+    assert_eq!(code, Some(0), "{said}");
     assert!(
         said.starts_with(&format!(
             "notify 1 (discord, http://127.0.0.1:{}/***)  ok    answered 200 ok",
@@ -348,15 +381,13 @@ fn check_notify_test_reports_the_receivers_answer() {
     );
 
     receiver.status.store(500, Ordering::SeqCst);
-    let out = run(&["check", "--notify-test"], &env);
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{said}");
+    let (code, said) = notify_test(&env);
+    assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("fail  answered 500 no"), "{said}");
 
     receiver.down();
-    let out = run(&["check", "--notify-test"], &env);
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{said}");
+    let (code, said) = notify_test(&env);
+    assert_eq!(code, Some(1), "{said}");
     assert!(
         said.contains(&format!(
             "fail  cannot connect to 127.0.0.1:{}",
@@ -372,4 +403,42 @@ fn check_notify_test_reports_the_receivers_answer() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("set SIDECAR_NOTIFY_URL"));
+}
+
+/// Over HTTPS: the receiver's certificate is trusted through SSL_CERT_FILE, as for a TLS
+/// Redis; without it, the handshake fails and says why.
+#[test]
+fn https_receivers_are_verified() {
+    let dir = support::TempDir::new("notify-pki");
+    let pki = support::Pki::new(&dir);
+    let receiver = Receiver::start_tls(&pki);
+    let hook = format!("https://localhost:{}/hooks/T0K3N-9c8b7a", receiver.port);
+    let ca = pki.ca.to_str().unwrap();
+    let trusted = [
+        ("REDIS_URL", "redis://127.0.0.1:9/0"),
+        ("SIDECAR_NOTIFY_URL", hook.as_str()),
+        ("SSL_CERT_FILE", ca),
+    ];
+    let out = run(&["check", "--notify-test"], &trusted);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.starts_with(&format!(
+            "notify 1 (json, https://localhost:{}/***)  ok    answered 200 ok",
+            receiver.port
+        )),
+        "{said}"
+    );
+    assert_eq!(receiver.bodies()[0]["test"], true);
+    let out = run(&["check", "--notify-test"], &trusted[..2]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "fail  TLS with localhost:{} failed: invalid peer certificate",
+            receiver.port
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("T0K3N"), "{said}");
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use redis::{Pipeline, Value};
 use serde_json::Value as Json;
 
-use super::reply::as_f64;
+use super::reply::with_scores;
 
 /// RedBeat entries read at most (the ones due first).
 pub const MAX_ENTRIES: usize = 100;
@@ -138,23 +138,7 @@ impl RedBeat {
             Some(Value::Int(n)) if n > 0 => usize::try_from(n).ok()?,
             _ => return None,
         };
-        let entries = match range {
-            Some(Value::Array(items)) => items
-                .chunks(2)
-                .filter_map(|pair| match pair {
-                    [Value::BulkString(key), score] => Some((key.clone(), as_f64(score)?)),
-                    _ => None,
-                })
-                .collect(),
-            Some(Value::Map(pairs)) => pairs
-                .into_iter()
-                .filter_map(|(k, score)| match k {
-                    Value::BulkString(key) => Some((key, as_f64(&score)?)),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let entries = with_scores(range);
         let lock_ms = match ttl {
             Some(Value::Int(ms)) => ms,
             _ => -2,

@@ -56,7 +56,7 @@ mod choose;
 mod discovery;
 pub mod reservations;
 
-use super::reply::{as_f64, as_u64, bit, fatal, fingerprint};
+use super::reply::{as_u64, bit, fatal, fingerprint, with_scores};
 
 pub use choose::choose;
 use choose::watch;
@@ -431,16 +431,7 @@ impl QueueProbe {
         }
         let unacked = as_u64(replies.next().as_ref());
         // (delivery tag, when fetched), oldest first.
-        let fetched: Vec<(Vec<u8>, f64)> = match replies.next() {
-            Some(Value::Array(items)) => items
-                .chunks(2)
-                .filter_map(|pair| match pair {
-                    [Value::BulkString(tag), score] => Some((tag.clone(), as_f64(score)?)),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let fetched = with_scores(replies.next());
         let oldest_reservation = fetched
             .first()
             .and_then(|(_, at)| Duration::try_from_secs_f64(now_unix - at).ok());

@@ -39,3 +39,25 @@ pub fn as_f64(v: &Value) -> Option<f64> {
     };
     x.is_finite().then_some(x)
 }
+
+/// A `WITHSCORES` reply, as (member, score) pairs: a flat array (RESP2) or a map (RESP3);
+/// a pair that is not a member and a finite score is skipped.
+pub fn with_scores(v: Option<Value>) -> Vec<(Vec<u8>, f64)> {
+    match v {
+        Some(Value::Array(items)) => items
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [Value::BulkString(member), score] => Some((member.clone(), as_f64(score)?)),
+                _ => None,
+            })
+            .collect(),
+        Some(Value::Map(pairs)) => pairs
+            .into_iter()
+            .filter_map(|(m, score)| match m {
+                Value::BulkString(member) => Some((member, as_f64(&score)?)),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
