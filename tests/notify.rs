@@ -151,7 +151,7 @@ impl Drop for Receiver {
 }
 
 /// The sidecar watching `redis` (cache only: no Celery), telling `receiver` in `format`.
-fn sidecar(redis: &Redis, receiver: &Receiver, format: &str) -> Sidecar {
+fn sidecar(redis: &Redis, receiver: &Receiver, format: &str, extra: &[(&str, &str)]) -> Sidecar {
     let url = redis.url();
     let hook = receiver.url();
     let mut env: Vec<(&str, &str)> = FAST.to_vec();
@@ -160,6 +160,7 @@ fn sidecar(redis: &Redis, receiver: &Receiver, format: &str) -> Sidecar {
         ("SIDECAR_NOTIFY_URL", hook.as_str()),
         ("SIDECAR_NOTIFY_FORMAT", format),
     ]);
+    env.extend_from_slice(extra);
     let s = Sidecar::start(&env);
     s.wait_status("/readyz", 200);
     s
@@ -187,6 +188,17 @@ fn events(body: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `check --notify-test` with `env`: it exits with `code` and prints `says` (never the
+/// token); what it printed.
+fn notify_test(env: &[(&str, &str)], code: i32, says: &str) -> String {
+    let out = run(&["check", "--notify-test"], env);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!said.contains("T0K3N"), "{said}");
+    assert_eq!(out.status.code(), Some(code), "{said}");
+    assert!(said.contains(says), "{said}");
+    said
+}
+
 /// The message tells of the Redis check and the celery check (on the same Redis) going `to`.
 fn both_went(body: &Value, to: &str) {
     let mut got = events(body);
@@ -199,7 +211,7 @@ fn both_went(body: &Value, to: &str) {
 fn redis_down_then_up_sends_one_message_each_with_the_cause_and_the_duration() {
     let mut redis = Redis::start(&[]);
     let receiver = Receiver::start();
-    let sidecar = sidecar(&redis, &receiver, "json");
+    let sidecar = sidecar(&redis, &receiver, "json", &[]);
     // Healthy from the start: nothing to say.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(receiver.bodies().len(), 0, "{:?}", receiver.bodies());
@@ -274,17 +286,12 @@ fn redis_down_then_up_sends_one_message_each_with_the_cause_and_the_duration() {
 fn a_flapping_redis_sends_no_storm() {
     let redis = Redis::start(&[]);
     let receiver = Receiver::start();
-    let url = redis.url();
-    let hook = receiver.url();
-    let mut env: Vec<(&str, &str)> = FAST.to_vec();
-    env.extend([
-        ("REDIS_URL", url.as_str()),
-        ("SIDECAR_NOTIFY_URL", hook.as_str()),
-        ("SIDECAR_NOTIFY_FORMAT", "slack"),
-        ("SIDECAR_NOTIFY_AFTER", "3s"),
-    ]);
-    let sidecar = Sidecar::start(&env);
-    sidecar.wait_status("/readyz", 200);
+    let sidecar = sidecar(
+        &redis,
+        &receiver,
+        "slack",
+        &[("SIDECAR_NOTIFY_AFTER", "3s")],
+    );
     // Frozen and thawed every 1.5 s for 15 s: the probe (every second, 800 ms timeout)
     // sees it down and up again, each state for less than SIDECAR_NOTIFY_AFTER.
     for _ in 0..5 {
@@ -312,7 +319,7 @@ fn a_flapping_redis_sends_no_storm() {
 fn a_receiver_down_gets_its_messages_late_and_in_order() {
     let mut redis = Redis::start(&[]);
     let mut receiver = Receiver::start();
-    let sidecar = sidecar(&redis, &receiver, "json");
+    let sidecar = sidecar(&redis, &receiver, "json", &[]);
     receiver.down();
     redis.kill();
     std::thread::sleep(Duration::from_secs(6));
@@ -356,21 +363,13 @@ fn check_notify_test_reports_the_receivers_answer() {
         ("SIDECAR_NOTIFY_URL", hook.as_str()),
         ("SIDECAR_NOTIFY_FORMAT", "discord"),
     ];
-    let notify_test = |env: &[(&str, &str)]| {
-        let out = run(&["check", "--notify-test"], env);
-        let said = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(!said.contains("T0K3N"), "{said}");
-        (out.status.code(), said)
-    };
-    let (code, said) = notify_test(&env);
-    assert_eq!(code, Some(0), "{said}");
-    assert!(
-        said.starts_with(&format!(
-            "notify 1 (discord, http://127.0.0.1:{}/***)  ok    answered 200 ok",
-            receiver.port
-        )),
-        "{said}"
+    let port = receiver.port;
+    let said = notify_test(
+        &env,
+        0,
+        &format!("notify 1 (discord, http://127.0.0.1:{port}/***)  ok    answered 200 ok"),
     );
+    assert!(said.starts_with("notify 1 "), "{said}");
     let got = receiver.bodies();
     assert!(
         got[0]["content"]
@@ -381,28 +380,20 @@ fn check_notify_test_reports_the_receivers_answer() {
     );
 
     receiver.status.store(500, Ordering::SeqCst);
-    let (code, said) = notify_test(&env);
-    assert_eq!(code, Some(1), "{said}");
-    assert!(said.contains("fail  answered 500 no"), "{said}");
+    notify_test(&env, 1, "fail  answered 500 no");
 
     receiver.down();
-    let (code, said) = notify_test(&env);
-    assert_eq!(code, Some(1), "{said}");
-    assert!(
-        said.contains(&format!(
-            "fail  cannot connect to 127.0.0.1:{}",
-            receiver.port
-        )),
-        "{said}"
+    notify_test(
+        &env,
+        1,
+        &format!("fail  cannot connect to 127.0.0.1:{port}"),
     );
-    assert!(!said.contains("T0K3N"), "{said}");
 
-    let out = run(
-        &["check", "--notify-test"],
+    notify_test(
         &[("REDIS_URL", "redis://127.0.0.1:9/0")],
+        1,
+        "set SIDECAR_NOTIFY_URL",
     );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("set SIDECAR_NOTIFY_URL"));
 }
 
 /// Over HTTPS: the receiver's certificate is trusted through SSL_CERT_FILE, as for a TLS
@@ -419,26 +410,16 @@ fn https_receivers_are_verified() {
         ("SIDECAR_NOTIFY_URL", hook.as_str()),
         ("SSL_CERT_FILE", ca),
     ];
-    let out = run(&["check", "--notify-test"], &trusted);
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{said}");
-    assert!(
-        said.starts_with(&format!(
-            "notify 1 (json, https://localhost:{}/***)  ok    answered 200 ok",
-            receiver.port
-        )),
-        "{said}"
+    let port = receiver.port;
+    notify_test(
+        &trusted,
+        0,
+        &format!("notify 1 (json, https://localhost:{port}/***)  ok    answered 200 ok"),
     );
     assert_eq!(receiver.bodies()[0]["test"], true);
-    let out = run(&["check", "--notify-test"], &trusted[..2]);
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains(&format!(
-            "fail  TLS with localhost:{} failed: invalid peer certificate",
-            receiver.port
-        )),
-        "{said}"
+    notify_test(
+        &trusted[..2],
+        1,
+        &format!("fail  TLS with localhost:{port} failed: invalid peer certificate"),
     );
-    assert!(!said.contains("T0K3N"), "{said}");
 }
