@@ -113,6 +113,15 @@ pub fn parse_iso8601(text: &str) -> Option<f64> {
     Some(secs - offset)
 }
 
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn cut_at(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Seconds since the Unix epoch of `t` (0 before it).
 pub fn unix_secs(t: SystemTime) -> f64 {
     t.duration_since(std::time::UNIX_EPOCH)
@@ -158,6 +167,13 @@ mod tests {
         ] {
             assert_eq!(parse_iso8601(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn cuts_at_a_character_boundary() {
+        assert_eq!(cut_at("héllo", 2), "h");
+        assert_eq!(cut_at("héllo", 3), "hé");
+        assert_eq!(cut_at("hi", 10), "hi");
     }
 
     #[test]

@@ -38,7 +38,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
@@ -337,10 +337,7 @@ impl QueueProbe {
         // Past 64 keys a queue (many separators or steps set), every key is read each time.
         let all_live = if specs.len() > 64 { u64::MAX } else { 0 };
         let live: Vec<u64> = live.into_iter().map(|l| l | all_live | 1).collect();
-        let now_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
+        let now_unix = crate::text::unix_now();
         // Round trip 1: LLEN of each queue's keys that held messages last time (its own key
         // always), and one EXISTS over the others: a priority step that starts to be used
         // is seen at once, for one command per queue.

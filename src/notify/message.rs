@@ -41,16 +41,8 @@ pub fn line(n: &Notice) -> String {
             None => format!("{mark} {who} is {}{was}", e.to),
         }
     };
-    s.truncate(floor(&s, 1000));
+    s.truncate(crate::text::cut_at(&s, 1000).len());
     s
-}
-
-fn floor(s: &str, max: usize) -> usize {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    end
 }
 
 /// The text of a group: a heading naming the sidecar's service, then a line per change.

@@ -14,7 +14,7 @@
 //! [`crate::serve::health`].
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
@@ -637,14 +637,11 @@ impl Probe for CeleryCheck {
         let Some(run) = &self.queues else {
             return;
         };
-        let unix = run
-            .finished_at
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let unix = crate::text::unix_secs(run.finished_at);
         for check in checks {
             metrics.record_probe(
                 check,
-                unix.as_secs_f64(),
+                unix,
                 run.result
                     .as_ref()
                     .map_or(0.0, |o| o.round_trip.as_secs_f64()),

@@ -532,14 +532,7 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 
 /// `s` cut to [`MAX_TEXT`] bytes at a character boundary.
 pub fn cut_str(s: &str) -> &str {
-    if s.len() <= MAX_TEXT {
-        return s;
-    }
-    let mut end = MAX_TEXT;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    crate::text::cut_at(s, MAX_TEXT)
 }
 
 /// `s` cut to [`MAX_TEXT`] bytes, the last three an ellipsis when it was cut.
@@ -547,10 +540,7 @@ fn cut(mut s: String) -> String {
     if s.len() <= MAX_TEXT {
         return s;
     }
-    let mut end = MAX_TEXT - '…'.len_utf8();
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = crate::text::cut_at(&s, MAX_TEXT - '…'.len_utf8()).len();
     s.truncate(end);
     s.push('…');
     s

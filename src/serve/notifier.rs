@@ -91,12 +91,10 @@ pub fn start(
             if let Some(group) = debounce.tick(Instant::now()) {
                 for (format, outbox) in &outboxes {
                     let dropped = outbox.push(message::body(*format, &group, SERVICE));
-                    for _ in 0..dropped {
-                        metrics
-                            .notifications
-                            .with_label_values(&[Outcome::Dropped.as_str()])
-                            .inc();
-                    }
+                    metrics
+                        .notifications
+                        .with_label_values(&[Outcome::Dropped.as_str()])
+                        .inc_by(dropped as u64);
                 }
             }
         }

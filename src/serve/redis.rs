@@ -2,7 +2,7 @@
 //! through the target's pool, judged by [`verdict::redis`], published under each role's
 //! check, with the metrics of each role.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -140,9 +140,9 @@ impl Probe for RedisCheck {
         let Some((_, now, elapsed)) = &self.pending else {
             return;
         };
-        let unix = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let unix = crate::text::unix_secs(*now);
         for check in checks {
-            metrics.record_probe(check, unix.as_secs_f64(), elapsed.as_secs_f64());
+            metrics.record_probe(check, unix, elapsed.as_secs_f64());
         }
     }
 }
