@@ -113,6 +113,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         history: parts.history,
         pages: http::Pages::new(config.probe_interval),
     });
+    if let Some(push) = &config.otel_metrics {
+        // The gRPC channel lives on the runtime.
+        match telemetry::push::Pusher::new(push) {
+            Ok(pusher) => {
+                let metrics = app.metrics.clone();
+                tasks.spawn(pusher.run(move || metrics.exposition().plain));
+            }
+            Err(problem) => tracing::error!("metrics are not pushed over OTLP: {problem}"),
+        }
+    }
     let renderer = app.clone();
     tasks.spawn(async move { renderer.metrics.render_loop(&renderer.snapshot).await });
     http::serve(listener, app, shutdown).await;

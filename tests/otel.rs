@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,49 +13,31 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
+use support::otlp::{Collector, Protocol, Received};
 use support::{FAST, Redis, Sidecar, sample, wait_for};
 
 const PASSWORD: &str = "Otel-pw-4f3e2d1c";
 
-/// What a collector received: the raw request bodies (OTLP protobuf), and for OTLP/HTTP
-/// the request heads.
-#[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<Vec<u8>>>>, Arc<Mutex<Vec<String>>>);
-
-impl Received {
-    fn requests(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-
-    fn heads(&self) -> String {
-        self.1.lock().unwrap().concat()
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap().concat()
-    }
-
-    /// Every span received, with its resource's `service.name`.
-    fn spans(&self) -> Vec<(String, Span)> {
-        let mut out = Vec::new();
-        for body in self.0.lock().unwrap().iter() {
-            let req = ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP protobuf");
-            for rs in req.resource_spans {
-                let service = rs
-                    .resource
-                    .as_ref()
-                    .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
-                    .and_then(|a| text(a.value.as_ref()?.value.as_ref()?))
-                    .unwrap_or_default();
-                for ss in rs.scope_spans {
-                    for span in ss.spans {
-                        out.push((service.clone(), span));
-                    }
+/// Every span received, with its resource's `service.name`.
+fn spans(received: &Received) -> Vec<(String, Span)> {
+    let mut out = Vec::new();
+    for r in received.all().iter().filter(|r| r.is_traces()) {
+        let req = ExportTraceServiceRequest::decode(r.body.as_slice()).expect("OTLP protobuf");
+        for rs in req.resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .and_then(|a| text(a.value.as_ref()?.value.as_ref()?))
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    out.push((service.clone(), span));
                 }
             }
         }
-        out
     }
+    out
 }
 
 fn text(v: &Any) -> Option<String> {
@@ -74,106 +55,6 @@ fn attr(span: &Span, key: &str) -> Option<String> {
         .and_then(|a| text(a.value.as_ref()?.value.as_ref()?))
 }
 
-/// An OTLP/HTTP collector: answers every POST with 200 and keeps the bodies.
-fn http_collector() -> (SocketAddr, Received) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let received = Received::default();
-    let keep = received.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            let keep = keep.clone();
-            std::thread::spawn(move || serve_http(stream, keep));
-        }
-    });
-    (addr, received)
-}
-
-fn serve_http(stream: TcpStream, keep: Received) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    loop {
-        let mut length = 0;
-        let mut line = String::new();
-        let mut head = String::new();
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        keep.1.lock().unwrap().push(head);
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        keep.0.lock().unwrap().push(body);
-        let reply =
-            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
-        if writer.write_all(reply.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
-/// An OTLP/gRPC collector (HTTP/2, the gRPC frame stripped), on a runtime of its own.
-fn grpc_collector() -> (SocketAddr, Received) {
-    use http_body_util::{BodyExt, StreamBody};
-    use hyper::body::{Bytes, Frame};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let received = Received::default();
-    let keep = received.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let keep = keep.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let keep = keep.clone();
-                        async move {
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            if body.len() >= 5 {
-                                keep.0.lock().unwrap().push(body[5..].to_vec());
-                            }
-                            let mut trailers = hyper::HeaderMap::new();
-                            trailers.insert("grpc-status", "0".parse().unwrap());
-                            let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
-                                Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))),
-                                Ok(Frame::trailers(trailers)),
-                            ];
-                            let body = StreamBody::new(futures_util::stream::iter(frames));
-                            let mut resp = hyper::Response::new(body);
-                            resp.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
-                            Ok::<_, std::convert::Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-    });
-    (addr, received)
-}
-
 fn env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut v = FAST.to_vec();
     v.extend_from_slice(extra);
@@ -183,7 +64,7 @@ fn env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
 /// Waits for a span matching `ok`.
 fn wait_span(received: &Received, what: &str, ok: impl Fn(&Span) -> bool) -> (String, Span) {
     wait_for(what, Duration::from_secs(20), || {
-        received.spans().into_iter().find(|(_, s)| ok(s))
+        spans(received).into_iter().find(|(_, s)| ok(s))
     })
 }
 
@@ -191,7 +72,7 @@ fn probe_span_checks(received: &Received, redis: &Redis) {
     let (service, probe) = wait_span(received, "a probe redis span", |s| s.name == "probe redis");
     assert_eq!(service, "sidecar-under-test");
     assert_eq!(attr(&probe, "check").as_deref(), Some("redis:cache"));
-    let spans = received.spans();
+    let spans = spans(received);
     let child = |name: &str, op: &str| {
         spans
             .iter()
@@ -232,8 +113,8 @@ fn probe_span_checks(received: &Received, redis: &Redis) {
 fn http_protobuf_carries_probe_spans_and_an_error_span_while_frozen() {
     let redis = Redis::start(&["--requirepass", PASSWORD]);
     let url = format!("redis://default:{PASSWORD}@127.0.0.1:{}/0", redis.port);
-    let (collector, received) = http_collector();
-    let endpoint = format!("http://{collector}");
+    let collector = Collector::start(Protocol::Http);
+    let (endpoint, received) = (collector.url(), collector.received.clone());
     let sidecar = Sidecar::start(&env(&[
         ("REDIS_URL", url.as_str()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
@@ -247,10 +128,14 @@ fn http_protobuf_carries_probe_spans_and_an_error_span_while_frozen() {
     ]));
     probe_span_checks(&received, &redis);
     // The header reaches the collector, decoded once; nothing else shows it.
-    let heads = received.heads().to_ascii_lowercase();
+    let traces: Vec<_> = received
+        .all()
+        .into_iter()
+        .filter(|r| r.is_traces())
+        .collect();
+    let heads: String = traces.iter().map(|r| r.head.to_ascii_lowercase()).collect();
     assert!(heads.contains("x-api-key: key-9a8b7c,6d"), "{heads}");
-    let first = received.0.lock().unwrap()[0].clone();
-    let req = ExportTraceServiceRequest::decode(first.as_slice()).unwrap();
+    let req = ExportTraceServiceRequest::decode(traces[0].body.as_slice()).unwrap();
     let attrs = &req.resource_spans[0].resource.as_ref().unwrap().attributes;
     let resource = |k: &str| {
         attrs
@@ -313,8 +198,8 @@ fn http_protobuf_carries_probe_spans_and_an_error_span_while_frozen() {
 fn grpc_carries_the_same_spans() {
     let redis = Redis::start(&[]);
     let url = redis.url();
-    let (collector, received) = grpc_collector();
-    let endpoint = format!("http://{collector}");
+    let collector = Collector::start(Protocol::Grpc);
+    let (endpoint, received) = (collector.url(), collector.received.clone());
     let _sidecar = Sidecar::start(&env(&[
         ("REDIS_URL", url.as_str()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
@@ -328,8 +213,11 @@ fn grpc_carries_the_same_spans() {
 fn json_log_lines_inside_a_probe_carry_its_trace_ids() {
     let redis = Redis::start(&[]);
     let url = redis.url();
-    let (collector, received) = http_collector();
-    let endpoint = format!("http://{collector}/v1/traces");
+    let collector = Collector::start(Protocol::Http);
+    let (endpoint, received) = (
+        format!("{}/v1/traces", collector.url()),
+        collector.received.clone(),
+    );
     let sidecar = Sidecar::start(&env(&[
         ("REDIS_URL", url.as_str()),
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.as_str()),
@@ -362,8 +250,8 @@ fn json_log_lines_inside_a_probe_carry_its_trace_ids() {
 fn disabled_or_without_endpoint_nothing_is_sent() {
     let redis = Redis::start(&[]);
     let url = redis.url();
-    let (collector, received) = http_collector();
-    let endpoint = format!("http://{collector}");
+    let collector = Collector::start(Protocol::Http);
+    let (endpoint, received) = (collector.url(), collector.received.clone());
     let disabled = Sidecar::start(&env(&[
         ("REDIS_URL", url.as_str()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
@@ -372,7 +260,11 @@ fn disabled_or_without_endpoint_nothing_is_sent() {
     // Several probe intervals and export batches (2 s) go by.
     disabled.wait_status("/readyz", 200);
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(received.requests(), 0, "OTEL_SDK_DISABLED=true sent spans");
+    assert_eq!(
+        received.count(|_| true),
+        0,
+        "OTEL_SDK_DISABLED=true sent something"
+    );
     let m = disabled.get("/metrics").body;
     assert_eq!(sample(&m, "sidecar_otel_spans_exported_total"), Some(0.0));
     // Sampled out: spans are made but none is exported.
@@ -383,7 +275,11 @@ fn disabled_or_without_endpoint_nothing_is_sent() {
     ]));
     sampled_out.wait_status("/readyz", 200);
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(received.requests(), 0, "always_off sent spans");
+    assert_eq!(
+        received.count(|r| r.is_traces()),
+        0,
+        "always_off sent spans"
+    );
     // No endpoint: no exporter, so no span is ever queued, exported or dropped.
     let none = Sidecar::start(&env(&[("REDIS_URL", url.as_str())]));
     none.wait_status("/readyz", 200);

@@ -194,15 +194,12 @@ pub async fn notify_test(config: &Config) -> (u8, String) {
             "no receiver: set SIDECAR_NOTIFY_URL to a Slack or Discord webhook URL, or any URL that takes a JSON POST\n".to_string(),
         );
     }
-    let tls = match deliver::tls(&n.roots) {
-        Ok(t) => t,
-        Err(problem) => return (1, format!("TLS cannot be set up: {problem}\n")),
-    };
+    let client = deliver::Client::new(&n.roots);
     let mut out = String::new();
     let mut code = 0;
     for (i, r) in n.receivers.iter().enumerate() {
         let body = message::test_body(r.format, "redis-celery-sidecar");
-        let said = match deliver::post(r, &tls, &body).await {
+        let said = match client.post(r, &body).await {
             Ok(a) if a.ok() => format!("ok    answered {} {}", a.status, a.body),
             Ok(a) => {
                 code = 1;

@@ -374,4 +374,68 @@ pub struct Settings {
     /// `true` turns OpenTelemetry off entirely.
     #[arg(long = vars::OTEL_SDK_DISABLED.flag, env = vars::OTEL_SDK_DISABLED.env, global = true, hide_env_values = true)]
     pub otel_sdk_disabled: Option<String>,
+    /// `otlp` (default when an endpoint is set) or `none`.
+    #[arg(
+        long = vars::OTEL_TRACES_EXPORTER.flag,
+        env = vars::OTEL_TRACES_EXPORTER.env,
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_traces_exporter: Option<String>,
+    /// OTLP metrics URL, used as is.
+    #[arg(
+        long = vars::OTEL_METRICS_ENDPOINT.flag,
+        env = vars::OTEL_METRICS_ENDPOINT.env,
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_metrics_endpoint: Option<String>,
+    /// Protocol for metrics, over OTEL_EXPORTER_OTLP_PROTOCOL.
+    #[arg(
+        long = vars::OTEL_METRICS_PROTOCOL.flag,
+        env = vars::OTEL_METRICS_PROTOCOL.env,
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_metrics_protocol: Option<String>,
+    /// Headers for metrics, added to OTEL_EXPORTER_OTLP_HEADERS.
+    #[arg(
+        long = vars::OTEL_METRICS_HEADERS.flag,
+        env = vars::OTEL_METRICS_HEADERS.env,
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_metrics_headers: Option<String>,
+    /// Export timeout for metrics, over OTEL_EXPORTER_OTLP_TIMEOUT.
+    #[arg(
+        long = vars::OTEL_METRICS_TIMEOUT.flag,
+        env = vars::OTEL_METRICS_TIMEOUT.env,
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_metrics_timeout: Option<String>,
+    /// `cumulative`, the only temporality pushed.
+    #[arg(
+        long = vars::OTEL_METRICS_TEMPORALITY.flag,
+        env = vars::OTEL_METRICS_TEMPORALITY.env,
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_metrics_temporality: Option<String>,
+    /// Milliseconds between metric pushes (default 60000).
+    #[arg(
+        long = vars::OTEL_METRIC_EXPORT_INTERVAL.flag,
+        env = vars::OTEL_METRIC_EXPORT_INTERVAL.env,
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_metric_export_interval: Option<String>,
+    /// `otlp` (default when an endpoint is set) or `none`.
+    #[arg(
+        long = vars::OTEL_METRICS_EXPORTER.flag,
+        env = vars::OTEL_METRICS_EXPORTER.env,
+        global = true,
+        hide_env_values = true
+    )]
+    pub otel_metrics_exporter: Option<String>,
 }

@@ -130,23 +130,49 @@ impl Config {
                 "not exported (no OTLP endpoint, or OTEL_SDK_DISABLED)",
             ),
             Some(o) => {
-                let protocol = match o.protocol {
-                    OtlpProtocol::Grpc => "grpc",
-                    OtlpProtocol::HttpProtobuf => "http/protobuf",
-                };
                 line(
                     "traces",
-                    &format!("{protocol} to {} (timeout {})", o.endpoint, show(o.timeout)),
+                    &format!(
+                        "{} to {} (timeout {})",
+                        o.protocol.as_str(),
+                        o.endpoint,
+                        show(o.timeout)
+                    ),
                 );
                 line("service.name", &o.service_name);
-                let headers: Vec<String> =
-                    o.headers.iter().map(|(k, _)| format!("{k}=***")).collect();
-                if !headers.is_empty() {
-                    line("otlp headers", &headers.join(","));
+                if !o.headers.is_empty() {
+                    line("otlp headers", &redacted(&o.headers));
                 }
                 line("sampler", &format!("{:?}", o.sampler));
             }
         }
+        match &self.otel_metrics {
+            None => line(
+                "metrics push",
+                "off (no OTLP endpoint, OTEL_METRICS_EXPORTER=none or OTEL_SDK_DISABLED)",
+            ),
+            Some(m) => {
+                line(
+                    "metrics push",
+                    &format!(
+                        "{} to {} every {} (timeout {})",
+                        m.protocol.as_str(),
+                        m.endpoint,
+                        show(m.interval),
+                        show(m.timeout)
+                    ),
+                );
+                if !m.headers.is_empty() {
+                    line("metrics headers", &redacted(&m.headers));
+                }
+            }
+        }
         out
     }
+}
+
+/// Header names, their values shown as `***`.
+fn redacted(headers: &[(String, Secret)]) -> String {
+    let shown: Vec<String> = headers.iter().map(|(k, _)| format!("{k}=***")).collect();
+    shown.join(",")
 }

@@ -12,7 +12,7 @@ pub mod vars;
 
 use crate::text::{parse_duration, show};
 pub use celery::{CELERY_CHECK, CeleryConfig, REDBEAT_PREFIX};
-pub use otel::{OtelConfig, OtlpProtocol, Sampler};
+pub use otel::{MetricsPush, OtelConfig, OtlpProtocol, Sampler};
 pub use vars::Var;
 
 use std::fmt;
@@ -149,6 +149,9 @@ pub struct Config {
     pub celery: CeleryConfig,
     /// Trace export; `None` without an endpoint or with `OTEL_SDK_DISABLED=true`.
     pub otel: Option<OtelConfig>,
+    /// Metrics pushed over OTLP; `None` without an endpoint, with `OTEL_METRICS_EXPORTER=none`
+    /// or `OTEL_SDK_DISABLED=true`.
+    pub otel_metrics: Option<MetricsPush>,
     /// Where state changes are sent; no receiver: none.
     pub notify: notify::NotifyConfig,
 }
@@ -216,6 +219,7 @@ impl Config {
         }
         let celery = celery::celery(s, &targets)?;
         let otel = otel::otel(s)?;
+        let otel_metrics = otel::metrics(s)?;
         let notify = notify::notify(s, probe_interval)?;
         let ready_checks = ready_checks(s, &targets)?;
         let auth_token = match non_empty(vars::AUTH_TOKEN, &s.auth_token)? {
@@ -282,6 +286,7 @@ impl Config {
             log_filter,
             celery,
             otel,
+            otel_metrics,
             notify,
         })
     }

@@ -18,12 +18,24 @@ pub struct OtelConfig {
     /// Other resource attributes, from `OTEL_RESOURCE_ATTRIBUTES`.
     pub resource: Vec<(String, String)>,
     pub sampler: Sampler,
+    /// Trusted roots besides the built-in ones, for an https endpoint (`SSL_CERT_FILE`).
+    pub roots: Vec<crate::redis::target::Roots>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OtlpProtocol {
     Grpc,
     HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// As `OTEL_EXPORTER_OTLP_PROTOCOL` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        }
+    }
 }
 
 /// `OTEL_TRACES_SAMPLER` and its argument.
@@ -37,21 +49,85 @@ pub enum Sampler {
     ParentBasedRatio(f64),
 }
 
-pub(super) fn otel(s: &Settings) -> Result<Option<OtelConfig>, ConfigError> {
-    let disabled = match non_empty(vars::OTEL_SDK_DISABLED, &s.otel_sdk_disabled)? {
-        None => false,
-        Some(v) if v.eq_ignore_ascii_case("true") => true,
-        Some(v) if v.eq_ignore_ascii_case("false") => false,
-        Some(v) => {
-            return Err(invalid(
-                vars::OTEL_SDK_DISABLED,
-                Some(v),
-                "is not true or false",
-            ));
-        }
+/// Metrics pushed over OTLP. `None` in `Config::otel_metrics` means no push.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsPush {
+    /// The URL metrics are sent to, resolved as the OTLP specification says.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// Sent with every export; values are secrets (API keys).
+    pub headers: Vec<(String, Secret)>,
+    pub timeout: Duration,
+    /// `OTEL_METRIC_EXPORT_INTERVAL`.
+    pub interval: Duration,
+    pub service_name: String,
+    pub resource: Vec<(String, String)>,
+    /// Trusted roots besides the built-in ones, for an https endpoint (`SSL_CERT_FILE`).
+    pub roots: Vec<crate::redis::target::Roots>,
+}
+
+/// One signal's variables: its own, then the shared `OTEL_EXPORTER_OTLP_*` ones.
+struct Signal<'a> {
+    /// The path added to `OTEL_EXPORTER_OTLP_ENDPOINT` for OTLP/HTTP.
+    path: &'static str,
+    endpoint: (Var, &'a Option<String>),
+    protocol: (Var, &'a Option<String>),
+    headers: (Var, &'a Option<String>),
+    timeout: (Var, &'a Option<String>),
+}
+
+/// Where and how one signal is exported, before the signal's own settings.
+struct Export {
+    endpoint: String,
+    protocol: OtlpProtocol,
+    headers: Vec<(String, Secret)>,
+    timeout: Duration,
+}
+
+fn disabled(s: &Settings) -> Result<bool, ConfigError> {
+    match non_empty(vars::OTEL_SDK_DISABLED, &s.otel_sdk_disabled)? {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+        Some(v) => Err(invalid(
+            vars::OTEL_SDK_DISABLED,
+            Some(v),
+            "is not true or false",
+        )),
+    }
+}
+
+/// `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER`: whether `otlp` is among them (the
+/// default). `also` are values taken to mean "not over OTLP" (for metrics, `prometheus`:
+/// `/metrics` is always served).
+fn exporter(var: Var, value: &Option<String>, also: &[&str]) -> Result<bool, ConfigError> {
+    let Some(text) = non_empty(var, value)? else {
+        return Ok(true);
     };
-    let protocol_var = if s.otel_traces_protocol.is_some() {
-        (vars::OTEL_TRACES_PROTOCOL, &s.otel_traces_protocol)
+    let mut otlp = false;
+    for item in text.split(',').map(str::trim) {
+        match item {
+            "otlp" => otlp = true,
+            "none" => {}
+            other if also.contains(&other) => {}
+            _ => {
+                let mut known = vec!["otlp", "none"];
+                known.extend_from_slice(also);
+                return Err(invalid(
+                    var,
+                    Some(item),
+                    &format!("is not supported; use {}", known.join(" or ")),
+                ));
+            }
+        }
+    }
+    Ok(otlp)
+}
+
+/// A signal's endpoint, protocol, headers and timeout; `None` without an endpoint.
+fn export(s: &Settings, sig: &Signal) -> Result<Option<Export>, ConfigError> {
+    let protocol_var = if sig.protocol.1.is_some() {
+        sig.protocol
     } else {
         (vars::OTEL_PROTOCOL, &s.otel_protocol)
     };
@@ -82,51 +158,80 @@ pub(super) fn otel(s: &Settings) -> Result<Option<OtelConfig>, ConfigError> {
         }
     };
     let endpoint = match (
-        non_empty(vars::OTEL_TRACES_ENDPOINT, &s.otel_traces_endpoint)?,
+        non_empty(sig.endpoint.0, sig.endpoint.1)?,
         non_empty(vars::OTEL_ENDPOINT, &s.otel_endpoint)?,
     ) {
-        (Some(traces), _) => Some(url(vars::OTEL_TRACES_ENDPOINT, traces)?),
+        (Some(own), _) => url(sig.endpoint.0, own)?,
         (None, Some(base)) => {
             let base = url(vars::OTEL_ENDPOINT, base)?;
-            Some(match protocol {
+            match protocol {
                 // The signal path is added to the base URL for OTLP/HTTP, not for gRPC.
-                OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+                OtlpProtocol::HttpProtobuf => {
+                    format!("{}{}", base.trim_end_matches('/'), sig.path)
+                }
                 OtlpProtocol::Grpc => base,
-            })
+            }
         }
-        (None, None) => None,
+        (None, None) => String::new(),
     };
     let mut headers = Vec::new();
-    for (var, value) in [
-        (vars::OTEL_HEADERS, &s.otel_headers),
-        (vars::OTEL_TRACES_HEADERS, &s.otel_traces_headers),
-    ] {
+    for (var, value) in [(vars::OTEL_HEADERS, &s.otel_headers), sig.headers] {
         for (k, v) in key_values(var, value, true)? {
+            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if !k.bytes().all(token) {
+                return Err(invalid(var, None, &format!("{k} is not a header name")));
+            }
+            if v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                return Err(invalid(
+                    var,
+                    None,
+                    &format!("the value of {k} holds a control character"),
+                ));
+            }
             headers.retain(|(known, _): &(String, Secret)| !known.eq_ignore_ascii_case(&k));
             headers.push((k.to_ascii_lowercase(), Secret(v)));
         }
     }
-    let timeout_var = if s.otel_traces_timeout.is_some() {
-        (vars::OTEL_TRACES_TIMEOUT, &s.otel_traces_timeout)
+    let timeout_var = if sig.timeout.1.is_some() {
+        sig.timeout
     } else {
         (vars::OTEL_TIMEOUT, &s.otel_timeout)
     };
-    let timeout = match non_empty(timeout_var.0, timeout_var.1)? {
-        None => Duration::from_secs(10),
-        // The specification's unit is milliseconds; `5s` is taken too.
-        Some(text) => match text.parse::<u64>() {
-            Ok(ms) if ms > 0 => Duration::from_millis(ms),
-            _ => parse_duration(text)
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    invalid(
-                        timeout_var.0,
-                        Some(text),
-                        "is not a timeout in milliseconds, such as 10000",
-                    )
-                })?,
-        },
+    let timeout =
+        millis(timeout_var.0, timeout_var.1, "a timeout")?.unwrap_or(Duration::from_secs(10));
+    if endpoint.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Export {
+        endpoint,
+        protocol,
+        headers,
+        timeout,
+    }))
+}
+
+/// A duration the specification gives in milliseconds (`10000`); `5s` is taken too.
+fn millis(var: Var, value: &Option<String>, what: &str) -> Result<Option<Duration>, ConfigError> {
+    let Some(text) = non_empty(var, value)? else {
+        return Ok(None);
     };
+    match text.parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Some(Duration::from_millis(ms))),
+        _ => parse_duration(text)
+            .filter(|d| !d.is_zero())
+            .map(Some)
+            .ok_or_else(|| {
+                invalid(
+                    var,
+                    Some(text),
+                    &format!("is not {what} in milliseconds, such as 10000"),
+                )
+            }),
+    }
+}
+
+/// `service.name` and the other resource attributes, shared by traces and metrics.
+fn resource(s: &Settings) -> Result<(String, Vec<(String, String)>), ConfigError> {
     let mut resource = key_values(
         vars::OTEL_RESOURCE_ATTRIBUTES,
         &s.otel_resource_attributes,
@@ -140,6 +245,23 @@ pub(super) fn otel(s: &Settings) -> Result<Option<OtelConfig>, ConfigError> {
         Some(name) => name.to_string(),
         None => from_resource.unwrap_or_else(|| env!("CARGO_PKG_NAME").to_string()),
     };
+    Ok((service_name, resource))
+}
+
+pub(super) fn otel(s: &Settings) -> Result<Option<OtelConfig>, ConfigError> {
+    let disabled = disabled(s)?;
+    let on = exporter(vars::OTEL_TRACES_EXPORTER, &s.otel_traces_exporter, &[])?;
+    let export = export(
+        s,
+        &Signal {
+            path: "/v1/traces",
+            endpoint: (vars::OTEL_TRACES_ENDPOINT, &s.otel_traces_endpoint),
+            protocol: (vars::OTEL_TRACES_PROTOCOL, &s.otel_traces_protocol),
+            headers: (vars::OTEL_TRACES_HEADERS, &s.otel_traces_headers),
+            timeout: (vars::OTEL_TRACES_TIMEOUT, &s.otel_traces_timeout),
+        },
+    )?;
+    let (service_name, resource) = resource(s)?;
     let ratio = || -> Result<f64, ConfigError> {
         match non_empty(vars::OTEL_TRACES_SAMPLER_ARG, &s.otel_traces_sampler_arg)? {
             None => Ok(1.0),
@@ -171,31 +293,76 @@ pub(super) fn otel(s: &Settings) -> Result<Option<OtelConfig>, ConfigError> {
             ));
         }
     };
-    if protocol == OtlpProtocol::HttpProtobuf
-        && endpoint
-            .as_deref()
-            .is_some_and(|e| e.starts_with("https://"))
-    {
-        let var = if s.otel_traces_endpoint.is_some() {
-            vars::OTEL_TRACES_ENDPOINT
-        } else {
-            vars::OTEL_ENDPOINT
-        };
+    let Some(export) = export else {
+        return Ok(None);
+    };
+    if disabled || !on {
+        return Ok(None);
+    }
+    Ok(Some(OtelConfig {
+        endpoint: export.endpoint,
+        protocol: export.protocol,
+        headers: export.headers,
+        timeout: export.timeout,
+        service_name,
+        resource,
+        sampler,
+        roots: super::targets::extra_roots(s)?,
+    }))
+}
+
+pub(super) fn metrics(s: &Settings) -> Result<Option<MetricsPush>, ConfigError> {
+    let disabled = disabled(s)?;
+    let on = exporter(
+        vars::OTEL_METRICS_EXPORTER,
+        &s.otel_metrics_exporter,
+        &["prometheus"],
+    )?;
+    let export = export(
+        s,
+        &Signal {
+            path: "/v1/metrics",
+            endpoint: (vars::OTEL_METRICS_ENDPOINT, &s.otel_metrics_endpoint),
+            protocol: (vars::OTEL_METRICS_PROTOCOL, &s.otel_metrics_protocol),
+            headers: (vars::OTEL_METRICS_HEADERS, &s.otel_metrics_headers),
+            timeout: (vars::OTEL_METRICS_TIMEOUT, &s.otel_metrics_timeout),
+        },
+    )?;
+    let interval = millis(
+        vars::OTEL_METRIC_EXPORT_INTERVAL,
+        &s.otel_metric_export_interval,
+        "an interval",
+    )?
+    .unwrap_or(Duration::from_secs(60));
+    if interval < Duration::from_millis(100) {
         return Err(invalid(
-            var,
-            None,
-            "https needs OTEL_EXPORTER_OTLP_PROTOCOL=grpc; http/protobuf is sent over plain http (a collector on the private network)",
+            vars::OTEL_METRIC_EXPORT_INTERVAL,
+            s.otel_metric_export_interval.as_deref(),
+            "must be at least 100 (milliseconds)",
         ));
     }
-    match endpoint {
-        Some(endpoint) if !disabled => Ok(Some(OtelConfig {
-            endpoint,
-            protocol,
-            headers,
-            timeout,
+    match non_empty(vars::OTEL_METRICS_TEMPORALITY, &s.otel_metrics_temporality)? {
+        None => {}
+        Some(v) if v.eq_ignore_ascii_case("cumulative") => {}
+        Some(v) => {
+            return Err(invalid(
+                vars::OTEL_METRICS_TEMPORALITY,
+                Some(v),
+                "is not supported: counters are pushed as cumulative sums, as /metrics serves them; use cumulative or leave it unset",
+            ));
+        }
+    }
+    let (service_name, resource) = resource(s)?;
+    match export {
+        Some(e) if on && !disabled => Ok(Some(MetricsPush {
+            endpoint: e.endpoint,
+            protocol: e.protocol,
+            headers: e.headers,
+            timeout: e.timeout,
+            interval,
             service_name,
             resource,
-            sampler,
+            roots: super::targets::extra_roots(s)?,
         })),
         _ => Ok(None),
     }
@@ -238,3 +405,6 @@ fn key_values(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;

@@ -164,3 +164,43 @@ var!(
     "otel-traces-sampler-arg"
 );
 var!(OTEL_SDK_DISABLED, "OTEL_SDK_DISABLED", "otel-sdk-disabled");
+var!(
+    OTEL_TRACES_EXPORTER,
+    "OTEL_TRACES_EXPORTER",
+    "otel-traces-exporter"
+);
+var!(
+    OTEL_METRICS_ENDPOINT,
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "otel-metrics-endpoint"
+);
+var!(
+    OTEL_METRICS_PROTOCOL,
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    "otel-metrics-protocol"
+);
+var!(
+    OTEL_METRICS_HEADERS,
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    "otel-metrics-headers"
+);
+var!(
+    OTEL_METRICS_TIMEOUT,
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    "otel-metrics-timeout"
+);
+var!(
+    OTEL_METRICS_TEMPORALITY,
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+    "otel-metrics-temporality-preference"
+);
+var!(
+    OTEL_METRIC_EXPORT_INTERVAL,
+    "OTEL_METRIC_EXPORT_INTERVAL",
+    "otel-metric-export-interval"
+);
+var!(
+    OTEL_METRICS_EXPORTER,
+    "OTEL_METRICS_EXPORTER",
+    "otel-metrics-exporter"
+);

@@ -1,11 +1,12 @@
 //! Sending to a receiver: one HTTP/1.1 POST per message on a fresh connection (a webhook is
-//! called a few times a day, not worth a connection held open), TLS with the built-in roots
-//! plus `SSL_CERT_FILE` / `SSL_CERT_DIR`; and each receiver's outbox, sent in order, its
-//! head retried with backoff, bounded in length and in age. Nothing here writes the URL
-//! anywhere: errors name the host only.
+//! called a few times a day, an OTLP metrics push once a minute: not worth a connection
+//! held open), TLS with the built-in roots plus `SSL_CERT_FILE` / `SSL_CERT_DIR`; and each
+//! receiver's outbox, sent in order, its head retried with backoff, bounded in length and
+//! in age. Nothing here writes the URL or a header's value anywhere: errors name the host
+//! only.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -13,7 +14,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::config::Secret;
 use crate::config::notify::Receiver;
+use crate::redis::target::Roots;
 
 /// One attempt at most.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,35 +43,132 @@ impl Answer {
     }
 }
 
-/// The TLS configuration webhooks are reached with.
-pub fn tls(roots: &[crate::redis::target::Roots]) -> Result<Arc<rustls::ClientConfig>, String> {
-    let tls = crate::redis::target::Tls {
-        verify: true,
-        check_hostname: true,
-        roots: roots.to_vec(),
-        client_cert: None,
-    };
-    crate::redis::tls::client(&tls).map(|c| c.config)
+/// One POST: where, what, with which extra headers, and how long it may take.
+pub struct Post<'a> {
+    pub url: &'a url::Url,
+    pub content_type: &'a str,
+    /// Extra headers (API keys: their values are never shown).
+    pub headers: &'a [(String, Secret)],
+    pub body: &'a [u8],
+    pub timeout: Duration,
 }
 
-/// POSTs `body` (JSON) to the receiver; the answer, or why there is none.
-pub async fn post(
-    r: &Receiver,
-    tls: &Arc<rustls::ClientConfig>,
-    body: &str,
-) -> Result<Answer, String> {
-    match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt(r, tls, body)).await {
-        Ok(result) => result,
-        Err(_) => Err(format!(
-            "no answer from {} within {}s",
-            host_port(r),
-            ATTEMPT_TIMEOUT.as_secs()
-        )),
+/// Sends POSTs over plain HTTP or TLS. The TLS configuration (the built-in roots plus
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR`) is built on the first https request: a sidecar whose
+/// receivers are all plain http never holds the roots.
+pub struct Client {
+    roots: Vec<Roots>,
+    tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Client")
     }
 }
 
-fn host_port(r: &Receiver) -> String {
-    let url = r.url();
+impl Client {
+    pub fn new(roots: &[Roots]) -> Client {
+        Client {
+            roots: roots.to_vec(),
+            tls: OnceLock::new(),
+        }
+    }
+
+    fn tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        self.tls
+            .get_or_init(|| {
+                let tls = crate::redis::target::Tls {
+                    verify: true,
+                    check_hostname: true,
+                    roots: self.roots.clone(),
+                    client_cert: None,
+                };
+                crate::redis::tls::client(&tls).map(|c| c.config)
+            })
+            .clone()
+    }
+
+    /// POSTs JSON to a webhook receiver; the answer, or why there is none.
+    pub async fn post(&self, r: &Receiver, body: &str) -> Result<Answer, String> {
+        self.send(&Post {
+            url: r.url(),
+            content_type: "application/json",
+            headers: &[],
+            body: body.as_bytes(),
+            timeout: ATTEMPT_TIMEOUT,
+        })
+        .await
+    }
+
+    /// Sends one POST on a fresh connection; the answer, or why there is none (naming the
+    /// host and port only).
+    pub async fn send(&self, post: &Post<'_>) -> Result<Answer, String> {
+        match tokio::time::timeout(post.timeout, self.attempt(post)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "no answer from {} within {}",
+                host_port(post.url),
+                crate::text::show(post.timeout)
+            )),
+        }
+    }
+
+    async fn attempt(&self, post: &Post<'_>) -> Result<Answer, String> {
+        let url = post.url;
+        let host = url
+            .host_str()
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let where_ = host_port(url);
+        let tls = if url.scheme() == "https" {
+            Some(self.tls()?)
+        } else {
+            None
+        };
+        let tcp = TcpStream::connect((host, url.port_or_known_default().unwrap_or(443)))
+            .await
+            .map_err(|e| format!("cannot connect to {where_}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let mut path = url.path().to_string();
+        if let Some(q) = url.query() {
+            path.push('?');
+            path.push_str(q);
+        }
+        let host_header = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or("")),
+            None => url.host_str().unwrap_or("").to_string(),
+        };
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: redis-celery-sidecar/{}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            env!("CARGO_PKG_VERSION"),
+            post.content_type,
+            post.body.len()
+        );
+        for (k, v) in post.headers {
+            head.push_str(&format!("{k}: {}\r\n", v.expose()));
+        }
+        head.push_str("\r\n");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(post.body);
+        match tls {
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|_| format!("{where_}: not a name TLS can check"))?;
+                let stream = tokio_rustls::TlsConnector::from(tls)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS with {where_} failed: {e}"))?;
+                exchange(stream, &request, &where_).await
+            }
+            None => exchange(tcp, &request, &where_).await,
+        }
+    }
+}
+
+/// `host:port` of a URL, all of it that errors show.
+pub fn host_port(url: &url::Url) -> String {
     format!(
         "{}:{}",
         url.host_str().unwrap_or(""),
@@ -76,56 +176,13 @@ fn host_port(r: &Receiver) -> String {
     )
 }
 
-async fn attempt(
-    r: &Receiver,
-    tls: &Arc<rustls::ClientConfig>,
-    body: &str,
-) -> Result<Answer, String> {
-    let url = r.url();
-    let host = url
-        .host_str()
-        .unwrap_or("")
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let where_ = host_port(r);
-    let tcp = TcpStream::connect((host, url.port_or_known_default().unwrap_or(443)))
-        .await
-        .map_err(|e| format!("cannot connect to {where_}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let mut path = url.path().to_string();
-    if let Some(q) = url.query() {
-        path.push('?');
-        path.push_str(q);
-    }
-    let host_header = match url.port() {
-        Some(p) => format!("{}:{p}", url.host_str().unwrap_or("")),
-        None => url.host_str().unwrap_or("").to_string(),
-    };
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: redis-celery-sidecar/{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        env!("CARGO_PKG_VERSION"),
-        body.len()
-    );
-    if url.scheme() == "https" {
-        let name = rustls::pki_types::ServerName::try_from(host.to_string())
-            .map_err(|_| format!("{where_}: not a name TLS can check"))?;
-        let stream = tokio_rustls::TlsConnector::from(tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS with {where_} failed: {e}"))?;
-        exchange(stream, &request, &where_).await
-    } else {
-        exchange(tcp, &request, &where_).await
-    }
-}
-
 /// Writes the request, reads the status line and the start of the body.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
-    request: &str,
+    request: &[u8],
     where_: &str,
 ) -> Result<Answer, String> {
-    s.write_all(request.as_bytes())
+    s.write_all(request)
         .await
         .map_err(|e| format!("sending to {where_} failed: {e}"))?;
     let mut buf = Vec::with_capacity(1024);
@@ -248,7 +305,7 @@ impl Outbox {
     pub async fn run(
         &self,
         r: &Receiver,
-        tls: &Arc<rustls::ClientConfig>,
+        client: &Client,
         count: impl Fn(Outcome),
         failed: impl Fn(&str),
     ) {
@@ -263,14 +320,14 @@ impl Outbox {
                 count(Outcome::Dropped);
                 continue;
             }
-            let why = match post(r, tls, &body).await {
+            let why = match client.post(r, &body).await {
                 Ok(a) if a.ok() => {
                     self.done(queued);
                     count(Outcome::Sent);
                     backoff = Duration::from_secs(1);
                     continue;
                 }
-                Ok(a) => format!("{} answered {} {}", host_port(r), a.status, a.body),
+                Ok(a) => format!("{} answered {} {}", host_port(r.url()), a.status, a.body),
                 Err(e) => e,
             };
             count(Outcome::Failed);

@@ -166,6 +166,7 @@ impl Metrics {
         for c in [&otel.exported, &otel.dropped, &otel.failed] {
             registry.register(Box::new(c.clone()))?;
         }
+        registry.register(Box::new(crate::telemetry::push::EXPORTS.clone()))?;
         Ok(Metrics {
             redis_up: gauge(
                 "redis_up",

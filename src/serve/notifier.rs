@@ -37,20 +37,14 @@ pub fn start(
     if config.receivers.is_empty() {
         return;
     }
-    let tls = match deliver::tls(&config.roots) {
-        Ok(t) => t,
-        Err(problem) => {
-            tracing::error!("notifications are off: {problem}");
-            return;
-        }
-    };
+    let client = Arc::new(deliver::Client::new(&config.roots));
     let (tx, mut rx) = mpsc::channel(CHANNEL);
     history.notify_to(tx);
     let mut outboxes = Vec::new();
     for (i, r) in config.receivers.iter().enumerate() {
         let outbox = Arc::new(Outbox::default());
         outboxes.push((r.format, outbox.clone()));
-        let (r, tls, metrics) = (r.clone(), tls.clone(), metrics.clone());
+        let (r, client, metrics) = (r.clone(), client.clone(), metrics.clone());
         let last_log: Mutex<Option<Instant>> = Mutex::new(None);
         tasks.spawn(async move {
             let shown = r.shown();
@@ -69,7 +63,7 @@ pub fn start(
                     );
                 }
             };
-            outbox.run(&r, &tls, count, failed).await;
+            outbox.run(&r, &client, count, failed).await;
         });
     }
     let after = config.after;

@@ -5,9 +5,13 @@
 //! JSON lines emitted inside a span carry its `trace_id` and `span_id`, so a log line and
 //! the probe that logged it can be joined in the backend.
 
+pub mod convert;
 pub mod otel;
+pub mod otlp;
+pub mod push;
 
 use std::fmt;
+use std::sync::LazyLock;
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
@@ -24,6 +28,26 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 use crate::text::rfc3339;
+
+/// This process's `service.instance.id`: a random UUID (version 4), the same for traces
+/// and metrics, new at every start.
+pub static INSTANCE_ID: LazyLock<String> = LazyLock::new(|| {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    // The system's random source does not fail on Linux; a zero id would still be valid.
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+});
 
 /// Installs the global subscriber. `filter` was validated with the configuration; `tracer`
 /// is given when traces are exported.

@@ -7,9 +7,9 @@
 //! #2673), and it does not tell how many spans it dropped. Here `on_end` only `try_send`s
 //! into a bounded channel (a full channel drops the span and counts it), and one task on
 //! the runtime batches and exports with the OTLP exporter (gRPC through tonic, or
-//! HTTP/protobuf through hyper), each export bounded by the OTLP timeout.
+//! HTTP/protobuf through the sidecar's own client, plain or https), each export bounded by
+//! the OTLP timeout.
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,7 +26,10 @@ use prometheus::IntCounter;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::config::{OtelConfig, OtlpProtocol, Sampler};
+use hyper::body::Bytes;
+
+use crate::config::{OtelConfig, OtlpProtocol, Sampler, Secret};
+use crate::notify::deliver;
 
 /// Finished spans waiting for export at most; beyond, spans are dropped and counted.
 const QUEUE: usize = 2048;
@@ -72,17 +75,11 @@ pub struct Exporting {
 /// channel and the export task live there).
 pub fn start(config: &OtelConfig) -> Result<(Exporting, opentelemetry_sdk::trace::Tracer), String> {
     let exporter = exporter(config)?;
-    let mut resource = vec![KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))];
-    resource.extend(
-        config
-            .resource
-            .iter()
-            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-    );
-    let resource = Resource::builder_empty()
-        .with_service_name(config.service_name.clone())
-        .with_attributes(resource)
-        .build();
+    // The same resource as the metrics push's.
+    let resource = crate::telemetry::push::resource_pairs(&config.service_name, &config.resource)
+        .into_iter()
+        .map(|(k, v)| KeyValue::new(k, v));
+    let resource = Resource::builder_empty().with_attributes(resource).build();
     let (tx, rx) = mpsc::channel(QUEUE);
     let (stop_tx, stop_rx) = oneshot::channel();
     let (done_tx, done_rx) = oneshot::channel();
@@ -137,21 +134,17 @@ fn sampler(s: Sampler) -> SdkSampler {
 
 fn exporter(config: &OtelConfig) -> Result<opentelemetry_otlp::SpanExporter, String> {
     let built = match config.protocol {
-        OtlpProtocol::HttpProtobuf => {
-            // The exporter percent-decodes these values once more: keep a literal `%`.
-            let headers: HashMap<String, String> = config
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.expose().replace('%', "%25")))
-                .collect();
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(config.endpoint.clone())
-                .with_timeout(config.timeout)
-                .with_headers(headers)
-                .build()
-        }
+        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(config.endpoint.clone())
+            .with_timeout(config.timeout)
+            .with_http_client(Http {
+                client: deliver::Client::new(&config.roots),
+                headers: config.headers.clone(),
+                timeout: config.timeout,
+            })
+            .build(),
         OtlpProtocol::Grpc => {
             let mut headers = hyper::HeaderMap::new();
             for (k, v) in &config.headers {
@@ -180,6 +173,44 @@ fn exporter(config: &OtelConfig) -> Result<opentelemetry_otlp::SpanExporter, Str
     built.map_err(|e| format!("cannot build the OTLP exporter: {e}"))
 }
 
+/// The HTTP client spans are sent with: the notifications' and the metrics push's
+/// ([`deliver::Client`]), so that https takes the built-in roots plus `SSL_CERT_FILE`, and
+/// the headers (API keys) are added here, never handed to the exporter.
+#[derive(Debug)]
+struct Http {
+    client: deliver::Client,
+    headers: Vec<(String, Secret)>,
+    timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for Http {
+    async fn send_bytes(
+        &self,
+        request: hyper::Request<Bytes>,
+    ) -> Result<hyper::Response<Bytes>, opentelemetry_http::HttpError> {
+        let url = url::Url::parse(&request.uri().to_string())?;
+        let content_type = request
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/x-protobuf");
+        let answer = self
+            .client
+            .send(&deliver::Post {
+                url: &url,
+                content_type,
+                headers: &self.headers,
+                body: request.body(),
+                timeout: self.timeout,
+            })
+            .await?;
+        let mut response = hyper::Response::new(Bytes::from(answer.body));
+        *response.status_mut() = hyper::StatusCode::from_u16(answer.status)?;
+        Ok(response)
+    }
+}
+
 /// The span processor: hands finished spans to the export task without ever waiting.
 #[derive(Debug)]
 struct Bounded {
@@ -187,15 +218,25 @@ struct Bounded {
 }
 
 /// Logs at most once a minute, each kind of trouble on its own clock.
-struct Limiter(AtomicU64);
+pub struct Limiter(AtomicU64);
 
 static CLOCK: LazyLock<Instant> = LazyLock::new(Instant::now);
-static DROPS: Limiter = Limiter(AtomicU64::new(u64::MAX));
-static FAILURES: Limiter = Limiter(AtomicU64::new(u64::MAX));
+static DROPS: Limiter = Limiter::new();
+static FAILURES: Limiter = Limiter::new();
+
+impl Default for Limiter {
+    fn default() -> Limiter {
+        Limiter::new()
+    }
+}
 
 impl Limiter {
+    pub const fn new() -> Limiter {
+        Limiter(AtomicU64::new(u64::MAX))
+    }
+
     /// True at most once a minute.
-    fn allow(&self) -> bool {
+    pub fn allow(&self) -> bool {
         let now = CLOCK.elapsed().as_secs();
         let last = self.0.load(Ordering::Relaxed);
         if last != u64::MAX && now.saturating_sub(last) < WARN_EVERY.as_secs() {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 mod browser;
 mod celery;
 mod http;
+pub mod otlp;
 mod process;
 mod redis_server;
 mod sidecar;
