@@ -35,8 +35,10 @@
 //! - [`check`]: the `check` command, one diagnosis per target: [`check::diagnose`] walks a
 //!   target step by step (its `connect` and `celery` steps), [`check::pidbox`] asks the
 //!   workers `inspect ping`.
-//! - [`telemetry`]: the log subscriber, text or JSON, and [`telemetry::otel`], OTLP trace
-//!   export through a bounded queue.
+//! - [`telemetry`]: the log subscriber, text or JSON; [`telemetry::otel`], OTLP trace
+//!   export through a bounded queue; [`telemetry::push`], the OTLP metrics push, which
+//!   reads the exposition `/metrics` serves back into OTLP ([`telemetry::convert`],
+//!   [`telemetry::otlp`]).
 //! - [`serve`]: the server. [`serve::runner`] probes a Redis target every interval under
 //!   the timeout and [`serve::celery`] runs the Celery check; both write the
 //!   [`serve::snapshot`] (the latest report per check; freshness and status decided when

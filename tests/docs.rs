@@ -70,6 +70,11 @@ fn block(file: &str, start: &str) -> String {
 /// Every block, by file and first line, and what runs it: a test of this file, or another.
 const ACCOUNTED: &[(&str, &str, &str)] = &[
     (
+        "docs/without-prometheus.md",
+        "OTEL_EXPORTER_OTLP_ENDPOINT=https://",
+        "two_variables_push_metrics_and_traces",
+    ),
+    (
         "README.md",
         "cargo run --release",
         "tests/deploy.rs runs the release binary this builds (with its own Redis: with no settings it would probe the machine's shared one)",
@@ -407,4 +412,30 @@ fn traces_settings_are_accepted() {
             "{line}: {text}"
         );
     }
+}
+
+#[test]
+fn two_variables_push_metrics_and_traces() {
+    let shown = block(
+        "docs/without-prometheus.md",
+        "OTEL_EXPORTER_OTLP_ENDPOINT=https://",
+    );
+    let env: Vec<(&str, &str)> = shown
+        .lines()
+        .map(|l| l.split_once('=').expect("NAME=value"))
+        .collect();
+    let out = run(&["config"], &env);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let base = env[0].1;
+    assert!(
+        text.contains(&format!("http/protobuf to {base}/v1/metrics every 60s")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("http/protobuf to {base}/v1/traces")),
+        "{text}"
+    );
+    assert!(text.contains("authorization=***"), "{text}");
+    assert!(!text.contains("dXNlcjp0b2tlbg"), "{text}");
 }

@@ -4,7 +4,10 @@
 //! explicit-bucket histograms). Field numbers are the protocol's; the tests decode what is
 //! sent with the `opentelemetry-proto` crate's own definitions.
 
-/// `opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceRequest`.
+/// `opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceRequest`. The push writes
+/// this envelope by hand around metrics encoded one family at a time
+/// ([`crate::telemetry::push`]); these types say what it stands for, and the tests decode it.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ExportMetricsServiceRequest {
     #[prost(message, repeated, tag = "1")]
@@ -26,6 +29,7 @@ pub struct ExportMetricsPartialSuccess {
     pub error_message: String,
 }
 
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ResourceMetrics {
     #[prost(message, optional, tag = "1")]
@@ -40,6 +44,7 @@ pub struct Resource {
     pub attributes: Vec<KeyValue>,
 }
 
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ScopeMetrics {
     #[prost(message, optional, tag = "1")]
