@@ -46,6 +46,7 @@ use tokio::time::Instant;
 
 use super::beat::{Beat, RedBeat};
 use super::kombu::{self, DEFAULT_SEP, DecodeError, Naming};
+use crate::redis::capability::{self, Collector};
 use crate::redis::failure::{Failure, Phase, PhaseCell};
 use crate::redis::pool::TargetPool;
 use crate::redis::span as otel;
@@ -375,8 +376,12 @@ impl QueueProbe {
             .arg("-inf")
             .arg(now_unix - self.visibility.as_secs_f64());
         // Last, RedBeat's schedule and lock (three commands, whose refusal is not the
-        // probe's: beat is watched when it can be).
-        self.redbeat.ask_schedule(&mut depths);
+        // probe's: beat is watched when it can be, and not asked again lately refused).
+        let key = target.redacted();
+        let ask_beat = capability::refused(key, Collector::Beat).is_none();
+        if ask_beat {
+            self.redbeat.ask_schedule(&mut depths);
+        }
         let (mut conn, mut replies, round_trip): (_, Vec<Value>, _) = self
             .pool
             .first(
@@ -388,7 +393,22 @@ impl QueueProbe {
             )
             .await?;
         drop(depths);
-        let redbeat_replies = replies.split_off(replies.len().saturating_sub(3));
+        let redbeat_replies = if ask_beat {
+            replies.split_off(replies.len().saturating_sub(3))
+        } else {
+            Vec::new()
+        };
+        if ask_beat {
+            let refused = redbeat_replies
+                .iter()
+                .filter_map(fatal)
+                .map(|e| Failure::from_redis(&e, target))
+                .find(|f| capability::is_refusal(&f.message));
+            match refused {
+                Some(f) => capability::record_refusal(key, Collector::Beat, &f),
+                None => capability::record_allowed(key, Collector::Beat),
+            }
+        }
         // A refusal that is not about one key (NOPERM, LOADING...) is the probe's failure.
         if let Some(e) = replies.iter().find_map(fatal) {
             return Err(Failure::from_redis(&e, target));

@@ -234,16 +234,30 @@ pub fn link_boxed(
 /// (an ACL without it, a server without it) is ignored, as the pool does; any other error,
 /// such as "max number of clients reached" written before a close, is the failure.
 async fn name(resp: &mut Resp, target: &Target, limit: Duration) -> Result<(), Failure> {
+    use crate::redis::capability::{self, Collector};
+    let key = target.redacted();
+    if capability::refused(key, Collector::ClientName).is_some() {
+        return Ok(());
+    }
     let name: [&[u8]; 3] = [
         b"CLIENT",
         b"SETNAME",
         crate::redis::pool::CLIENT_NAME.as_bytes(),
     ];
     match send(resp, target, limit, "CLIENT", &name).await? {
-        Reply::Error(e) if !(e.starts_with("NOPERM") || e.contains("unknown")) => {
+        Reply::Error(e) if capability::is_refusal(&e) => {
+            let failure = Failure::from_redis(&server_error(&e), target);
+            capability::record_refusal(key, Collector::ClientName, &failure);
+            Ok(())
+        }
+        Reply::Error(e) if !e.contains("unknown") => {
             Err(Failure::from_redis(&server_error(&e), target))
         }
-        _ => Ok(()),
+        Reply::Error(_) => Ok(()),
+        _ => {
+            capability::record_allowed(key, Collector::ClientName);
+            Ok(())
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Redis itself: where a server is (its URL read as the app reads it), how to reach it
 //! (TLS, the pool, a raw RESP client), and what a probe learns (PING, INFO) or why it failed.
 
+pub mod capability;
 pub mod failure;
 pub mod info;
 pub mod pool;

@@ -17,6 +17,7 @@ use redis::{AsyncConnectionConfig, RedisError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::redis::capability::{self, Collector};
 use crate::redis::failure::{Failure, Phase, PhaseCell, Reason};
 use crate::redis::span as otel;
 use crate::redis::target::{Address, Target};
@@ -215,11 +216,24 @@ pub async fn open(
     if target.db() != 0 {
         run(&mut conn, redis::cmd("SELECT").arg(target.db())).await?;
     }
-    let _ = run(
-        &mut conn,
-        redis::cmd("CLIENT").arg("SETNAME").arg(CLIENT_NAME),
-    )
-    .await;
+    // Not asked again of a server whose ACL refused it (see `capability`).
+    let key = target.redacted();
+    if capability::refused(key, Collector::ClientName).is_none() {
+        match run(
+            &mut conn,
+            redis::cmd("CLIENT").arg("SETNAME").arg(CLIENT_NAME),
+        )
+        .await
+        {
+            Ok(_) => capability::record_allowed(key, Collector::ClientName),
+            Err(e) => {
+                let failure = Failure::from_redis(&e, target);
+                if capability::is_refusal(&failure.message) {
+                    capability::record_refusal(key, Collector::ClientName, &failure);
+                }
+            }
+        }
+    }
     run(&mut conn, &redis::cmd("PING")).await?;
     Ok(conn)
 }

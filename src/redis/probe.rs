@@ -6,6 +6,7 @@ use std::time::Duration;
 use redis::RedisError;
 use tokio::time::Instant;
 
+use crate::redis::capability::{self, Collector};
 use crate::redis::failure::{Failure, Phase, PhaseCell};
 use crate::redis::info::{self, Info};
 use crate::redis::pool::{PoolState, TargetPool, connection_lost};
@@ -79,43 +80,68 @@ impl RedisProbe {
             .first(started, &self.phase, "PING", None, &ping)
             .await?;
 
-        self.phase.set(Phase::Command("INFO"));
-        let mut pipe = redis::pipe();
-        for section in info::SECTIONS {
-            pipe.cmd("INFO").arg(section);
-        }
-        let span = otel::Command::new(self.target(), "PIPELINE", Some(info::SECTIONS.len()));
-        let reply = pipe
-            .query_async::<Vec<String>>(&mut conn.inner)
-            .instrument(span.span().clone())
-            .await;
-        let info = match reply {
-            Ok(texts) => {
-                span.ok();
-                Ok(info::parse(&texts.join("\n")))
-            }
-            Err(e) if connection_lost(&e) => {
-                let failure = conn.fail(&e, self.target());
-                span.failed(&failure);
-                return Err(failure);
-            }
-            // The server answered, with a refusal: the probe half-worked.
-            Err(e) => {
-                let failure = fail(&e);
-                span.failed(&failure);
-                Err(failure)
+        let key = self.target().redacted();
+        // INFO refused by the ACL lately: not asked again (see `capability`), the refusal
+        // stands.
+        let info = match capability::refused(key, Collector::Info) {
+            Some(refusal) => Err(refusal),
+            None => {
+                self.phase.set(Phase::Command("INFO"));
+                let mut pipe = redis::pipe();
+                for section in info::SECTIONS {
+                    pipe.cmd("INFO").arg(section);
+                }
+                let span =
+                    otel::Command::new(self.target(), "PIPELINE", Some(info::SECTIONS.len()));
+                let reply = pipe
+                    .query_async::<Vec<String>>(&mut conn.inner)
+                    .instrument(span.span().clone())
+                    .await;
+                match reply {
+                    Ok(texts) => {
+                        span.ok();
+                        capability::record_allowed(key, Collector::Info);
+                        Ok(info::parse(&texts.join("\n")))
+                    }
+                    Err(e) if connection_lost(&e) => {
+                        let failure = conn.fail(&e, self.target());
+                        span.failed(&failure);
+                        return Err(failure);
+                    }
+                    // The server answered, with a refusal: the probe half-worked.
+                    Err(e) => {
+                        let failure = fail(&e);
+                        span.failed(&failure);
+                        if capability::is_refusal(&failure.message) {
+                            capability::record_refusal(key, Collector::Info, &failure);
+                        }
+                        Err(failure)
+                    }
+                }
             }
         };
         let results = match &info {
-            Ok(i) if self.samples_results(i) => {
+            Ok(i)
+                if self.samples_results(i)
+                    && capability::refused(key, Collector::ResultsSample).is_none() =>
+            {
                 self.phase.set(Phase::Command("RANDOMKEY"));
                 match sample_results(&mut conn.inner).await {
-                    Ok(sample) => Some(sample),
+                    Ok(sample) => {
+                        capability::record_allowed(key, Collector::ResultsSample);
+                        Some(sample)
+                    }
                     Err(e) if connection_lost(&e) => {
                         return Err(conn.fail(&e, self.target()));
                     }
                     // Refused (an ACL without +randomkey or +ttl): no sample, no finding.
-                    Err(_) => None,
+                    Err(e) => {
+                        let failure = fail(&e);
+                        if capability::is_refusal(&failure.message) {
+                            capability::record_refusal(key, Collector::ResultsSample, &failure);
+                        }
+                        None
+                    }
                 }
             }
             _ => None,

@@ -53,6 +53,8 @@ pub struct Metrics {
     checkout_timeouts: IntCounterVec,
     check_status: IntGaugeVec,
     ready: IntGauge,
+    /// Whether no target's ACL refuses what a collector needs (`capability`).
+    collectors: IntGaugeVec,
     /// Open HTTP connections, and those closed at once for the cap.
     pub http_connections: IntGauge,
     pub http_rejected: IntCounter,
@@ -132,6 +134,14 @@ impl Metrics {
         registry.register(Box::new(ping.clone()))?;
         let ready = IntGauge::new("sidecar_ready", "1 when /readyz answers 200, else 0.")?;
         registry.register(Box::new(ready.clone()))?;
+        let collectors = gauge(
+            "sidecar_collector_enabled",
+            "1 when every target's ACL allows what the collector needs (INFO, CLIENT SETNAME, sampling a result backend, reading RedBeat); 0 while one refuses it (tried again every 10 min).",
+            &["collector"],
+        )?;
+        for c in crate::redis::capability::Collector::ALL {
+            collectors.with_label_values(&[c.as_str()]).set(1);
+        }
         let http_connections = IntGauge::new(
             "sidecar_http_connections",
             "Open HTTP connections to the sidecar.",
@@ -220,6 +230,7 @@ impl Metrics {
                 &["check"],
             )?,
             ready,
+            collectors,
             http_connections,
             http_rejected,
             notifications,
@@ -368,6 +379,11 @@ impl Metrics {
             self.set_status(&check.name, snapshot.verdict(check, now).status.code());
         }
         self.ready.set(i64::from(snapshot.ready(now)));
+        for (c, on) in crate::redis::capability::enabled() {
+            self.collectors
+                .with_label_values(&[c.as_str()])
+                .set(i64::from(on));
+        }
         let mut out = Vec::with_capacity(self.body.borrow().plain.len() + 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "encoding metrics failed");
