@@ -119,12 +119,23 @@ fn the_password_never_appears_anywhere() {
                 "http://127.0.0.1:9/hooks/Hook-7f6e5d4c",
             ),
             ("SIDECAR_NOTIFY_AFTER", "0s"),
+            // OTLP traces and metrics to a collector that is not there, with an API key:
+            // every push fails and is logged.
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=Otlp-3c2b1a0f"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ]);
         let sidecar = Sidecar::start(&e);
         let auth = "Authorization: Bearer Tok-5a4b3c2d1e\r\n";
         support::wait_for("a first probe", std::time::Duration::from_secs(10), || {
             let r = sidecar.request("GET", "/healthz", auth);
             (r.json()["checks"]["redis:cache"]["last_probe"].is_string()).then_some(())
+        });
+        // A push has failed (and been logged) before the outputs are read.
+        support::wait_for("a failed push", std::time::Duration::from_secs(10), || {
+            let m = sidecar.request("GET", "/metrics", auth).body;
+            let failed = "sidecar_otel_metric_exports_total{outcome=\"failed\"}";
+            (support::sample(&m, failed) >= Some(1.0)).then_some(())
         });
         outputs.push((
             format!("{label} /healthz"),
@@ -177,7 +188,13 @@ fn the_password_never_appears_anywhere() {
 
     for (label, text) in &outputs {
         assert!(!text.is_empty(), "{label} is empty");
-        for secret in [PASSWORD, wrong_pw, "Tok-5a4b3c2d1e", "Hook-7f6e5d4c"] {
+        for secret in [
+            PASSWORD,
+            wrong_pw,
+            "Tok-5a4b3c2d1e",
+            "Hook-7f6e5d4c",
+            "Otlp-3c2b1a0f",
+        ] {
             assert!(!text.contains(secret), "{label} shows a secret:\n{text}");
         }
     }
@@ -185,6 +202,7 @@ fn the_password_never_appears_anywhere() {
     let logs = &outputs.iter().find(|(l, _)| l == "bad logs").unwrap().1;
     assert!(logs.contains("WRONGPASS"), "{logs}");
     assert!(logs.contains("redis://default:***@127.0.0.1:"), "{logs}");
+    assert!(logs.contains("pushing metrics over OTLP failed"), "{logs}");
 }
 
 /// A password changed on the server while the sidecar runs (what a rotation does): its

@@ -2,7 +2,9 @@
 //! Redis and a real Celery worker running tasks (some failing), with the alert rules
 //! loaded. Every expression of the Grafana dashboard, its variables filled in, is evaluated
 //! through Prometheus's HTTP API: none errors and each returns data. The dashboard's
-//! variable queries return values, and every alert rule evaluates without error.
+//! variable queries return values, and every alert rule evaluates without error. A second
+//! job scrapes that sidecar and a replica of it on the same Redis and Celery: every panel
+//! shows what it shows with one.
 
 mod support;
 
@@ -25,13 +27,21 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(target: SocketAddr) -> Prometheus {
+    /// Scrapes every job's targets each second, with the alert rules loaded.
+    fn start(jobs: &[(&str, &[SocketAddr])]) -> Prometheus {
         let dir = TempDir::new("prometheus");
         let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/alerts.yml");
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['{target}']\n",
+        let mut config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n",
             rules.display()
         );
+        for (job, targets) in jobs {
+            let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+            config.push_str(&format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ));
+        }
         let file = dir.path().join("prometheus.yml");
         std::fs::write(&file, config).unwrap();
         let port = support::free_port();
@@ -89,10 +99,54 @@ impl Drop for Prometheus {
 /// A dashboard expression with Grafana's variables filled in: the job, every Redis role
 /// and queue (the "All" value), and the rate interval for a 1 s scrape.
 fn fill(expr: &str) -> String {
+    fill_job(expr, JOB)
+}
+
+fn fill_job(expr: &str, job: &str) -> String {
     expr.replace("$__rate_interval", "30s")
-        .replace("$job", JOB)
+        .replace("$job", job)
         .replace("$role", ".*")
         .replace("$queue", ".*")
+}
+
+/// A second job scraping two sidecars on the same Redis and Celery (two app replicas);
+/// `JOB` scrapes the first of them alone.
+const PAIR: &str = "two-replicas";
+
+/// The panels about each sidecar itself, drawn per instance; every other panel describes
+/// Redis or Celery and draws one series per thing described, however many sidecars.
+const PER_SIDECAR: [&str; 7] = [
+    "Sidecar pool",
+    "Check status",
+    "Ready and scraped",
+    "Probe age",
+    "Decoded garbage and events",
+    "Sidecar CPU and memory",
+    "Build",
+];
+
+/// The panels of ages, in seconds.
+const AGES: [&str; 4] = [
+    "Oldest waiting task",
+    "Oldest running task",
+    "Periodic tasks (beat)",
+    "Probe age",
+];
+
+/// An instant query at `time`, as label set (without `job`) to value.
+fn at(prometheus: &Prometheus, expr: &str, time: f64) -> std::collections::BTreeMap<String, f64> {
+    let v = prometheus.api(&format!(
+        "/api/v1/query?query={}&time={time}",
+        query_escape(expr)
+    ));
+    let mut out = std::collections::BTreeMap::new();
+    for r in v["data"]["result"].as_array().cloned().unwrap_or_default() {
+        let mut labels = r["metric"].as_object().cloned().unwrap_or_default();
+        labels.remove("job");
+        let value: f64 = r["value"][1].as_str().unwrap().parse().unwrap();
+        out.insert(Value::Object(labels).to_string(), value);
+    }
+    out
 }
 
 #[test]
@@ -142,7 +196,12 @@ fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
     // A periodic task declared, heard from the tasks sent below: the beat panel's series.
     env.push(("SIDECAR_CELERY_BEAT_EXPECT", "tasks.add:1m"));
     let sidecar = Sidecar::start(&env);
-    let prometheus = Prometheus::start(sidecar.addr);
+    let replica = Sidecar::start(&env);
+    let prometheus = Prometheus::start(&[
+        (JOB, &[sidecar.addr]),
+        (PAIR, &[sidecar.addr, replica.addr]),
+    ]);
+    let scraped_since = std::time::Instant::now();
     // A queue holding a task whose binding set is then deleted (as a FLUSHALL would):
     // the unbound queue the integrity panel counts.
     send(
@@ -196,8 +255,6 @@ fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
         }
         std::thread::sleep(Duration::from_secs(2));
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = sender.join();
     assert!(
         empty.is_empty(),
         "dashboard expressions without data after 90 s:\n{}",
@@ -207,6 +264,37 @@ fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+
+    // Two sidecars on the same Redis and Celery: every panel shows what one shows. The
+    // panels about Redis and Celery draw no series per instance, and their values equal
+    // the single sidecar's (gauges of the same Redis not summed, events not counted
+    // twice); the panels about each sidecar draw the first one as the single job does.
+    // Both jobs scrape the first sidecar at their own moments: values that move (ages,
+    // rates) may differ by a scrape's worth, never by a factor of two. Compared while the
+    // tasks flow.
+    // A full minute of both jobs' scrapes first, for the rates' windows.
+    let scraping = scraped_since.elapsed();
+    if scraping < Duration::from_secs(65) {
+        std::thread::sleep(Duration::from_secs(65) - scraping);
+    }
+    // A value that is off by a scrape's worth in one attempt is not in the next; one that
+    // is doubled is in every one.
+    let mut wrong = Vec::new();
+    for _ in 0..4 {
+        wrong = two_sidecars_differ(&prometheus, &exprs, &sidecar.addr.to_string());
+        if wrong.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    assert!(
+        wrong.is_empty(),
+        "panels that differ with two sidecars:\n{}",
+        wrong.join("\n")
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.join();
 
     // Some values are what the scenario makes them.
     let value = |expr: &str| -> f64 {
@@ -285,4 +373,67 @@ fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
     for r in loaded {
         assert_eq!(r["health"], "ok", "{r}");
     }
+}
+
+/// What differs between the dashboard over one sidecar (`JOB`) and over two (`PAIR`), at
+/// one moment: every expression, its rates over a minute.
+fn two_sidecars_differ(
+    prometheus: &Prometheus,
+    exprs: &[(String, String)],
+    first: &str,
+) -> Vec<String> {
+    let time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        - 2.0;
+    let mut wrong = Vec::new();
+    for (title, expr) in exprs {
+        let per_sidecar = PER_SIDECAR.contains(&title.as_str());
+        let keep = |m: std::collections::BTreeMap<String, f64>| -> std::collections::BTreeMap<String, f64> {
+            m.into_iter()
+                .filter(|(labels, _)| {
+                    let l: Value = serde_json::from_str(labels).unwrap();
+                    l.get("instance").is_none_or(|i| i == first)
+                })
+                .collect()
+        };
+        // Over a minute: two jobs' scrapes of a counter that moves in bursts differ by a
+        // burst at most.
+        let wide = expr.replace("$__rate_interval", "60s");
+        let one = at(prometheus, &fill_job(&wide, JOB), time);
+        let two = at(prometheus, &fill_job(&wide, PAIR), time);
+        if !per_sidecar && two.keys().any(|l| l.contains("\"instance\"")) {
+            wrong.push(format!("[{title}] a series per sidecar: {two:?}"));
+            continue;
+        }
+        let (one, two) = if per_sidecar {
+            (keep(one), keep(two))
+        } else {
+            (one, two)
+        };
+        if one.keys().ne(two.keys()) {
+            wrong.push(format!("[{title}] {expr}\n  one: {one:?}\n  two: {two:?}"));
+            continue;
+        }
+        // A sidecar's own figures, scraped by each job at its own moment: the same series.
+        if per_sidecar {
+            continue;
+        }
+        // Ages move a second a second: a scrape apart is up to two seconds apart.
+        let slack = if AGES.contains(&title.as_str()) {
+            2.0
+        } else {
+            0.05
+        };
+        for (labels, a) in &one {
+            let b = two[labels];
+            let close =
+                (a.is_nan() && b.is_nan()) || (a - b).abs() <= slack + 0.25 * a.abs().max(b.abs());
+            if !close {
+                wrong.push(format!("[{title}] {labels}: one sidecar {a}, two {b}"));
+            }
+        }
+    }
+    wrong
 }

@@ -142,7 +142,7 @@ pub(super) fn targets(s: &Settings) -> Result<Targets, ConfigError> {
 
     let any_redis = redis_url.is_some() || host.is_some() || broker_text.is_some();
     let default_target =
-        wanted.is_empty() && !any_redis && ignored.iter().all(|n| !n.contains("Sentinel"));
+        wanted.is_empty() && !any_redis && ignored.iter().all(|n| !n.contains("recognised"));
     if default_target {
         wanted
             .push(Target::parse(Role::Cache, DEFAULT_REDIS_URL).expect("the default URL is valid"));
@@ -154,7 +154,7 @@ pub(super) fn targets(s: &Settings) -> Result<Targets, ConfigError> {
             } else {
                 vars::REDIS_URL
             },
-            problem: "no Redis is left to probe: Redis Sentinel URLs are recognised but not supported yet; set REDIS_URL to the master's redis:// URL to probe it meanwhile".into(),
+            problem: "no Redis is left to probe: Redis Sentinel and Cluster URLs are recognised but not supported yet; set REDIS_URL to a redis:// URL (the master's, or one node's) to probe it meanwhile".into(),
         });
     }
     let extra = extra_roots(s)?;

@@ -146,16 +146,7 @@ fn exporter(config: &OtelConfig) -> Result<opentelemetry_otlp::SpanExporter, Str
             })
             .build(),
         OtlpProtocol::Grpc => {
-            let mut headers = hyper::HeaderMap::new();
-            for (k, v) in &config.headers {
-                let name = hyper::header::HeaderName::from_bytes(k.as_bytes())
-                    .map_err(|_| format!("the header name {k} is not valid gRPC metadata"))?;
-                let value = hyper::header::HeaderValue::from_str(v.expose())
-                    .map_err(|_| format!("the value of header {k} is not valid gRPC metadata"))?;
-                headers.insert(name, value);
-            }
-            let metadata =
-                opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers);
+            let metadata = grpc_metadata(&config.headers)?;
             let mut builder = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(config.endpoint.clone())
@@ -171,6 +162,19 @@ fn exporter(config: &OtelConfig) -> Result<opentelemetry_otlp::SpanExporter, Str
         }
     };
     built.map_err(|e| format!("cannot build the OTLP exporter: {e}"))
+}
+
+/// The OTLP headers (API keys) as gRPC metadata, for traces and metrics alike.
+pub fn grpc_metadata(headers: &[(String, Secret)]) -> Result<tonic::metadata::MetadataMap, String> {
+    let mut map = hyper::HeaderMap::new();
+    for (k, v) in headers {
+        let name = hyper::header::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("the header name {k} is not valid gRPC metadata"))?;
+        let value = hyper::header::HeaderValue::from_str(v.expose())
+            .map_err(|_| format!("the value of header {k} is not valid gRPC metadata"))?;
+        map.insert(name, value);
+    }
+    Ok(tonic::metadata::MetadataMap::from_headers(map))
 }
 
 /// The HTTP client spans are sent with: the notifications' and the metrics push's

@@ -260,6 +260,17 @@ fn what_the_app_would_refuse_is_a_warning_and_nothing_is_dropped_silently() {
         "sentinel://h:26379;sentinel://h2:26379",
         "Sentinel",
     );
+    warned(Role::Cache, "redis+cluster://h:7000", "Redis Cluster");
+    let Err(refused) = Target::read(Role::Broker, "V", "redis+cluster://h:7000") else {
+        panic!("a cluster broker is refused")
+    };
+    assert!(
+        refused
+            .0
+            .contains("kombu's Redis transport does not support Cluster"),
+        "{}",
+        refused.0
+    );
     warned(
         Role::ResultBackend,
         "rediss://h",

@@ -242,6 +242,21 @@ impl Target {
                 warnings,
             });
         }
+        if scheme.ends_with("+cluster") {
+            if role == Role::Broker {
+                return Err(UrlError(
+                    "Redis Cluster cannot be Celery's broker: kombu's Redis transport does not support Cluster; use one Redis, or Redis Sentinel (sentinel://) for failover".into(),
+                ));
+            }
+            notes.push(format!(
+                "{variable}: Redis Cluster ({scheme}://) is recognised but not supported yet, so it is not probed"
+            ));
+            return Ok(Read {
+                target: None,
+                notes,
+                warnings,
+            });
+        }
         if role == Role::Broker
             && let Some((first, _)) = text.split_once(';')
         {
