@@ -412,6 +412,10 @@ fn two_sidecars_differ(
         } else {
             (one, two)
         };
+        if one.is_empty() {
+            wrong.push(format!("[{title}] no data to compare: {expr}"));
+            continue;
+        }
         if one.keys().ne(two.keys()) {
             wrong.push(format!("[{title}] {expr}\n  one: {one:?}\n  two: {two:?}"));
             continue;

@@ -76,8 +76,12 @@ fn refusals() -> std::sync::MutexGuard<'static, Refusals> {
 /// The refusal still in force for `collector` on `target`: the command is not to be sent,
 /// and this is what the server said. `None`: send it (never refused, or `RECHECK` passed).
 pub fn refused(target: &str, collector: Collector) -> Option<Failure> {
-    refusals()
-        .get(&(target.to_string(), collector))
+    let map = refusals();
+    // The usual case, every probe: nothing refused, no key to make.
+    if map.is_empty() {
+        return None;
+    }
+    map.get(&(target.to_string(), collector))
         .filter(|(at, _)| at.elapsed() < RECHECK)
         .map(|(_, f)| f.clone())
 }
@@ -106,10 +110,13 @@ pub fn record_refusal(target: &str, collector: Collector, failure: &Failure) {
 
 /// The server ran the command: a refusal on record is over.
 pub fn record_allowed(target: &str, collector: Collector) {
-    if refusals()
-        .remove(&(target.to_string(), collector))
-        .is_some()
-    {
+    let mut map = refusals();
+    if map.is_empty() {
+        return;
+    }
+    let was_refused = map.remove(&(target.to_string(), collector)).is_some();
+    drop(map);
+    if was_refused {
         tracing::info!(
             endpoint = target,
             collector = collector.as_str(),
