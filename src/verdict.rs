@@ -21,10 +21,12 @@ mod beat;
 mod fixes;
 mod keys;
 mod lost;
+mod sentinel;
 pub use beat::beat;
 pub use fixes::failure_fix;
 pub use keys::{EVICTION_WINDOW, Evictions, evictions, results_kept};
 pub use lost::{Fate, LOST_WINDOW, LostTask, fate, lost};
+pub use sentinel::{sentinel_findings, sentinel_fix};
 
 /// A check's health. Ordered: the overall status is the worst (greatest) of all checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

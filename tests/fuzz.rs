@@ -229,7 +229,7 @@ proptest! {
     }
 }
 
-const FIELDS: usize = 40;
+const FIELDS: usize = 42;
 
 /// Every string setting, by index (0: REDIS_URL, 5: CELERY_BROKER_URL, 6:
 /// CELERY_RESULT_BACKEND).
@@ -274,6 +274,8 @@ fn field_of(s: &mut Settings, i: usize) -> &mut Option<String> {
         36 => &mut s.otel_resource_attributes,
         37 => &mut s.otel_traces_sampler,
         38 => &mut s.otel_traces_sampler_arg,
+        39 => &mut s.sentinel_master,
+        40 => &mut s.sentinel_password,
         _ => &mut s.otel_sdk_disabled,
     }
 }

@@ -351,6 +351,7 @@ fn config_lists_parameters_and_warns_about_what_the_app_would_refuse() {
                 "CELERY_RESULT_BACKEND",
                 "sentinel://s1:26379;sentinel://s2:26379",
             ),
+            ("SIDECAR_SENTINEL_MASTER", "mymaster"),
         ],
     );
     let text = String::from_utf8_lossy(&out.stdout);
@@ -360,8 +361,7 @@ fn config_lists_parameters_and_warns_about_what_the_app_would_refuse() {
         "REDIS_URL ?socket_timeout: not used by the probe".to_string(),
         "REDIS_URL: unknown parameter \"frobnicate\"".to_string(),
         "CELERY_BROKER_URL: kombu refuses the parameter \"socket_timeout\"".to_string(),
-        "CELERY_RESULT_BACKEND: Redis Sentinel (sentinel://) is recognised but not supported yet"
-            .to_string(),
+        "sentinel://s1:26379/0;sentinel://s2:26379/0 master_name=mymaster".to_string(),
     ] {
         assert!(text.contains(&want), "missing {want:?} in:\n{text}");
     }

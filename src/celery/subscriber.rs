@@ -157,6 +157,9 @@ impl Subscriber {
             }
         };
         drop(span);
+        // A Sentinel target: the master this subscription reached, left when the
+        // sentinels name another.
+        let master = self.target.sentinels().and_then(|s| s.current());
         self.set_up();
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -193,6 +196,18 @@ impl Subscriber {
                     Err(e) => return Failure::from_redis(&redis::RedisError::from(e), &self.target),
                 },
                 _ = ping.tick() => {
+                    if let Some(s) = self.target.sentinels()
+                        && master.is_some()
+                        && s.current() != master
+                    {
+                        return Failure::new(
+                            crate::redis::failure::Reason::Connect,
+                            format!(
+                                "the sentinels name a new master for {:?}: subscribing there",
+                                s.master
+                            ),
+                        );
+                    }
                     // Subscribed to one prefix only: follow the one the queue probe found.
                     if let Some(old) = &narrow {
                         let now = self.shared.lock().expect("shared lock is never poisoned").naming.clone();

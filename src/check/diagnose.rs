@@ -21,9 +21,11 @@ use crate::verdict::{self, Finding, mib};
 
 mod celery;
 mod connect;
+mod sentinel;
 
 use celery::celery_steps;
 use connect::connect;
+use sentinel::{announced_unreachable, sentinel_steps};
 
 /// How a step went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -139,7 +141,11 @@ pub async fn diagnose(target: &Target, config: &Config, celery: bool, ping: bool
         "url",
         format!("{} ({})", target.redacted(), roles.join(", ")),
     ));
+    if !sentinel_steps(&mut d, limit).await {
+        return d;
+    }
     let Some(stream) = connect(&mut d, limit).await else {
+        announced_unreachable(&mut d, target);
         return d;
     };
     let mut resp = Resp::new(stream);
@@ -208,6 +214,7 @@ impl Diagnosis {
 /// CLIENT LIST), for the Celery event subscription: a failure is told in the words of the
 /// `check` step that failed. `limit` bounds each step.
 pub async fn link(target: &Target, limit: Duration) -> Result<Resp, Failure> {
+    let target = &crate::redis::sentinel::resolve(target, limit).await?;
     let mut d = Diagnosis::new(target);
     let Some(stream) = connect(&mut d, limit).await else {
         return Err(d.as_failure());

@@ -152,6 +152,7 @@ pub async fn ping(
     window: Duration,
     limit: Duration,
 ) -> Result<Vec<(String, Duration)>, Failure> {
+    let target = &crate::redis::sentinel::resolve(target, limit).await?;
     let fail = |e: &RedisError| Failure::from_redis(e, target);
     let config = AsyncConnectionConfig::new().set_response_timeout(Some(window + limit));
     let mut conn =

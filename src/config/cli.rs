@@ -247,6 +247,12 @@ pub struct Settings {
     /// How long a change must hold before it is sent (default: two probe intervals).
     #[arg(long = vars::NOTIFY_AFTER.flag, env = vars::NOTIFY_AFTER.env, global = true, hide_env_values = true)]
     pub notify_after: Option<String>,
+    /// The master's name for sentinel:// URLs (Celery's `master_name` transport option).
+    #[arg(long = vars::SENTINEL_MASTER.flag, env = vars::SENTINEL_MASTER.env, global = true, hide_env_values = true)]
+    pub sentinel_master: Option<String>,
+    /// The sentinels' own password (`sentinel_kwargs`); a secret.
+    #[arg(long = vars::SENTINEL_PASSWORD.flag, env = vars::SENTINEL_PASSWORD.env, global = true, hide_env_values = true)]
+    pub sentinel_password: Option<String>,
     /// Periodic tasks expected, `task.name:interval,...`, heard as task events (when beat
     /// is not RedBeat).
     #[arg(

@@ -12,6 +12,9 @@ pub(super) fn targets(s: &Settings) -> Result<Targets, ConfigError> {
     let mut ignored = Vec::new();
     let mut warnings = Vec::new();
     let mut wanted = Vec::new();
+    let sentinel_master = non_empty(vars::SENTINEL_MASTER, &s.sentinel_master)?;
+    let sentinel_password =
+        non_empty(vars::SENTINEL_PASSWORD, &s.sentinel_password)?.map(str::to_string);
     let url = |var: Var,
                role: Role,
                text: &str,
@@ -22,7 +25,19 @@ pub(super) fn targets(s: &Settings) -> Result<Targets, ConfigError> {
         let read = Target::read(role, var.env, text).map_err(|e| invalid(var, None, &e.0))?;
         ignored.extend(read.notes);
         warnings.extend(read.warnings);
-        if let Some(t) = read.target {
+        if let Some(mut t) = read.target {
+            if t.sentinels().is_some() {
+                t.configure_sentinels(sentinel_master, None, sentinel_password.clone());
+                if t.sentinels().is_some_and(|s| s.master.is_empty()) {
+                    return Err(ConfigError::Conflict {
+                        var: vars::SENTINEL_MASTER,
+                        problem: format!(
+                            "is not set, and {} is a Sentinel URL: set it to the master's name, as Celery's master_name transport option (kombu refuses to start without it)",
+                            var.env
+                        ),
+                    });
+                }
+            }
             wanted.push(t.with_source(var.env));
         }
         Ok(())
@@ -154,7 +169,7 @@ pub(super) fn targets(s: &Settings) -> Result<Targets, ConfigError> {
             } else {
                 vars::REDIS_URL
             },
-            problem: "no Redis is left to probe: Redis Sentinel and Cluster URLs are recognised but not supported yet; set REDIS_URL to a redis:// URL (the master's, or one node's) to probe it meanwhile".into(),
+            problem: "no Redis is left to probe: Redis Cluster URLs are recognised but not supported yet; set REDIS_URL to a redis:// URL (one node's) to probe it meanwhile".into(),
         });
     }
     let extra = extra_roots(s)?;

@@ -96,6 +96,16 @@ var!(NOTIFY_URL, "SIDECAR_NOTIFY_URL", "notify-url");
 var!(NOTIFY_FORMAT, "SIDECAR_NOTIFY_FORMAT", "notify-format");
 var!(NOTIFY_AFTER, "SIDECAR_NOTIFY_AFTER", "notify-after");
 var!(
+    SENTINEL_MASTER,
+    "SIDECAR_SENTINEL_MASTER",
+    "sentinel-master"
+);
+var!(
+    SENTINEL_PASSWORD,
+    "SIDECAR_SENTINEL_PASSWORD",
+    "sentinel-password"
+);
+var!(
     CELERY_BEAT_EXPECT,
     "SIDECAR_CELERY_BEAT_EXPECT",
     "celery-beat-expect"

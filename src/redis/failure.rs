@@ -353,6 +353,7 @@ fn dns_failure(text: &str, target: &Target) -> Failure {
     let host = match target.address() {
         Address::Tcp { host, .. } => host.as_str(),
         Address::Unix { path } => path.as_str(),
+        Address::Sentinel(s) => s.master.as_str(),
     };
     let cause = text
         .split("failed to lookup address information:")

@@ -8,6 +8,7 @@ pub mod pool;
 pub mod probe;
 pub mod pyurl;
 pub mod resp;
+pub mod sentinel;
 pub mod span;
 pub mod target;
 pub mod tls;

@@ -19,8 +19,9 @@ use tokio::time::Instant;
 
 use crate::redis::capability::{self, Collector};
 use crate::redis::failure::{Failure, Phase, PhaseCell, Reason};
+use crate::redis::sentinel;
 use crate::redis::span as otel;
-use crate::redis::target::{Address, Target};
+use crate::redis::target::{Address, Node, Target};
 use tracing::Instrument;
 
 /// Connections a target's pool may hold: the probe uses one at a time; the second lets a
@@ -40,6 +41,9 @@ pub struct Conn {
     pub broken: bool,
     /// Commands answered on it; 0 means fresh from `connect`.
     pub used: u64,
+    /// For a Sentinel target, the master it was made to: stale once the sentinels name
+    /// another.
+    pub master: Option<Node>,
 }
 
 impl Conn {
@@ -65,11 +69,14 @@ pub struct Manager {
     verified: Arc<Mutex<Option<Instant>>>,
 }
 
-/// A failed connection attempt: when it started, and its error.
+/// A failed connection attempt: when it started, its error, the target it was made to (a
+/// Sentinel target's master), and for a master no sentinel named, why.
 #[derive(Debug, Clone)]
 pub struct ConnectFailure {
     pub started: Instant,
     pub error: RedisError,
+    pub at: Target,
+    pub known: Option<Failure>,
 }
 
 impl Manager {
@@ -101,7 +108,23 @@ impl bb8::ManageConnection for Manager {
     /// Connects and logs in (see [`open`]).
     async fn connect(&self) -> Result<Conn, RedisError> {
         let started = Instant::now();
-        match open(&self.config, &self.target, self.connect_limit).await {
+        let at = match sentinel::resolve(&self.target, self.connect_limit).await {
+            Ok(at) => at,
+            Err(failure) => {
+                let error = redis::make_extension_error(
+                    "SENTINEL".to_string(),
+                    Some(failure.message.clone()),
+                );
+                self.failures.send_replace(Some(ConnectFailure {
+                    started,
+                    error: error.clone(),
+                    at: self.target.clone(),
+                    known: Some(failure),
+                }));
+                return Err(error);
+            }
+        };
+        match open(&self.config, &at, self.connect_limit).await {
             Ok(inner) => {
                 *self
                     .verified
@@ -111,12 +134,21 @@ impl bb8::ManageConnection for Manager {
                     inner,
                     broken: false,
                     used: 0,
+                    master: self.target.sentinels().and(match at.address() {
+                        Address::Tcp { host, port, .. } => Some(Node {
+                            host: host.clone(),
+                            port: *port,
+                        }),
+                        _ => None,
+                    }),
                 })
             }
             Err(e) => {
                 self.failures.send_replace(Some(ConnectFailure {
                     started,
                     error: e.clone(),
+                    at,
+                    known: None,
                 }));
                 Err(e)
             }
@@ -141,6 +173,11 @@ impl bb8::ManageConnection for Manager {
 /// the redis crate would have given, so that they are classified the same way.
 async fn stream(target: &Target) -> Result<Box<dyn crate::redis::resp::Stream>, RedisError> {
     match target.address() {
+        // Resolved to its master before a stream is made (see `sentinel::resolve`).
+        Address::Sentinel(_) => Err(RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "a Sentinel target is resolved to its master first",
+        ))),
         Address::Unix { path } => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
         Address::Tcp { host, port, tls } => {
             let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
@@ -332,6 +369,7 @@ impl TargetPool {
     /// "max number of clients reached"...), in the words `check` uses. After a failure the
     /// claim is given back, so that the next probe tries again.
     async fn recheck(&self, started: Instant, last: Instant) -> Result<(), Failure> {
+        let began = Instant::now();
         match self.pool.dedicated_connection().await {
             Ok(conn) => {
                 drop(conn);
@@ -342,13 +380,26 @@ impl TargetPool {
                     .verified
                     .lock()
                     .expect("verified lock is never poisoned") = Some(last);
-                Err(self.explain(&e, started).await)
+                let attempt = self
+                    .failures
+                    .borrow()
+                    .clone()
+                    .filter(|f| f.started >= began);
+                Err(match attempt {
+                    Some(f) => self.explain_attempt(f, started).await,
+                    None => self.explain(&e, started).await,
+                })
             }
         }
     }
 
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// The probe timeout, which also bounds a checkout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn state(&self) -> PoolState {
@@ -419,7 +470,7 @@ impl TargetPool {
 
     /// Resolves with the error of the first connection attempt that started at or after
     /// `since` and failed; older attempts (a previous probe's, finishing late) are ignored.
-    async fn connect_failure_since(&self, since: Instant) -> RedisError {
+    async fn connect_failure_since(&self, since: Instant) -> ConnectFailure {
         let mut failures = self.failures.clone();
         loop {
             if let Some(f) = failures
@@ -427,7 +478,7 @@ impl TargetPool {
                 .as_ref()
                 .filter(|f| f.started >= since)
             {
-                return f.error.clone();
+                return f.clone();
             }
             if failures.changed().await.is_err() {
                 return std::future::pending().await;
@@ -441,32 +492,65 @@ impl TargetPool {
         &self,
         started: Instant,
     ) -> Result<bb8::PooledConnection<'_, Manager>, Failure> {
-        let fail = |e: &RedisError| Failure::from_redis(e, &self.target);
+        // A connection to a master the sentinels no longer name is dropped for a fresh one.
+        for _ in 0..=MAX_CONNECTIONS {
+            let mut conn = self.checkout_any(started).await?;
+            let stale = self
+                .target
+                .sentinels()
+                .is_some_and(|s| conn.master.is_some() && conn.master != s.current());
+            if !stale {
+                return Ok(conn);
+            }
+            conn.broken = true;
+        }
+        self.checkout_any(started).await
+    }
+
+    /// A connection from the pool, whatever master it was made to.
+    async fn checkout_any(
+        &self,
+        started: Instant,
+    ) -> Result<bb8::PooledConnection<'_, Manager>, Failure> {
         tokio::select! {
             got = self.pool.get() => match got {
                 Ok(conn) => Ok(conn),
-                Err(bb8::RunError::User(e)) => Err(fail(&e)),
+                // Not reached with `connect_failure_since` beside it; kept correct.
+                Err(bb8::RunError::User(e)) => Err(Failure::from_redis(&e, &self.target)),
                 // bb8's checkout bound is the probe timeout: the runner's would say the same.
                 Err(bb8::RunError::TimedOut) => {
                     Err(Failure::timeout(&self.target, Phase::Connect, self.timeout))
                 }
             },
             // A connection attempt of this probe failed: that error is the cause.
-            e = self.connect_failure_since(started) => Err(self.explain(&e, started).await),
+            f = self.connect_failure_since(started) => Err(self.explain_attempt(f, started).await),
         }
     }
 
-    /// The failure a connection attempt's error means. A connection closed on us is asked
-    /// why first: a server that refuses a client says so before closing.
-    async fn explain(&self, e: &RedisError, started: Instant) -> Failure {
-        if e.is_connection_dropped() && !e.is_connection_refusal() {
-            let left = (started + self.timeout).saturating_duration_since(Instant::now());
-            if let Some(said) = greeting(self.target.address(), left).await {
-                return Failure::from_redis(&said, &self.target);
-            }
+    /// The failure a connection attempt means: what no sentinel answered, or its error.
+    async fn explain_attempt(&self, f: ConnectFailure, started: Instant) -> Failure {
+        match f.known {
+            Some(known) => known,
+            None => explain(&f.error, &f.at, started, self.timeout).await,
         }
-        Failure::from_redis(e, &self.target)
     }
+
+    /// The failure a connection attempt's error means (see [`explain`]).
+    async fn explain(&self, e: &RedisError, started: Instant) -> Failure {
+        explain(e, &self.target, started, self.timeout).await
+    }
+}
+
+/// The failure a connection attempt's error to `at` means. A connection closed on us is
+/// asked why first: a server that refuses a client says so before closing.
+async fn explain(e: &RedisError, at: &Target, started: Instant, timeout: Duration) -> Failure {
+    if e.is_connection_dropped() && !e.is_connection_refusal() {
+        let left = (started + timeout).saturating_duration_since(Instant::now());
+        if let Some(said) = greeting(at.address(), left).await {
+            return Failure::from_redis(&said, at);
+        }
+    }
+    Failure::from_redis(e, at)
 }
 
 /// What a plain server says to a new connection before anything is sent: Redis writes
@@ -478,7 +562,7 @@ async fn greeting(address: &Address, left: Duration) -> Option<RedisError> {
     let mut buf = [0u8; 256];
     let read = async {
         let n = match address {
-            Address::Tcp { tls: Some(_), .. } => return None,
+            Address::Tcp { tls: Some(_), .. } | Address::Sentinel(_) => return None,
             Address::Tcp { host, port, .. } => {
                 let mut s = tokio::net::TcpStream::connect((host.as_str(), *port))
                     .await

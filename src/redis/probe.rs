@@ -72,6 +72,12 @@ impl RedisProbe {
     /// One probe: a connection from the pool, PING timed, INFO's sections in one pipeline.
     pub async fn probe(&self) -> Result<Observation, Failure> {
         let started = Instant::now();
+        // The sentinels first: a master they name anew is the one this probe reaches.
+        if let Some(sentinels) = self.target().sentinels() {
+            self.phase.set(Phase::Command("SENTINEL"));
+            // Half the probe's time at most: the rest is the master's.
+            crate::redis::sentinel::survey(sentinels, self.pool.timeout() / 2).await;
+        }
         let fail = |e: &RedisError| Failure::from_redis(e, self.target());
         let mut ping = redis::pipe();
         ping.cmd("PING");

@@ -22,6 +22,10 @@ impl Command {
         let (address, port) = match target.address() {
             Address::Tcp { host, port, .. } => (host.clone(), Some(*port)),
             Address::Unix { path } => (path.clone(), None),
+            Address::Sentinel(s) => match s.current() {
+                Some(m) => (m.host, Some(m.port)),
+                None => (s.master.clone(), None),
+            },
         };
         let span = tracing::info_span!(
             target: "redis_celery_sidecar::redis",

@@ -3,6 +3,9 @@
 
 use std::fmt;
 
+pub use crate::redis::sentinel::{Node, Sentinels};
+
+mod sentinel_url;
 mod ssl;
 mod url;
 
@@ -43,6 +46,9 @@ pub enum Address {
     Unix {
         path: String,
     },
+    /// The master the sentinels name (`sentinel://`, `redis+sentinel://`): resolved each
+    /// time a connection is made.
+    Sentinel(Sentinels),
 }
 
 /// How a TLS connection is made, from the URL's `ssl_*` parameters (as redis-py, kombu and
@@ -93,6 +99,10 @@ impl fmt::Display for Address {
             Address::Tcp { host, port, .. } if host.contains(':') => write!(f, "[{host}]:{port}"),
             Address::Tcp { host, port, .. } => write!(f, "{host}:{port}"),
             Address::Unix { path } => f.write_str(path),
+            Address::Sentinel(s) => match s.current() {
+                Some(m) => write!(f, "{m} (master {:?} named by the sentinels)", s.master),
+                None => write!(f, "the master {:?} of the sentinels {}", s.master, s.list()),
+            },
         }
     }
 }
@@ -226,6 +236,52 @@ impl Target {
         &self.address
     }
 
+    /// The sentinels, for a Sentinel target.
+    pub fn sentinels(&self) -> Option<&Sentinels> {
+        match &self.address {
+            Address::Sentinel(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Sets a Sentinel target's master name (unless its URL gave one) and what AUTH sends
+    /// to the sentinels, from the settings; the redacted URL then names the master.
+    pub fn configure_sentinels(
+        &mut self,
+        master: Option<&str>,
+        user: Option<String>,
+        password: Option<String>,
+    ) {
+        let Address::Sentinel(s) = &mut self.address else {
+            return;
+        };
+        if s.master.is_empty()
+            && let Some(m) = master
+        {
+            s.master = m.to_string();
+        }
+        s.set_auth(user, password);
+        self.redacted = redact(
+            &self.address,
+            self.db,
+            self.user.as_deref(),
+            self.password.is_some(),
+        );
+    }
+
+    /// This Sentinel target's master at `master`: the same credentials, database, roles and
+    /// redacted URL (what is shown and what capabilities are remembered by).
+    pub fn at_master(&self, master: &Node) -> Target {
+        Target {
+            address: Address::Tcp {
+                host: master.host.clone(),
+                port: master.port,
+                tls: None,
+            },
+            ..self.clone()
+        }
+    }
+
     pub fn db(&self) -> i64 {
         self.db
     }
@@ -329,6 +385,27 @@ fn redact(address: &Address, db: i64, user: Option<&str>, has_password: bool) ->
             format!("{scheme}://{userinfo}{address}/{db}{query}")
         }
         Address::Unix { path } => format!("unix://{userinfo}{path}?db={db}"),
+        Address::Sentinel(s) => {
+            let nodes: Vec<String> = s
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let userinfo = if i == 0 { userinfo.as_str() } else { "" };
+                    format!("sentinel://{userinfo}{n}/{db}")
+                })
+                .collect();
+            let sentinel_auth = if s.has_password() {
+                " sentinel_password=***"
+            } else {
+                ""
+            };
+            format!(
+                "{} master_name={}{sentinel_auth}",
+                nodes.join(";"),
+                s.master
+            )
+        }
     }
 }
 

@@ -34,6 +34,34 @@ pub struct RedisDetails {
     /// The target's database, from INFO `keyspace`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keyspace: Option<KeyspaceDoc>,
+    /// A Sentinel target's master and sentinels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<SentinelDoc>,
+}
+
+/// `details.sentinel`: the master the sentinels name, its changes, and each sentinel.
+#[derive(Debug, Clone, Serialize)]
+pub struct SentinelDoc {
+    pub master_name: String,
+    /// `host:port` as the sentinels announce it; null before any answered.
+    pub master: Option<String>,
+    /// Unix seconds of the last change of master seen; null before any.
+    pub master_changed_at: Option<f64>,
+    pub failovers: u64,
+    pub sentinels: Vec<crate::redis::sentinel::View>,
+}
+
+impl From<&crate::redis::sentinel::Sentinels> for SentinelDoc {
+    fn from(s: &crate::redis::sentinel::Sentinels) -> SentinelDoc {
+        let state = s.state();
+        SentinelDoc {
+            master_name: s.master.clone(),
+            master: state.master.map(|m| m.to_string()),
+            master_changed_at: state.changed_at.map(crate::text::unix_secs),
+            failovers: state.failovers,
+            sentinels: state.views,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]

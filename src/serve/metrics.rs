@@ -51,6 +51,7 @@ pub struct Metrics {
     db_keys_expiring: IntGaugeVec,
     pool_connections: IntGaugeVec,
     checkout_timeouts: IntCounterVec,
+    sentinel_failovers: IntCounterVec,
     check_status: IntGaugeVec,
     ready: IntGauge,
     /// Whether no target's ACL refuses what a collector needs (`capability`).
@@ -224,6 +225,11 @@ impl Metrics {
                 "Probes that timed out waiting for a pooled connection.",
                 role,
             )?,
+            sentinel_failovers: counter(
+                "redis_sentinel_failovers_total",
+                "Times the sentinels named a new master for this target.",
+                role,
+            )?,
             check_status: gauge(
                 "sidecar_check_status",
                 "0 healthy, 1 degraded, 2 unhealthy.",
@@ -259,6 +265,11 @@ impl Metrics {
         }
         self.checkout_timeouts.with_label_values(&[role]);
         self.ping.with_label_values(&[role]);
+    }
+
+    /// A Sentinel target's master changes so far (its series exists from the start, at 0).
+    pub fn record_failovers(&self, role: &str, total: u64) {
+        mirror(&self.sentinel_failovers, role, Some(total));
     }
 
     /// A probe of a Redis target finished.

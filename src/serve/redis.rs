@@ -11,7 +11,7 @@ use crate::redis::info::Info;
 use crate::redis::pool::{PoolState, TargetPool};
 use crate::redis::probe::{Observation, RedisProbe};
 use crate::redis::target::Target;
-use crate::serve::health::{Details, KeyspaceDoc, RedisDetails};
+use crate::serve::health::{Details, KeyspaceDoc, RedisDetails, SentinelDoc};
 use crate::serve::metrics::Metrics;
 use crate::serve::runner::{Probe, failed};
 use crate::serve::snapshot::{Report, Status};
@@ -33,6 +33,9 @@ impl RedisCheck {
     pub fn new(target: Target, pool: TargetPool, slo: Duration, metrics: &Metrics) -> RedisCheck {
         for role in target.roles() {
             metrics.init_redis(role.as_str());
+            if target.sentinels().is_some() {
+                metrics.record_failovers(role.as_str(), 0);
+            }
         }
         RedisCheck {
             probe: RedisProbe::new(pool),
@@ -67,6 +70,12 @@ impl Probe for RedisCheck {
         now: SystemTime,
         metrics: &Metrics,
     ) {
+        if let Some(s) = self.target.sentinels() {
+            let failovers = s.state().failovers;
+            for role in self.target.roles() {
+                metrics.record_failovers(role.as_str(), failovers);
+            }
+        }
         match &result {
             Ok(obs) => {
                 let db = self.target.db();
@@ -112,6 +121,12 @@ impl Probe for RedisCheck {
                         judged.status = judged.status.max(Status::Degraded);
                     }
                 }
+                if let Some(s) = self.target.sentinels() {
+                    for f in verdict::sentinel_findings(s, &s.state().views) {
+                        judged.findings.push(f);
+                        judged.status = judged.status.max(Status::Degraded);
+                    }
+                }
                 let (error, fix) = judged.error.map(|c| (c.failure, c.fix)).unzip();
                 Report {
                     status: judged.status,
@@ -123,14 +138,14 @@ impl Probe for RedisCheck {
                     error,
                     fix,
                     warnings: judged.findings,
-                    details: details(obs.pool, obs.info.as_ref().ok(), self.target.db()),
+                    details: details(obs.pool, obs.info.as_ref().ok(), &self.target),
                 }
             }
             Err(failure) => failed(
                 failure.clone(),
                 last,
                 *now,
-                details(self.pool_state(), None, self.target.db()),
+                details(self.pool_state(), None, &self.target),
                 Some(verdict::failure_fix(failure, &self.target)),
             ),
         })
@@ -147,10 +162,12 @@ impl Probe for RedisCheck {
     }
 }
 
-/// The `details` of a Redis check: the pool, and INFO's figures (with the keys of the
-/// target's database `db`) when there are any.
-fn details(pool: PoolState, info: Option<&Info>, db: i64) -> Details {
+/// The `details` of a Redis check: the pool, INFO's figures (with the keys of the
+/// target's database) when there are any, and a Sentinel target's sentinels.
+fn details(pool: PoolState, info: Option<&Info>, target: &Target) -> Details {
+    let db = target.db();
     Details::Redis(Box::new(RedisDetails {
+        sentinel: target.sentinels().map(SentinelDoc::from),
         pool: pool.into(),
         keyspace: info.and_then(|i| i.db(db)).map(|k| KeyspaceDoc {
             db,

@@ -27,6 +27,25 @@ pub fn failure_fix(f: &Failure, target: &Target) -> String {
     if has("DB index is out of range") {
         return "use a database below the server's `databases` (16 by default; Redis Cluster has only 0)".into();
     }
+    if let Some(s) = target.sentinels() {
+        if has("no sentinel named the master") {
+            let miss = if has("knows no master named") {
+                Some("unknown_name")
+            } else if f.reason == Reason::Auth {
+                Some("auth")
+            } else {
+                None
+            };
+            return crate::verdict::sentinel_fix(miss, s);
+        }
+        if matches!(f.reason, Reason::Connect | Reason::Timeout | Reason::Dns)
+            && let Some(m) = s.current()
+        {
+            return format!(
+                "the sentinels announce the master at {m}, and it cannot be reached from here: if that is a container's own address, set `replica-announce-ip` on the Redis servers and `sentinel announce-ip` on the sentinels to an address the app can reach; otherwise the master is down and the sentinels have not failed over yet"
+            );
+        }
+    }
     match f.reason {
         Reason::Dns => {
             let railway = matches!(target.address(), Address::Tcp { host, .. } if host.ends_with(".railway.internal"));

@@ -6,7 +6,8 @@ BROKER_URL, and kombu's transport options KEYPREFIX (global_keyprefix), SEP, STE
 PREFETCH (worker_prefetch_multiplier), RESULT_BACKEND, RESULT_EXPIRES and ACKS_LATE. Set as Celery's Redis broker documentation shows them.
 For beat: BEAT_EVERY (seconds between runs of tasks.tick in beat_schedule), BEAT_MAX_LOOP
 (beat_max_loop_interval; RedBeat's lock lasts five of them) and REDBEAT_PREFIX
-(redbeat_key_prefix), as RedBeat's documentation shows them.
+(redbeat_key_prefix), as RedBeat's documentation shows them. For Sentinel: MASTER_NAME
+(master_name) and SENTINEL_PASSWORD (sentinel_kwargs' password).
 """
 
 import os
@@ -27,6 +28,12 @@ if os.environ.get("QUEUE_ORDER"):
     options["queue_order_strategy"] = os.environ["QUEUE_ORDER"]
 if os.environ.get("VISIBILITY"):
     options["visibility_timeout"] = float(os.environ["VISIBILITY"])
+# Sentinel (a sentinel:// BROKER_URL), as Celery's documentation shows it: the master's
+# name, and the sentinels' own password in sentinel_kwargs.
+if os.environ.get("MASTER_NAME"):
+    options["master_name"] = os.environ["MASTER_NAME"]
+if os.environ.get("SENTINEL_PASSWORD"):
+    options["sentinel_kwargs"] = {"password": os.environ["SENTINEL_PASSWORD"]}
 app.conf.broker_transport_options = options
 # Clients publish task-sent, which is the only event that names the queue.
 app.conf.task_send_sent_event = True

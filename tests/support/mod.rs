@@ -19,6 +19,7 @@ mod http;
 pub mod otlp;
 mod process;
 mod redis_server;
+mod sentinel;
 mod sidecar;
 
 pub use browser::*;
@@ -26,4 +27,5 @@ pub use celery::*;
 pub use http::*;
 pub use process::*;
 pub use redis_server::*;
+pub use sentinel::*;
 pub use sidecar::*;

@@ -36,6 +36,15 @@ pub(super) async fn connect(d: &mut Diagnosis, limit: Duration) -> Option<Box<dy
             };
         }
         Address::Tcp { host, port, tls } => (host.clone(), *port, tls.clone()),
+        // `sentinel_steps` has put the master in its place.
+        Address::Sentinel(_) => {
+            d.steps.push(Step::fail(
+                "connect",
+                Failure::new(Reason::Other, "the sentinels named no master"),
+                "run `check` again: the sentinels are electing a master",
+            ));
+            return None;
+        }
     };
 
     // DNS: the answers, or why there are none.

@@ -257,8 +257,8 @@ fn what_the_app_would_refuse_is_a_warning_and_nothing_is_dropped_silently() {
     warned(Role::Broker, "redis://h/0;redis://h2/0", "failover URLs");
     warned(
         Role::Broker,
-        "sentinel://h:26379;sentinel://h2:26379",
-        "Sentinel",
+        "sentinel://h:26379;redis://h2:26379",
+        "redis:// after a ';' is not a sentinel",
     );
     warned(Role::Cache, "redis+cluster://h:7000", "Redis Cluster");
     let Err(refused) = Target::read(Role::Broker, "V", "redis+cluster://h:7000") else {
@@ -343,7 +343,9 @@ fn what_the_app_would_refuse_is_a_warning_and_nothing_is_dropped_silently() {
         assert!(!e.contains("s3c"), "{e}");
     }
     let read = Target::read(Role::Broker, "V", "sentinel://:s3cret@h:26379").unwrap();
-    assert!(read.target.is_none());
+    let t = read.target.unwrap();
+    assert!(!t.redacted().contains("s3cret"), "{}", t.redacted());
+    assert!(!format!("{t:?} {}", t.address()).contains("s3cret"));
     // The broker's db comes from the path, as kombu's virtual host.
     assert!(
         Target::parse(Role::Broker, "redis://h/abc")

@@ -232,12 +232,10 @@ impl Target {
                 "not a valid URL; expected redis://[user:password@]host:port/db".into(),
             ));
         }
-        if scheme.ends_with("sentinel") {
-            notes.push(format!(
-                "{variable}: Redis Sentinel ({scheme}://) is recognised but not supported yet, so it is not probed"
-            ));
+        if matches!(scheme.as_str(), "sentinel" | "redis+sentinel") {
+            let target = super::sentinel_url::read(role, variable, &scheme, text, &mut warnings)?;
             return Ok(Read {
-                target: None,
+                target: Some(target),
                 notes,
                 warnings,
             });
@@ -485,6 +483,7 @@ impl Target {
             Address::Tcp { tls: None, .. } => TCP,
             Address::Tcp { tls: Some(_), .. } => TLS,
             Address::Unix { .. } => UNIX,
+            Address::Sentinel(_) => TCP,
         };
         for name in query.names() {
             if used.contains(&name) {
@@ -572,7 +571,7 @@ fn unencoded_userinfo(input: &str) -> bool {
     }
 }
 
-fn parse_db(text: &str) -> Result<i64, UrlError> {
+pub(super) fn parse_db(text: &str) -> Result<i64, UrlError> {
     match text.parse::<i64>() {
         Ok(db) if db >= 0 => Ok(db),
         // Shown only when it cannot be the tail of a password that held a '/'.

@@ -98,6 +98,7 @@ fn page() -> String {
                 in_use: 0,
             },
             info: Some(info),
+            sentinel: None,
             keyspace: None,
         })),
     );

@@ -1,0 +1,421 @@
+//! Redis Sentinel: the master a target stands for, asked of its sentinels as redis-py asks
+//! them (each in turn; the first that names the master wins), and each sentinel's own view
+//! (reachable, the master it names, `SENTINEL CKQUORUM`) for `/healthz` and `check`.
+//!
+//! A Sentinel target is resolved every time a connection is made: the pool, the queue scan
+//! and the event subscription all connect to the master the sentinels name at that moment.
+//! Each probe also asks every sentinel; when the master they name changes, pooled
+//! connections to the old one are dropped before the next command, and the subscription
+//! moves at its next PING tick.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::join_all;
+use serde::Serialize;
+use tokio::net::TcpStream;
+
+use crate::redis::failure::{Failure, Reason};
+use crate::redis::resp::{Reply, Resp};
+use crate::redis::target::{Address, Target};
+
+/// The port a `sentinel://` URL without one names (kombu's and redis-py's default).
+pub const DEFAULT_PORT: u16 = 26379;
+
+/// One sentinel's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The sentinels of one master, and what they said last. Clones share what was learned.
+#[derive(Clone)]
+pub struct Sentinels {
+    /// The master's name (`master_name`): empty until the configuration gives it.
+    pub master: String,
+    pub nodes: Vec<Node>,
+    /// What AUTH sends to each sentinel (`sentinel_kwargs`); none by default, as kombu and
+    /// Celery send the URL's password to the master only.
+    user: Option<String>,
+    password: Option<String>,
+    state: Arc<Mutex<State>>,
+}
+
+impl PartialEq for Sentinels {
+    fn eq(&self, other: &Sentinels) -> bool {
+        self.master == other.master
+            && self.nodes == other.nodes
+            && self.user == other.user
+            && self.password == other.password
+    }
+}
+
+impl Eq for Sentinels {}
+
+impl fmt::Debug for Sentinels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sentinels")
+            .field("master", &self.master)
+            .field("nodes", &self.nodes)
+            .finish()
+    }
+}
+
+/// What the sentinels said, shared by every clone of a target.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// The master's address, as the sentinels last named it.
+    pub master: Option<Node>,
+    /// When that address last changed (a failover), not when it was first learned.
+    pub changed_at: Option<SystemTime>,
+    /// Changes of the master's address seen since the start.
+    pub failovers: u64,
+    /// Each sentinel's answer at the last probe, in the URL's order.
+    pub views: Vec<View>,
+}
+
+/// One sentinel's answer, as `/healthz` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct View {
+    pub address: String,
+    pub reachable: bool,
+    /// The master's address this sentinel gives.
+    pub master: Option<String>,
+    /// `SENTINEL CKQUORUM`: enough sentinels to authorize a failover.
+    pub quorum: Option<bool>,
+    /// Why the sentinel could not answer, or why the quorum is not there, in its words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What went wrong, for `check`'s fix: `unreachable`, `auth`, `unknown_name`, `said`.
+    #[serde(skip)]
+    pub miss: Option<&'static str>,
+}
+
+impl Sentinels {
+    pub fn new(nodes: Vec<Node>) -> Sentinels {
+        Sentinels {
+            master: String::new(),
+            nodes,
+            user: None,
+            password: None,
+            state: Arc::default(),
+        }
+    }
+
+    /// Sets what AUTH sends to each sentinel.
+    pub fn set_auth(&mut self, user: Option<String>, password: Option<String>) {
+        self.user = user;
+        self.password = password;
+    }
+
+    pub fn has_password(&self) -> bool {
+        self.password.is_some()
+    }
+
+    /// The password sent to the sentinels, for scrubbing it out of texts.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// What the sentinels said last.
+    pub fn state(&self) -> State {
+        self.state
+            .lock()
+            .expect("sentinel lock is never poisoned")
+            .clone()
+    }
+
+    /// The master's address as the sentinels last named it.
+    pub fn current(&self) -> Option<Node> {
+        self.state
+            .lock()
+            .expect("sentinel lock is never poisoned")
+            .master
+            .clone()
+    }
+
+    /// Records the master's address the sentinels gave; true when it changed from the one
+    /// known before (a failover).
+    fn learn(&self, master: &Node) -> bool {
+        let mut state = self.state.lock().expect("sentinel lock is never poisoned");
+        let moved = match &state.master {
+            Some(old) if old != master => {
+                tracing::warn!(
+                    master_name = %self.master,
+                    from = %old,
+                    to = %master,
+                    "the sentinels name a new master: following it"
+                );
+                true
+            }
+            _ => false,
+        };
+        if moved {
+            state.failovers += 1;
+            state.changed_at = Some(SystemTime::now());
+        }
+        state.master = Some(master.clone());
+        moved
+    }
+
+    /// The sentinels as people read them: `127.0.0.1:26379, 127.0.0.1:26380`.
+    pub fn list(&self) -> String {
+        let nodes: Vec<String> = self.nodes.iter().map(Node::to_string).collect();
+        nodes.join(", ")
+    }
+}
+
+/// Why one sentinel gave no master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Miss {
+    /// No connection, or no answer in time.
+    Unreachable(String),
+    /// AUTH refused (or required and not sent).
+    Auth(String),
+    /// It knows no master by that name.
+    UnknownName,
+    /// Anything else it answered.
+    Said(String),
+}
+
+impl Miss {
+    fn kind(&self) -> &'static str {
+        match self {
+            Miss::Unreachable(_) => "unreachable",
+            Miss::Auth(_) => "auth",
+            Miss::UnknownName => "unknown_name",
+            Miss::Said(_) => "said",
+        }
+    }
+
+    fn text(&self, node: &Node, master: &str) -> String {
+        match self {
+            Miss::Unreachable(why) => format!("{node} {why}"),
+            Miss::Auth(why) => format!("{node} refused the login: {why}"),
+            Miss::UnknownName => format!("{node} knows no master named {master:?}"),
+            Miss::Said(what) => format!("{node} answered {what}"),
+        }
+    }
+}
+
+/// A connection to one sentinel, logged in when a sentinel password is set.
+async fn connect(node: &Node, sentinels: &Sentinels, limit: Duration) -> Result<Resp, Miss> {
+    let tcp = match tokio::time::timeout(limit, TcpStream::connect((node.host.as_str(), node.port)))
+        .await
+    {
+        Err(_) => {
+            return Err(Miss::Unreachable(format!(
+                "did not accept a connection within {}",
+                crate::text::show(limit)
+            )));
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err(Miss::Unreachable(
+                "refused the connection: nothing listens there".into(),
+            ));
+        }
+        Ok(Err(e)) => return Err(Miss::Unreachable(format!("cannot be reached: {e}"))),
+        Ok(Ok(s)) => s,
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut resp = Resp::new(Box::new(tcp));
+    if let Some(password) = &sentinels.password {
+        let mut auth: Vec<&[u8]> = vec![b"AUTH"];
+        if let Some(user) = &sentinels.user {
+            auth.push(user.as_bytes());
+        }
+        auth.push(password.as_bytes());
+        if let Reply::Error(e) = ask(&mut resp, &[&auth], limit).await?.remove(0) {
+            return Err(Miss::Auth(scrub(&e, sentinels)));
+        }
+    }
+    Ok(resp)
+}
+
+/// Commands in one pipeline, within `limit`.
+async fn ask(resp: &mut Resp, commands: &[&[&[u8]]], limit: Duration) -> Result<Vec<Reply>, Miss> {
+    match tokio::time::timeout(limit, resp.pipeline(commands)).await {
+        Err(_) => Err(Miss::Unreachable(format!(
+            "did not answer within {}",
+            crate::text::show(limit)
+        ))),
+        Ok(Err(e)) => Err(Miss::Unreachable(format!("closed the connection: {e}"))),
+        Ok(Ok(replies)) => Ok(replies),
+    }
+}
+
+/// A sentinel's error text without the sentinel password, should it ever echo it.
+fn scrub(text: &str, sentinels: &Sentinels) -> String {
+    match &sentinels.password {
+        Some(p) if p.len() >= 4 => text.replace(p.as_str(), "***"),
+        _ => text.to_string(),
+    }
+}
+
+/// `SENTINEL GET-MASTER-ADDR-BY-NAME`'s answer: the address, or why there is none.
+fn master_addr(reply: &Reply) -> Result<Node, Miss> {
+    match reply {
+        Reply::Array(None) | Reply::Bulk(None) => Err(Miss::UnknownName),
+        Reply::Array(Some(items)) if items.len() == 2 => {
+            let host = items[0].text();
+            let port = items[1].text().and_then(|p| p.parse::<u16>().ok());
+            match (host, port) {
+                (Some(host), Some(port)) => Ok(Node { host, port }),
+                _ => Err(Miss::Said(format!("{reply:?}"))),
+            }
+        }
+        Reply::Error(e) if e.starts_with("NOAUTH") => Err(Miss::Auth(e.clone())),
+        Reply::Error(e) => Err(Miss::Said(e.clone())),
+        other => Err(Miss::Said(format!("{other:?}"))),
+    }
+}
+
+/// Asks one sentinel for the master's address.
+async fn ask_master(node: &Node, sentinels: &Sentinels, limit: Duration) -> Result<Node, Miss> {
+    let mut resp = connect(node, sentinels, limit).await?;
+    let get: [&[u8]; 3] = [
+        b"SENTINEL",
+        b"GET-MASTER-ADDR-BY-NAME",
+        sentinels.master.as_bytes(),
+    ];
+    let replies = ask(&mut resp, &[&get], limit).await?;
+    master_addr(&replies[0])
+}
+
+/// The target to connect to: `target` itself, or for a Sentinel target the master the
+/// sentinels name now (each asked in turn, as redis-py does, within `limit` each), with the
+/// master's credentials and database. The failure names what each sentinel said.
+pub async fn resolve(target: &Target, limit: Duration) -> Result<Target, Failure> {
+    let Address::Sentinel(sentinels) = target.address() else {
+        return Ok(target.clone());
+    };
+    let mut misses = Vec::new();
+    for node in &sentinels.nodes {
+        match ask_master(node, sentinels, limit).await {
+            Ok(master) => {
+                sentinels.learn(&master);
+                return Ok(target.at_master(&master));
+            }
+            Err(miss) => misses.push((node, miss)),
+        }
+    }
+    Err(no_master(sentinels, &misses))
+}
+
+/// Why no sentinel named a master: the reason of the most telling answer (a wrong name,
+/// then a refused login, then unreachable sentinels) and each sentinel's answer.
+fn no_master(sentinels: &Sentinels, misses: &[(&Node, Miss)]) -> Failure {
+    let said: Vec<String> = misses
+        .iter()
+        .map(|(n, m)| m.text(n, &sentinels.master))
+        .collect();
+    let any = |f: fn(&Miss) -> bool| misses.iter().any(|(_, m)| f(m));
+    let reason = if any(|m| matches!(m, Miss::UnknownName | Miss::Said(_))) {
+        Reason::Other
+    } else if any(|m| matches!(m, Miss::Auth(_))) {
+        Reason::Auth
+    } else {
+        Reason::Connect
+    };
+    Failure::new(
+        reason,
+        format!(
+            "no sentinel named the master {:?}: {}",
+            sentinels.master,
+            said.join("; ")
+        ),
+    )
+}
+
+/// Asks every sentinel at once for the master's address and `CKQUORUM` (each within
+/// `limit` in all), records their views and the master the first of them (in the URL's
+/// order) names. Returns the views.
+pub async fn survey(sentinels: &Sentinels, limit: Duration) -> Vec<View> {
+    let asks = sentinels.nodes.iter().map(|node| async move {
+        let answer = async {
+            let mut resp = connect(node, sentinels, limit).await?;
+            let name = sentinels.master.as_bytes();
+            let get: [&[u8]; 3] = [b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", name];
+            let quorum: [&[u8]; 3] = [b"SENTINEL", b"CKQUORUM", name];
+            let replies = ask(&mut resp, &[&get, &quorum], limit).await?;
+            Ok::<_, Miss>((master_addr(&replies[0]), replies[1].clone()))
+        };
+        let answer = match tokio::time::timeout(limit, answer).await {
+            Ok(a) => a,
+            Err(_) => Err(Miss::Unreachable(format!(
+                "did not answer within {}",
+                crate::text::show(limit)
+            ))),
+        };
+        (node, answer)
+    });
+    let answers = join_all(asks).await;
+    let mut views = Vec::with_capacity(answers.len());
+    let mut named = None;
+    for (node, answer) in answers {
+        let view = match answer {
+            Err(miss) => View {
+                address: node.to_string(),
+                reachable: false,
+                master: None,
+                quorum: None,
+                error: Some(miss.text(node, &sentinels.master)),
+                miss: Some(miss.kind()),
+            },
+            Ok((master, quorum)) => {
+                let (quorum, quorum_error) = match quorum {
+                    Reply::Simple(_) => (Some(true), None),
+                    Reply::Error(e) => (Some(false), Some(scrub(&e, sentinels))),
+                    _ => (None, None),
+                };
+                match master {
+                    Ok(m) => {
+                        named.get_or_insert_with(|| m.clone());
+                        View {
+                            address: node.to_string(),
+                            reachable: true,
+                            master: Some(m.to_string()),
+                            quorum,
+                            error: quorum_error,
+                            miss: None,
+                        }
+                    }
+                    Err(miss) => View {
+                        address: node.to_string(),
+                        reachable: !matches!(miss, Miss::Auth(_)),
+                        master: None,
+                        quorum: None,
+                        error: Some(miss.text(node, &sentinels.master)),
+                        miss: Some(miss.kind()),
+                    },
+                }
+            }
+        };
+        views.push(view);
+    }
+    if let Some(m) = &named {
+        sentinels.learn(m);
+    }
+    sentinels
+        .state
+        .lock()
+        .expect("sentinel lock is never poisoned")
+        .views
+        .clone_from(&views);
+    views
+}
+
+#[cfg(test)]
+mod tests;
