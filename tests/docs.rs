@@ -141,6 +141,11 @@ const ACCOUNTED: &[(&str, &str, &str)] = &[
         "scripts_take_the_flags_the_docs_show",
     ),
     (
+        "docs/sentinel.md",
+        "app.conf.broker_url = (",
+        "tests/sentinel.rs runs a real Celery worker set up so (tests/celery/tasks.py: master_name, sentinel_kwargs' password) beside the sidecar given the matching variables",
+    ),
+    (
         "docs/status-page.md",
         "{",
         "celery_and_kombu_docs_have_the_shape_of_a_real_celery_check (both blocks)",

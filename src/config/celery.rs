@@ -19,7 +19,7 @@ pub const CELERY_CHECK: &str = "celery";
 #[derive(Debug, Clone, PartialEq)]
 pub struct CeleryConfig {
     /// The broker: the target with the `broker` role, else the cache; `None` when the
-    /// broker URL is one the sidecar does not probe (Sentinel): Celery is not watched.
+    /// broker URL is one the sidecar does not probe: Celery is not watched.
     pub broker: Option<Target>,
     /// Queues watched whether or not a binding names them (`celery` always among them).
     pub queues: Vec<String>,
@@ -51,8 +51,9 @@ pub(super) fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, C
         .is_some_and(|t| !t.trim().is_empty());
     let broker = match targets.iter().find(|t| t.roles().contains(&Role::Broker)) {
         Some(t) => Some(t.clone()),
-        // A broker URL that is not probed (Sentinel): Celery is not watched, rather than
-        // watched on the cache, which is not where its keys are.
+        // A broker URL that is not probed (none is today: Sentinel is, Cluster is refused):
+        // Celery is not watched, rather than watched on the cache, which is not where its
+        // keys are.
         None if broker_given => None,
         None => targets
             .iter()
