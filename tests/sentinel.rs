@@ -91,9 +91,20 @@ fn check_names_each_sentinel_fault(topo: &Topology) {
     );
     assert!(has(l, "fix", "SENTINEL MASTERS"), "{l:#}");
 
-    // One sentinel unreachable: named, the walk goes on through the others (degraded).
+    // Sentinels unreachable: one that refuses, and, first in the list, one that accepts
+    // and never answers (a hung host). Each is named; the walk goes on through the others
+    // (degraded).
     let dead = free_port();
-    let (code, doc) = check(&format!("{url};sentinel://127.0.0.1:{dead}/0"), &GOOD);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let mut urls = vec![format!(
+        "sentinel://:{MASTER_PASSWORD}@127.0.0.1:{silent_port}/0"
+    )];
+    for s in &topo.sentinels {
+        urls.push(format!("sentinel://127.0.0.1:{}/0", s.port));
+    }
+    urls.push(format!("sentinel://127.0.0.1:{dead}/0"));
+    let (code, doc) = check(&urls.join(";"), &GOOD);
     assert_eq!(code, 1, "{doc:#}");
     assert_eq!(
         doc["checks"]["redis:broker"]["status"], "degraded",
@@ -103,16 +114,13 @@ fn check_names_each_sentinel_fault(topo: &Topology) {
         .into_iter()
         .filter(|s| s["status"] == "warn")
         .collect();
-    assert_eq!(unreachable.len(), 1, "{doc:#}");
-    assert!(
-        has(
-            unreachable[0],
-            "detail",
-            &format!("127.0.0.1:{dead} refused the connection")
-        ),
-        "{doc:#}"
-    );
+    assert_eq!(unreachable.len(), 2, "{doc:#}");
+    let silent_said = format!("127.0.0.1:{silent_port} did not answer");
+    let dead_said = format!("127.0.0.1:{dead} refused the connection");
+    assert!(has(unreachable[0], "detail", &silent_said), "{doc:#}");
+    assert!(has(unreachable[1], "detail", &dead_said), "{doc:#}");
     assert_eq!(steps(&doc, "ping")[0]["status"], "ok", "{doc:#}");
+    drop(silent);
 
     // The sentinels' password wrong, and missing.
     let (_, doc) = check(
@@ -271,6 +279,25 @@ fn sentinel_targets_are_walked_by_check_and_followed_through_a_failover() {
     );
     assert_eq!(doc["failovers"], 1, "{doc:#}");
     assert!(doc["master_changed_at"].as_f64().is_some(), "{doc:#}");
+    // The sidecar's connections moved: its event subscription (named, psub=1) is on the
+    // new master, and nothing of it is left on the old one, which replicates the new one's
+    // lists and messages and so could not tell otherwise.
+    let ours = |redis: &Redis| -> Vec<String> {
+        redis
+            .cli(Some(MASTER_PASSWORD), &["CLIENT", "LIST"])
+            .lines()
+            .filter(|l| l.contains("name=redis-celery-sidecar"))
+            .map(str::to_string)
+            .collect()
+    };
+    wait_for(
+        "the sidecar's connections on the new master only",
+        Duration::from_secs(20),
+        || {
+            let (on_new, on_old) = (ours(&topo.replica), ours(&topo.master));
+            (on_new.iter().any(|l| l.contains(" psub=1 ")) && on_old.is_empty()).then_some(())
+        },
+    );
     let m = sidecar
         .scrape_when("redis_sentinel_failovers_total{role=\"broker\"}", 1.0)
         .body;

@@ -137,15 +137,30 @@ impl Subscriber {
                 );
             }
         }
-        let subscribed = subscribe_events(
-            &self.target,
-            self.link,
-            &naming,
-            self.prefix_set,
-            self.timeout,
-        )
-        .instrument(span.clone())
-        .await;
+        // A Sentinel target: the master the sentinels name now, and that one is what this
+        // subscription is on (left when they name another).
+        let at = match crate::redis::sentinel::resolve(&self.target, self.timeout)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(at) => at,
+            Err(f) => {
+                command.failed(&f);
+                return f;
+            }
+        };
+        let master = match (self.target.sentinels(), at.address()) {
+            (Some(_), crate::redis::target::Address::Tcp { host, port, .. }) => {
+                Some(crate::redis::target::Node {
+                    host: host.clone(),
+                    port: *port,
+                })
+            }
+            _ => None,
+        };
+        let subscribed = subscribe_events(&at, self.link, &naming, self.prefix_set, self.timeout)
+            .instrument(span.clone())
+            .await;
         let (mut resp, mut narrow) = match subscribed {
             Err(f) => {
                 command.failed(&f);
@@ -157,9 +172,6 @@ impl Subscriber {
             }
         };
         drop(span);
-        // A Sentinel target: the master this subscription reached, left when the
-        // sentinels name another.
-        let master = self.target.sentinels().and_then(|s| s.current());
         self.set_up();
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -126,6 +126,15 @@ pub fn record_allowed(target: &str, collector: Collector) {
     }
 }
 
+/// Forgets every refusal of `target`: it is another server now (a Sentinel failover), whose
+/// ACL may differ.
+pub fn forget(target: &str) {
+    let mut map = refusals();
+    if !map.is_empty() {
+        map.retain(|(t, _), _| t != target);
+    }
+}
+
 /// A server's refusal of a command by its ACL.
 pub fn is_refusal(message: &str) -> bool {
     message.starts_with("NOPERM")

@@ -73,10 +73,10 @@ impl RedisProbe {
     pub async fn probe(&self) -> Result<Observation, Failure> {
         let started = Instant::now();
         // The sentinels first: a master they name anew is the one this probe reaches.
-        if let Some(sentinels) = self.target().sentinels() {
+        if self.target().sentinels().is_some() {
             self.phase.set(Phase::Command("SENTINEL"));
             // Half the probe's time at most: the rest is the master's.
-            crate::redis::sentinel::survey(sentinels, self.pool.timeout() / 2).await;
+            crate::redis::sentinel::survey(self.target(), self.pool.timeout() / 2).await;
         }
         let fail = |e: &RedisError| Failure::from_redis(e, self.target());
         let mut ping = redis::pipe();

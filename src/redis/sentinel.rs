@@ -82,6 +82,9 @@ pub struct State {
     pub changed_at: Option<SystemTime>,
     /// Changes of the master's address seen since the start.
     pub failovers: u64,
+    /// The `config-epoch` of the answer that named `master`: an answer from an older epoch
+    /// (a sentinel that has not heard of the failover yet) does not move it back.
+    epoch: u64,
     /// Each sentinel's answer at the last probe, in the URL's order.
     pub views: Vec<View>,
 }
@@ -124,11 +127,6 @@ impl Sentinels {
         self.password.is_some()
     }
 
-    /// The password sent to the sentinels, for scrubbing it out of texts.
-    pub fn password(&self) -> Option<&str> {
-        self.password.as_deref()
-    }
-
     /// What the sentinels said last.
     pub fn state(&self) -> State {
         self.state
@@ -146,16 +144,20 @@ impl Sentinels {
             .clone()
     }
 
-    /// Records the master's address the sentinels gave; true when it changed from the one
-    /// known before (a failover).
-    fn learn(&self, master: &Node) -> bool {
+    /// Records the master's address a sentinel gave, at its `config-epoch`; true when it
+    /// changed from the one known before (a failover). An answer of an older epoch than the
+    /// one known is ignored, so that a slow sentinel does not move the master back.
+    fn learn(&self, master: &Master) -> bool {
         let mut state = self.state.lock().expect("sentinel lock is never poisoned");
+        if state.master.is_some() && master.epoch < state.epoch {
+            return false;
+        }
         let moved = match &state.master {
-            Some(old) if old != master => {
+            Some(old) if *old != master.node => {
                 tracing::warn!(
                     master_name = %self.master,
                     from = %old,
-                    to = %master,
+                    to = %master.node,
                     "the sentinels name a new master: following it"
                 );
                 true
@@ -166,7 +168,8 @@ impl Sentinels {
             state.failovers += 1;
             state.changed_at = Some(SystemTime::now());
         }
-        state.master = Some(master.clone());
+        state.master = Some(master.node.clone());
+        state.epoch = master.epoch;
         moved
     }
 
@@ -186,6 +189,8 @@ enum Miss {
     Auth(String),
     /// It knows no master by that name.
     UnknownName,
+    /// It considers the master down (its flags), as redis-py then asks the next sentinel.
+    Down(String),
     /// Anything else it answered.
     Said(String),
 }
@@ -196,6 +201,7 @@ impl Miss {
             Miss::Unreachable(_) => "unreachable",
             Miss::Auth(_) => "auth",
             Miss::UnknownName => "unknown_name",
+            Miss::Down(_) => "down",
             Miss::Said(_) => "said",
         }
     }
@@ -205,6 +211,7 @@ impl Miss {
             Miss::Unreachable(why) => format!("{node} {why}"),
             Miss::Auth(why) => format!("{node} refused the login: {why}"),
             Miss::UnknownName => format!("{node} knows no master named {master:?}"),
+            Miss::Down(flags) => format!("{node} considers the master {master:?} down ({flags})"),
             Miss::Said(what) => format!("{node} answered {what}"),
         }
     }
@@ -264,49 +271,110 @@ fn scrub(text: &str, sentinels: &Sentinels) -> String {
     }
 }
 
-/// `SENTINEL GET-MASTER-ADDR-BY-NAME`'s answer: the address, or why there is none.
-fn master_addr(reply: &Reply) -> Result<Node, Miss> {
-    match reply {
-        Reply::Array(None) | Reply::Bulk(None) => Err(Miss::UnknownName),
-        Reply::Array(Some(items)) if items.len() == 2 => {
-            let host = items[0].text();
-            let port = items[1].text().and_then(|p| p.parse::<u16>().ok());
-            match (host, port) {
-                (Some(host), Some(port)) => Ok(Node { host, port }),
-                _ => Err(Miss::Said(format!("{reply:?}"))),
-            }
+/// A master as one sentinel names it: where, and the configuration epoch of that answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Master {
+    pub node: Node,
+    pub epoch: u64,
+}
+
+/// Longest text kept of an answer that is not what a sentinel says.
+const SAID_MAX: usize = 200;
+
+/// What is not a sentinel's answer, cut short: it goes into `/healthz` and the log.
+fn said(reply: &Reply) -> Miss {
+    let mut text = format!("{reply:?}");
+    if text.len() > SAID_MAX {
+        let mut end = SAID_MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
         }
-        Reply::Error(e) if e.starts_with("NOAUTH") => Err(Miss::Auth(e.clone())),
-        Reply::Error(e) => Err(Miss::Said(e.clone())),
-        other => Err(Miss::Said(format!("{other:?}"))),
+        text.truncate(end);
+        text.push_str("...");
+    }
+    Miss::Said(text)
+}
+
+/// `SENTINEL MASTER <name>`'s answer, read as redis-py's `discover_master` reads
+/// `SENTINEL MASTERS`: the address when this sentinel sees a master that is not down
+/// (`s_down` or `o_down` in its flags), or why not.
+fn master_addr(reply: &Reply) -> Result<Master, Miss> {
+    let items = match reply {
+        Reply::Array(Some(items)) => items,
+        Reply::Error(e) if e.contains("No such master") => return Err(Miss::UnknownName),
+        Reply::Error(e) if e.starts_with("NOAUTH") => return Err(Miss::Auth(e.clone())),
+        Reply::Error(e) => return Err(said(&Reply::Error(e.clone()))),
+        other => return Err(said(other)),
+    };
+    let field = |name: &str| {
+        items
+            .chunks(2)
+            .find(|pair| pair[0].text().as_deref() == Some(name))
+            .and_then(|pair| pair.get(1)?.text())
+    };
+    let flags = field("flags").unwrap_or_default();
+    let down = flags.split(',').any(|f| f == "s_down" || f == "o_down");
+    if down || !flags.split(',').any(|f| f == "master") {
+        return Err(Miss::Down(flags));
+    }
+    let host = field("ip");
+    let port = field("port").and_then(|p| p.parse::<u16>().ok());
+    let epoch = field("config-epoch")
+        .and_then(|e| e.parse::<u64>().ok())
+        .unwrap_or(0);
+    match (host, port) {
+        (Some(host), Some(port)) => Ok(Master {
+            node: Node { host, port },
+            epoch,
+        }),
+        _ => Err(said(reply)),
     }
 }
 
-/// Asks one sentinel for the master's address.
-async fn ask_master(node: &Node, sentinels: &Sentinels, limit: Duration) -> Result<Node, Miss> {
+/// The command that asks a sentinel for the master.
+fn ask_for(sentinels: &Sentinels) -> [&[u8]; 3] {
+    [b"SENTINEL", b"MASTER", sentinels.master.as_bytes()]
+}
+
+/// Asks one sentinel for the master.
+async fn ask_master(node: &Node, sentinels: &Sentinels, limit: Duration) -> Result<Master, Miss> {
     let mut resp = connect(node, sentinels, limit).await?;
-    let get: [&[u8]; 3] = [
-        b"SENTINEL",
-        b"GET-MASTER-ADDR-BY-NAME",
-        sentinels.master.as_bytes(),
-    ];
-    let replies = ask(&mut resp, &[&get], limit).await?;
+    let replies = ask(&mut resp, &[&ask_for(sentinels)], limit).await?;
     master_addr(&replies[0])
 }
 
+/// Records a master a sentinel named; a move forgets what the old master's ACL refused.
+fn learned(target: &Target, sentinels: &Sentinels, master: &Master) {
+    if sentinels.learn(master) {
+        crate::redis::capability::forget(target.redacted());
+    }
+}
+
 /// The target to connect to: `target` itself, or for a Sentinel target the master the
-/// sentinels name now (each asked in turn, as redis-py does, within `limit` each), with the
-/// master's credentials and database. The failure names what each sentinel said.
+/// sentinels name now, with the master's credentials and database. Every sentinel is asked
+/// at once, all within `limit`; the first in the URL's order that names a master it does
+/// not consider down wins, as with redis-py asking them in turn, without waiting on a dead
+/// one first. The failure names what each sentinel said.
 pub async fn resolve(target: &Target, limit: Duration) -> Result<Target, Failure> {
     let Address::Sentinel(sentinels) = target.address() else {
         return Ok(target.clone());
     };
+    let asks = sentinels.nodes.iter().map(|node| async move {
+        match tokio::time::timeout(limit, ask_master(node, sentinels, limit)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Miss::Unreachable(format!(
+                "did not answer within {}",
+                crate::text::show(limit)
+            ))),
+        }
+    });
+    let answers = join_all(asks).await;
     let mut misses = Vec::new();
-    for node in &sentinels.nodes {
-        match ask_master(node, sentinels, limit).await {
+    for (node, answer) in sentinels.nodes.iter().zip(answers) {
+        match answer {
             Ok(master) => {
-                sentinels.learn(&master);
-                return Ok(target.at_master(&master));
+                learned(target, sentinels, &master);
+                return Ok(target.at_master(&master.node));
             }
             Err(miss) => misses.push((node, miss)),
         }
@@ -322,7 +390,7 @@ fn no_master(sentinels: &Sentinels, misses: &[(&Node, Miss)]) -> Failure {
         .map(|(n, m)| m.text(n, &sentinels.master))
         .collect();
     let any = |f: fn(&Miss) -> bool| misses.iter().any(|(_, m)| f(m));
-    let reason = if any(|m| matches!(m, Miss::UnknownName | Miss::Said(_))) {
+    let reason = if any(|m| matches!(m, Miss::UnknownName | Miss::Said(_) | Miss::Down(_))) {
         Reason::Other
     } else if any(|m| matches!(m, Miss::Auth(_))) {
         Reason::Auth
@@ -342,14 +410,15 @@ fn no_master(sentinels: &Sentinels, misses: &[(&Node, Miss)]) -> Failure {
 /// Asks every sentinel at once for the master's address and `CKQUORUM` (each within
 /// `limit` in all), records their views and the master the first of them (in the URL's
 /// order) names. Returns the views.
-pub async fn survey(sentinels: &Sentinels, limit: Duration) -> Vec<View> {
+pub async fn survey(target: &Target, limit: Duration) -> Vec<View> {
+    let Address::Sentinel(sentinels) = target.address() else {
+        return Vec::new();
+    };
     let asks = sentinels.nodes.iter().map(|node| async move {
         let answer = async {
             let mut resp = connect(node, sentinels, limit).await?;
-            let name = sentinels.master.as_bytes();
-            let get: [&[u8]; 3] = [b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", name];
-            let quorum: [&[u8]; 3] = [b"SENTINEL", b"CKQUORUM", name];
-            let replies = ask(&mut resp, &[&get, &quorum], limit).await?;
+            let quorum: [&[u8]; 3] = [b"SENTINEL", b"CKQUORUM", sentinels.master.as_bytes()];
+            let replies = ask(&mut resp, &[&ask_for(sentinels), &quorum], limit).await?;
             Ok::<_, Miss>((master_addr(&replies[0]), replies[1].clone()))
         };
         let answer = match tokio::time::timeout(limit, answer).await {
@@ -382,11 +451,12 @@ pub async fn survey(sentinels: &Sentinels, limit: Duration) -> Vec<View> {
                 };
                 match master {
                     Ok(m) => {
-                        named.get_or_insert_with(|| m.clone());
+                        let address = m.node.to_string();
+                        named.get_or_insert(m);
                         View {
                             address: node.to_string(),
                             reachable: true,
-                            master: Some(m.to_string()),
+                            master: Some(address),
                             quorum,
                             error: quorum_error,
                             miss: None,
@@ -406,7 +476,7 @@ pub async fn survey(sentinels: &Sentinels, limit: Duration) -> Vec<View> {
         views.push(view);
     }
     if let Some(m) = &named {
-        sentinels.learn(m);
+        learned(target, sentinels, m);
     }
     sentinels
         .state

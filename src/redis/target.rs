@@ -128,6 +128,26 @@ pub struct Target {
 pub struct UrlError(pub String);
 
 impl Target {
+    /// A target read from a URL for `role`, its redacted form made once.
+    fn new(
+        role: Role,
+        address: Address,
+        db: i64,
+        user: Option<String>,
+        password: Option<String>,
+    ) -> Target {
+        let redacted = redact(&address, db, user.as_deref(), password.is_some());
+        Target {
+            roles: vec![role],
+            address,
+            db,
+            user,
+            password,
+            redacted,
+            sources: Vec::new(),
+        }
+    }
+
     /// Adds trusted roots (`SSL_CERT_FILE`, `SSL_CERT_DIR`) after the URL's own, when the
     /// target speaks TLS.
     pub fn add_roots(&mut self, roots: &[Roots]) {

@@ -38,8 +38,10 @@ pub fn failure_fix(f: &Failure, target: &Target) -> String {
             };
             return crate::verdict::sentinel_fix(miss, s);
         }
+        // A failure reaching the address the sentinels announce (it names it).
         if matches!(f.reason, Reason::Connect | Reason::Timeout | Reason::Dns)
             && let Some(m) = s.current()
+            && (has(&m.to_string()) || has(&format!("lookup of {}", m.host)))
         {
             return format!(
                 "the sentinels announce the master at {m}, and it cannot be reached from here: if that is a container's own address, set `replica-announce-ip` on the Redis servers and `sentinel announce-ip` on the sentinels to an address the app can reach; otherwise the master is down and the sentinels have not failed over yet"

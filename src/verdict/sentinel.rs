@@ -15,6 +15,9 @@ pub fn sentinel_fix(miss: Option<&str>, sentinels: &Sentinels) -> String {
         Some("auth") => {
             "the sentinels require a password: set SIDECAR_SENTINEL_PASSWORD to their `requirepass` (Celery's sentinel_kwargs={'password': ...}); the URL's password is the master's".into()
         }
+        Some("down") => {
+            "the sentinels consider the master down: they fail over once a quorum agrees; if none is left to promote, start the master or a replica".into()
+        }
         Some("unknown_name") => format!(
             "SIDECAR_SENTINEL_MASTER ({:?}) is not a master these sentinels monitor: set it to the name in their `sentinel monitor <name> ...` line (`SENTINEL MASTERS` lists them), the name Celery's master_name transport option gives",
             sentinels.master

@@ -11,9 +11,11 @@ pub(super) async fn sentinel_steps(d: &mut Diagnosis, limit: Duration) -> bool {
         return true;
     };
     let began = Instant::now();
-    let views = sentinel::survey(&sentinels, limit).await;
+    let views = sentinel::survey(&d.target, limit).await;
     let took = began.elapsed();
-    let mut stop = false;
+    // A wrong name or password stops the walk when no sentinel named the master; while
+    // one did, the app's client still finds it, and each other sentinel is a warning.
+    let none = views.iter().all(|v| v.master.is_none());
     for v in &views {
         let step = match (&v.master, v.miss) {
             (Some(m), _) => Step::ok(
@@ -21,9 +23,7 @@ pub(super) async fn sentinel_steps(d: &mut Diagnosis, limit: Duration) -> bool {
                 format!("{}: master {:?} is at {m}", v.address, sentinels.master),
             )
             .took(took),
-            // A configuration mistake, the same on every sentinel: the walk stops.
-            (None, Some(miss @ ("auth" | "unknown_name"))) => {
-                stop = true;
+            (None, Some(miss @ ("auth" | "unknown_name"))) if none => {
                 let reason = if miss == "auth" {
                     Reason::Auth
                 } else {
@@ -43,7 +43,7 @@ pub(super) async fn sentinel_steps(d: &mut Diagnosis, limit: Duration) -> bool {
         };
         d.steps.push(step);
     }
-    if stop {
+    if d.steps.iter().any(|s| s.verdict == Verdict::Fail) {
         return false;
     }
     // Disagreement and quorum, as the server judges them.

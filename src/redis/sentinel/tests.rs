@@ -61,12 +61,43 @@ fn redis_sentinel_urls_name_the_master_in_the_path() {
 
 #[test]
 fn the_master_address_is_read_from_the_sentinels_reply() {
-    let reply = Reply::Array(Some(vec![
-        Reply::Bulk(Some(b"10.0.0.7".to_vec())),
-        Reply::Bulk(Some(b"6379".to_vec())),
-    ]));
-    assert_eq!(master_addr(&reply), Ok(node("10.0.0.7", 6379)));
-    assert_eq!(master_addr(&Reply::Array(None)), Err(Miss::UnknownName));
+    let fields = |flags: &str| {
+        let pairs = [
+            ("name", "mymaster"),
+            ("ip", "10.0.0.7"),
+            ("port", "6379"),
+            ("flags", flags),
+            ("config-epoch", "3"),
+        ];
+        Reply::Array(Some(
+            pairs
+                .iter()
+                .flat_map(|(k, v)| [k, v])
+                .map(|t| Reply::Bulk(Some(t.as_bytes().to_vec())))
+                .collect(),
+        ))
+    };
+    assert_eq!(
+        master_addr(&fields("master")),
+        Ok(Master {
+            node: node("10.0.0.7", 6379),
+            epoch: 3
+        })
+    );
+    // Down in this sentinel's eyes: redis-py asks the next one.
+    assert_eq!(
+        master_addr(&fields("s_down,master")),
+        Err(Miss::Down("s_down,master".into()))
+    );
+    assert_eq!(
+        master_addr(&Reply::Error("ERR No such master with that name".into())),
+        Err(Miss::UnknownName)
+    );
+    // Whatever else is cut short before it reaches /healthz.
+    let Err(Miss::Said(text)) = master_addr(&Reply::Simple("x".repeat(10_000))) else {
+        panic!("not a sentinel's answer")
+    };
+    assert!(text.len() < 300, "{}", text.len());
     assert_eq!(
         master_addr(&Reply::Error("NOAUTH Authentication required.".into())),
         Err(Miss::Auth("NOAUTH Authentication required.".into()))
@@ -107,13 +138,21 @@ fn no_master_names_the_most_telling_cause_and_each_sentinel() {
 fn a_new_master_counts_as_a_failover_and_the_first_does_not() {
     let t = Target::parse(Role::Broker, "sentinel://a:1").unwrap();
     let s = sentinels(&t);
-    let (m1, m2) = (node("10.0.0.1", 6379), node("10.0.0.2", 6379));
-    assert!(!s.learn(&m1));
-    assert!(!s.learn(&m1));
-    assert!(s.learn(&m2));
+    let at = |host: &str, epoch| Master {
+        node: node(host, 6379),
+        epoch,
+    };
+    assert!(!s.learn(&at("10.0.0.1", 0)));
+    assert!(!s.learn(&at("10.0.0.1", 0)));
+    assert!(s.learn(&at("10.0.0.2", 1)));
+    // A sentinel that has not heard of the failover (an older epoch) does not move it back.
+    assert!(!s.learn(&at("10.0.0.1", 0)));
     let state = s.state();
     assert_eq!(state.failovers, 1);
     assert!(state.changed_at.is_some());
     // Clones share what was learned.
-    assert_eq!(t.clone().sentinels().unwrap().current(), Some(m2));
+    assert_eq!(
+        t.clone().sentinels().unwrap().current(),
+        Some(node("10.0.0.2", 6379))
+    );
 }

@@ -5,7 +5,7 @@
 //! form of redis-sentinel-url and the Django and Flask caches built on it.
 
 use super::url::parse_db;
-use super::{Address, Role, Target, UrlError, redact};
+use super::{Address, Role, Target, UrlError};
 use crate::redis::pyurl;
 use crate::redis::sentinel::{DEFAULT_PORT, Node, Sentinels};
 
@@ -35,6 +35,17 @@ pub(super) fn read(
     let mut nodes = Vec::new();
     let mut master = String::new();
     let db;
+    if parts.iter().any(|p| !pyurl::split(p).query.is_empty()) {
+        warnings.push(format!(
+            "{variable}: the parameters after '?' are not used for Sentinel (TLS to the sentinels or the master is not supported yet)"
+        ));
+    }
+    if scheme == "redis+sentinel" && role != Role::Cache {
+        warnings.push(format!(
+            "{variable}: {} does not read redis+sentinel:// (it takes sentinel://host:port;sentinel://host:port and the master's name in its transport options); the sidecar reads it as written",
+            if role == Role::Broker { "kombu" } else { "Celery" }
+        ));
+    }
     if scheme == "redis+sentinel" {
         for url in &parts {
             let url = pyurl::split(url);
@@ -80,17 +91,13 @@ pub(super) fn read(
     }
     let mut sentinels = Sentinels::new(nodes);
     sentinels.master = master;
-    let address = Address::Sentinel(sentinels);
-    let redacted = redact(&address, db, user.as_deref(), password.is_some());
-    Ok(Target {
-        roles: vec![role],
-        address,
+    Ok(Target::new(
+        role,
+        Address::Sentinel(sentinels),
         db,
         user,
         password,
-        redacted,
-        sources: Vec::new(),
-    })
+    ))
 }
 
 /// One `host[:port]`, the port 26379 when it is left out.

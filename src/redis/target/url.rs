@@ -4,7 +4,7 @@
 //! tests/urls.rs).
 
 use super::ssl::tls_settings;
-use super::{Address, Role, Target, UrlError, redact};
+use super::{Address, Role, Target, UrlError};
 use crate::redis::pyurl;
 
 /// A URL read for one role: the target to probe (`None` for a form that is recognised but
@@ -542,17 +542,8 @@ impl Target {
                 ));
             }
         }
-        let redacted = redact(&address, db, user.as_deref(), password.is_some());
         Ok(Read {
-            target: Some(Target {
-                roles: vec![role],
-                address,
-                db,
-                user,
-                password,
-                redacted,
-                sources: Vec::new(),
-            }),
+            target: Some(Target::new(role, address, db, user, password)),
             notes,
             warnings,
         })
