@@ -298,6 +298,20 @@ fn sentinel_targets_are_walked_by_check_and_followed_through_a_failover() {
             (on_new.iter().any(|l| l.contains(" psub=1 ")) && on_old.is_empty()).then_some(())
         },
     );
+    // On the timeline, with both addresses.
+    let want = format!("named a new master for \"{MASTER_NAME}\": {new} (it was {old})");
+    wait_for(
+        "the failover on the timeline",
+        Duration::from_secs(10),
+        || {
+            let events = sidecar.get("/api/events").json();
+            events["events"]
+                .as_array()?
+                .iter()
+                .any(|e| e["sentence"].as_str().is_some_and(|t| t.contains(&want)))
+                .then_some(())
+        },
+    );
     let m = sidecar
         .scrape_when("redis_sentinel_failovers_total{role=\"broker\"}", 1.0)
         .body;

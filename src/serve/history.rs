@@ -311,10 +311,26 @@ impl History {
     ) {
         let change = is_change(prev, next);
         let target = new_probe && self.lock().targets.iter().any(|t| t.checks == checks);
-        if !change && !target {
+        let moved = master_moved(prev, next);
+        if !change && !target && moved.is_none() {
             return;
         }
         self.write(|inner| {
+            // A Sentinel failover: on the timeline, not a change of state to notify.
+            if let Some(sentence) = moved {
+                push_event(
+                    &mut inner.check_events,
+                    Event {
+                        at: SystemTime::now(),
+                        subject: Subject::Checks(checks.to_vec()),
+                        from: prev.map(|p| p.status.as_str()),
+                        to: next.status.as_str(),
+                        reason: None,
+                        sentence: Some(cut(sentence)),
+                        fix: None,
+                    },
+                );
+            }
             if change {
                 let failure = next.error.as_ref();
                 let (sentence, fix) = match next.status {
@@ -516,6 +532,24 @@ pub fn is_change(prev: Option<&Report>, next: &Report) -> bool {
         r.error.as_ref().map(|f| f.message.as_str())
     }
     !prev.is_some_and(|p| p.status == next.status && cause(p) == cause(next))
+}
+
+/// For a Sentinel target whose sentinels named a new master since `prev`: what the
+/// timeline says of it.
+fn master_moved(prev: Option<&Report>, next: &Report) -> Option<String> {
+    let sentinel = |r: &Report| match &r.details {
+        crate::serve::health::Details::Redis(d) => d.sentinel.clone(),
+        _ => None,
+    };
+    let (before, after) = (sentinel(prev?)?, sentinel(next)?);
+    (after.failovers > before.failovers).then(|| {
+        format!(
+            "the sentinels named a new master for {:?}: {} (it was {})",
+            after.master_name,
+            after.master.as_deref().unwrap_or("unknown"),
+            before.master.as_deref().unwrap_or("unknown")
+        )
+    })
 }
 
 fn push_event(events: &mut VecDeque<Event>, e: Event) {
