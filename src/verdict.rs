@@ -18,11 +18,13 @@ use crate::text::human;
 use crate::text::show;
 
 mod beat;
+mod cluster;
 mod fixes;
 mod keys;
 mod lost;
 mod sentinel;
 pub use beat::beat;
+pub use cluster::{cluster, cluster_refused};
 pub use fixes::failure_fix;
 pub use keys::{EVICTION_WINDOW, Evictions, evictions, results_kept};
 pub use lost::{Fate, LOST_WINDOW, LostTask, fate, lost};

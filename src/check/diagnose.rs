@@ -20,10 +20,12 @@ use crate::text::{quoted, show};
 use crate::verdict::{self, Finding, mib};
 
 mod celery;
+mod cluster;
 mod connect;
 mod sentinel;
 
 use celery::celery_steps;
+use cluster::cluster_steps;
 use connect::connect;
 use sentinel::{announced_unreachable, sentinel_steps};
 
@@ -144,12 +146,15 @@ pub async fn diagnose(target: &Target, config: &Config, celery: bool, ping: bool
     if !sentinel_steps(&mut d, limit).await {
         return d;
     }
+    // A cluster: the first of its nodes that accepts.
+    d.target = crate::redis::cluster::pick(&d.target, limit).await;
     let Some(stream) = connect(&mut d, limit).await else {
         announced_unreachable(&mut d, target);
         return d;
     };
     let mut resp = Resp::new(stream);
-    if !session(&mut d, &mut resp, config).await {
+    if !session(&mut d, &mut resp, config).await || !cluster_steps(&mut d, &mut resp, config).await
+    {
         return d;
     }
     if celery {

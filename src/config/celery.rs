@@ -55,10 +55,12 @@ pub(super) fn celery(s: &Settings, targets: &[Target]) -> Result<CeleryConfig, C
         // Celery is not watched, rather than watched on the cache, which is not where its
         // keys are.
         None if broker_given => None,
+        // Never a Redis Cluster: kombu cannot keep Celery's keys on one.
         None => targets
             .iter()
             .find(|t| t.roles().contains(&Role::Cache))
             .or(targets.first())
+            .filter(|t| t.cluster().is_none())
             .cloned(),
     };
     let mut queues = vec!["celery".to_string()];

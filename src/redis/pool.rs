@@ -44,6 +44,8 @@ pub struct Conn {
     /// For a Sentinel target, the master it was made to: stale once the sentinels name
     /// another.
     pub master: Option<Node>,
+    /// The server it was made to, as `host:port` (a Cluster target's node).
+    pub at: String,
 }
 
 impl Conn {
@@ -124,6 +126,8 @@ impl bb8::ManageConnection for Manager {
                 return Err(error);
             }
         };
+        // A cluster: the first of its known masters and seeds that accepts.
+        let at = crate::redis::cluster::pick(&at, self.connect_limit).await;
         match open(&self.config, &at, self.connect_limit).await {
             Ok(inner) => {
                 *self
@@ -134,6 +138,7 @@ impl bb8::ManageConnection for Manager {
                     inner,
                     broken: false,
                     used: 0,
+                    at: at.address().to_string(),
                     master: self.target.sentinels().and(match at.address() {
                         Address::Tcp { host, port, .. } => Some(Node {
                             host: host.clone(),

@@ -25,6 +25,8 @@ pub struct Observation {
     pub pool: PoolState,
     /// On a result backend holding many keys without a TTL: what a few random keys are.
     pub results: Option<ResultSample>,
+    /// A Redis Cluster: its state, slots and nodes, or why `CLUSTER INFO` failed.
+    pub cluster: Option<Result<crate::redis::cluster::View, Failure>>,
 }
 
 /// A result backend's database holding at least this many keys without a TTL has a few of
@@ -152,6 +154,34 @@ impl RedisProbe {
             }
             _ => None,
         };
+        let cluster = match self.target().cluster() {
+            None => None,
+            Some(_) => {
+                self.phase.set(Phase::Command("CLUSTER"));
+                let mut pipe = redis::pipe();
+                pipe.cmd("CLUSTER").arg("INFO").cmd("CLUSTER").arg("NODES");
+                match pipe.query_async::<(String, String)>(&mut conn.inner).await {
+                    Ok((state, nodes)) => {
+                        let view = crate::redis::cluster::parse(&state, &nodes, &conn.at);
+                        // The nodes' PINGs on connections of their own: this one goes back.
+                        conn.used += 1;
+                        drop(conn);
+                        let limit = self.pool.timeout() / 2;
+                        let view =
+                            crate::redis::cluster::ping_nodes(self.target(), view, limit).await;
+                        return Ok(Observation {
+                            ping,
+                            info,
+                            pool: self.pool.state(),
+                            results,
+                            cluster: Some(Ok(view)),
+                        });
+                    }
+                    Err(e) if connection_lost(&e) => return Err(conn.fail(&e, self.target())),
+                    Err(e) => Some(Err(fail(&e))),
+                }
+            }
+        };
         conn.used += 1;
         let pool = self.pool.state();
         drop(conn);
@@ -160,6 +190,7 @@ impl RedisProbe {
             info,
             pool,
             results,
+            cluster,
         })
     }
 

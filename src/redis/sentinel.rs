@@ -14,31 +14,15 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::future::join_all;
 use serde::Serialize;
-use tokio::net::TcpStream;
 
 use crate::redis::failure::{Failure, Reason};
+pub use crate::redis::raw::Node;
+use crate::redis::raw::{self, RawError};
 use crate::redis::resp::{Reply, Resp};
 use crate::redis::target::{Address, Target};
 
 /// The port a `sentinel://` URL without one names (kombu's and redis-py's default).
 pub const DEFAULT_PORT: u16 = 26379;
-
-/// One sentinel's address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Node {
-    pub host: String,
-    pub port: u16,
-}
-
-impl fmt::Display for Node {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
 
 /// The sentinels of one master, and what they said last. Clones share what was learned.
 #[derive(Clone)]
@@ -217,50 +201,27 @@ impl Miss {
     }
 }
 
-/// A connection to one sentinel, logged in when a sentinel password is set.
-async fn connect(node: &Node, sentinels: &Sentinels, limit: Duration) -> Result<Resp, Miss> {
-    let tcp = match tokio::time::timeout(limit, TcpStream::connect((node.host.as_str(), node.port)))
-        .await
-    {
-        Err(_) => {
-            return Err(Miss::Unreachable(format!(
-                "did not accept a connection within {}",
-                crate::text::show(limit)
-            )));
-        }
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            return Err(Miss::Unreachable(
-                "refused the connection: nothing listens there".into(),
-            ));
-        }
-        Ok(Err(e)) => return Err(Miss::Unreachable(format!("cannot be reached: {e}"))),
-        Ok(Ok(s)) => s,
-    };
-    let _ = tcp.set_nodelay(true);
-    let mut resp = Resp::new(Box::new(tcp));
-    if let Some(password) = &sentinels.password {
-        let mut auth: Vec<&[u8]> = vec![b"AUTH"];
-        if let Some(user) = &sentinels.user {
-            auth.push(user.as_bytes());
-        }
-        auth.push(password.as_bytes());
-        if let Reply::Error(e) = ask(&mut resp, &[&auth], limit).await?.remove(0) {
-            return Err(Miss::Auth(scrub(&e, sentinels)));
+impl From<RawError> for Miss {
+    fn from(e: RawError) -> Miss {
+        match e {
+            RawError::Unreachable(why) => Miss::Unreachable(why),
+            RawError::Auth(said) => Miss::Auth(said),
         }
     }
-    Ok(resp)
+}
+
+/// A connection to one sentinel, logged in when a sentinel password is set.
+async fn connect(node: &Node, sentinels: &Sentinels, limit: Duration) -> Result<Resp, Miss> {
+    let auth = sentinels
+        .password
+        .as_deref()
+        .map(|p| (sentinels.user.as_deref(), p));
+    Ok(raw::connect(node, auth, limit).await?)
 }
 
 /// Commands in one pipeline, within `limit`.
 async fn ask(resp: &mut Resp, commands: &[&[&[u8]]], limit: Duration) -> Result<Vec<Reply>, Miss> {
-    match tokio::time::timeout(limit, resp.pipeline(commands)).await {
-        Err(_) => Err(Miss::Unreachable(format!(
-            "did not answer within {}",
-            crate::text::show(limit)
-        ))),
-        Ok(Err(e)) => Err(Miss::Unreachable(format!("closed the connection: {e}"))),
-        Ok(Ok(replies)) => Ok(replies),
-    }
+    Ok(raw::ask(resp, commands, limit).await?)
 }
 
 /// A sentinel's error text without the sentinel password, should it ever echo it.

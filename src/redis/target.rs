@@ -3,8 +3,10 @@
 
 use std::fmt;
 
+pub use crate::redis::cluster::Cluster;
 pub use crate::redis::sentinel::{Node, Sentinels};
 
+mod cluster_url;
 mod sentinel_url;
 mod ssl;
 mod url;
@@ -121,6 +123,8 @@ pub struct Target {
     /// The variables this target came from (`REDIS_URL`, `REDISHOST`...), for fixes that
     /// name what the user set; empty for the local default.
     sources: Vec<&'static str>,
+    /// A Redis Cluster's seeds and last look (`redis+cluster://`); the address is a node's.
+    cluster: Option<Cluster>,
 }
 
 /// Why a URL was refused; the caller adds the variable's name.
@@ -145,6 +149,7 @@ impl Target {
             password,
             redacted,
             sources: Vec::new(),
+            cluster: None,
         }
     }
 
@@ -234,6 +239,7 @@ impl Target {
             password,
             redacted,
             sources: vec!["REDISHOST"],
+            cluster: None,
         }
     }
 
@@ -254,6 +260,11 @@ impl Target {
 
     pub fn address(&self) -> &Address {
         &self.address
+    }
+
+    /// The cluster, for a Redis Cluster target.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
     }
 
     /// The sentinels, for a Sentinel target.
@@ -289,8 +300,9 @@ impl Target {
         );
     }
 
-    /// This Sentinel target's master at `master`: the same credentials, database, roles and
-    /// redacted URL (what is shown and what capabilities are remembered by).
+    /// This Sentinel target's master (or this Cluster target's node) at `master`: the same
+    /// credentials, database, roles and redacted URL (what is shown and what capabilities
+    /// are remembered by).
     pub fn at_master(&self, master: &Node) -> Target {
         Target {
             address: Address::Tcp {
@@ -337,6 +349,7 @@ impl Target {
     /// True when `other` names the same server, database and credentials.
     pub fn same_connection(&self, other: &Target) -> bool {
         self.address == other.address
+            && self.cluster == other.cluster
             && self.db == other.db
             && self.user == other.user
             && self.password == other.password
@@ -367,16 +380,21 @@ impl fmt::Debug for Target {
     }
 }
 
-/// The URL as `config`, `/healthz` and logs show it: the password replaced by `***`, port
-/// and database spelled out, and every TLS setting that changes what is trusted.
-fn redact(address: &Address, db: i64, user: Option<&str>, has_password: bool) -> String {
-    let userinfo = match (user, has_password) {
+/// A URL's `user:password@` as it is shown: the password as `***`.
+fn userinfo(user: Option<&str>, has_password: bool) -> String {
+    match (user, has_password) {
         (Some(u), true) => format!("{u}:***@"),
         // A user without a password may be a password written without its colon.
         (Some(_), false) => "***@".to_string(),
         (None, true) => ":***@".to_string(),
         (None, false) => String::new(),
-    };
+    }
+}
+
+/// The URL as `config`, `/healthz` and logs show it: the password replaced by `***`, port
+/// and database spelled out, and every TLS setting that changes what is trusted.
+fn redact(address: &Address, db: i64, user: Option<&str>, has_password: bool) -> String {
+    let userinfo = userinfo(user, has_password);
     match address {
         Address::Tcp { tls, .. } => {
             let scheme = if tls.is_some() { "rediss" } else { "redis" };

@@ -37,6 +37,9 @@ pub struct RedisDetails {
     /// A Sentinel target's master and sentinels.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sentinel: Option<SentinelDoc>,
+    /// A Redis Cluster's state, slots and nodes, from the last probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::redis::cluster::View>,
 }
 
 /// `details.sentinel`: the master the sentinels name, its changes, and each sentinel.

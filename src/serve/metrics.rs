@@ -52,6 +52,8 @@ pub struct Metrics {
     pool_connections: IntGaugeVec,
     checkout_timeouts: IntCounterVec,
     sentinel_failovers: IntCounterVec,
+    /// A Redis Cluster's figures, named as redis_exporter names them, and how each is read.
+    cluster: Vec<(IntGaugeVec, ClusterFigure)>,
     check_status: IntGaugeVec,
     ready: IntGauge,
     /// Whether no target's ACL refuses what a collector needs (`capability`).
@@ -230,6 +232,10 @@ impl Metrics {
                 "Times the sentinels named a new master for this target.",
                 role,
             )?,
+            cluster: CLUSTER_FIGURES
+                .iter()
+                .map(|(name, help, figure)| Ok((gauge(name, help, role)?, *figure)))
+                .collect::<Result<_, prometheus::Error>>()?,
             check_status: gauge(
                 "sidecar_check_status",
                 "0 healthy, 1 degraded, 2 unhealthy.",
@@ -265,6 +271,18 @@ impl Metrics {
         }
         self.checkout_timeouts.with_label_values(&[role]);
         self.ping.with_label_values(&[role]);
+    }
+
+    /// A Redis Cluster target's last look; `None` removes its series (the probe failed).
+    pub fn record_cluster(&self, role: &str, view: Option<&crate::redis::cluster::View>) {
+        for (gauge, figure) in &self.cluster {
+            match view {
+                Some(v) => gauge.with_label_values(&[role]).set(figure(v)),
+                None => {
+                    let _ = gauge.remove_label_values(&[role]);
+                }
+            }
+        }
     }
 
     /// A Sentinel target's master changes so far (its series exists from the start, at 0).
@@ -422,6 +440,48 @@ impl Metrics {
         self.body.borrow().clone()
     }
 }
+
+/// How a Redis Cluster figure is read from a look.
+type ClusterFigure = fn(&crate::redis::cluster::View) -> i64;
+
+/// The Redis Cluster gauges: name, help, and how each is read.
+const CLUSTER_FIGURES: [(&str, &str, ClusterFigure); 7] = [
+    (
+        "redis_cluster_state",
+        "CLUSTER INFO cluster_state: 1 ok, 0 fail.",
+        |v| i64::from(v.state == "ok"),
+    ),
+    (
+        "redis_cluster_slots_assigned",
+        "CLUSTER INFO cluster_slots_assigned.",
+        |v| i64::from(v.slots_assigned),
+    ),
+    (
+        "redis_cluster_slots_ok",
+        "CLUSTER INFO cluster_slots_ok.",
+        |v| i64::from(v.slots_ok),
+    ),
+    (
+        "redis_cluster_slots_pfail",
+        "CLUSTER INFO cluster_slots_pfail.",
+        |v| i64::from(v.slots_pfail),
+    ),
+    (
+        "redis_cluster_slots_fail",
+        "CLUSTER INFO cluster_slots_fail.",
+        |v| i64::from(v.slots_fail),
+    ),
+    (
+        "redis_cluster_known_nodes",
+        "CLUSTER INFO cluster_known_nodes.",
+        |v| i64::from(v.known_nodes),
+    ),
+    (
+        "redis_cluster_nodes_unreachable",
+        "Cluster nodes that did not answer the sidecar's PING.",
+        |v| v.nodes.iter().filter(|n| n.latency_ms.is_none()).count() as i64,
+    ),
+];
 
 /// Makes a counter equal a counter Redis keeps: it only adds, and starts over when Redis did
 /// (a restart resets INFO's counters; Prometheus' `rate()` handles the reset).

@@ -88,6 +88,10 @@ impl Probe for RedisCheck {
                         obs.pool,
                     );
                     metrics.record_keys(role.as_str(), db, keys);
+                    if self.target.cluster().is_some() {
+                        let view = obs.cluster.as_ref().and_then(|c| c.as_ref().ok());
+                        metrics.record_cluster(role.as_str(), view);
+                    }
                 }
             }
             Err(failure) => {
@@ -98,6 +102,9 @@ impl Probe for RedisCheck {
                 for role in self.target.roles() {
                     metrics.record_redis_failure(role.as_str(), failure, pool, checkout_timeout);
                     metrics.record_keys(role.as_str(), self.target.db(), None);
+                    if self.target.cluster().is_some() {
+                        metrics.record_cluster(role.as_str(), None);
+                    }
                 }
             }
         }
@@ -127,6 +134,22 @@ impl Probe for RedisCheck {
                         judged.status = judged.status.max(Status::Degraded);
                     }
                 }
+                if let Some(cluster) = &obs.cluster {
+                    let (error, findings) = match cluster {
+                        Ok(view) => verdict::cluster(view, self.slo),
+                        Err(f) => verdict::cluster_refused(f),
+                    };
+                    if judged.error.is_none()
+                        && let Some(e) = error
+                    {
+                        judged.error = Some(e);
+                        judged.status = Status::Unhealthy;
+                    }
+                    for f in findings {
+                        judged.findings.push(f);
+                        judged.status = judged.status.max(Status::Degraded);
+                    }
+                }
                 let (error, fix) = judged.error.map(|c| (c.failure, c.fix)).unzip();
                 Report {
                     status: judged.status,
@@ -138,7 +161,13 @@ impl Probe for RedisCheck {
                     error,
                     fix,
                     warnings: judged.findings,
-                    details: details(obs.pool, obs.info.as_ref().ok(), &self.target),
+                    details: {
+                        let mut d = details(obs.pool, obs.info.as_ref().ok(), &self.target);
+                        if let (Details::Redis(r), Some(Ok(view))) = (&mut d, &obs.cluster) {
+                            r.cluster = Some(view.clone());
+                        }
+                        d
+                    },
                 }
             }
             Err(failure) => failed(
@@ -168,6 +197,7 @@ fn details(pool: PoolState, info: Option<&Info>, target: &Target) -> Details {
     let db = target.db();
     Details::Redis(Box::new(RedisDetails {
         sentinel: target.sentinels().map(SentinelDoc::from),
+        cluster: None,
         pool: pool.into(),
         keyspace: info.and_then(|i| i.db(db)).map(|k| KeyspaceDoc {
             db,

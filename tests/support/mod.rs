@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 mod browser;
 mod celery;
+mod cluster;
 mod http;
 pub mod otlp;
 mod process;
@@ -24,6 +25,7 @@ mod sidecar;
 
 pub use browser::*;
 pub use celery::*;
+pub use cluster::*;
 pub use http::*;
 pub use process::*;
 pub use redis_server::*;

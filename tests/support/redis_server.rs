@@ -14,10 +14,15 @@ pub struct Redis {
 impl Redis {
     /// Starts `redis-server` on a free port with `extra` arguments (e.g. `--requirepass`).
     pub fn start(extra: &[&str]) -> Redis {
+        Redis::start_on(free_port, extra)
+    }
+
+    /// Starts `redis-server` on a port `pick` gives (another on a clash).
+    pub fn start_on(pick: impl Fn() -> u16, extra: &[&str]) -> Redis {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for _ in 0..5 {
             let mut r = Redis {
-                port: free_port(),
+                port: pick(),
                 args: args.clone(),
                 child: None,
                 dir: TempDir::new("redis"),

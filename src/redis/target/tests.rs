@@ -260,7 +260,25 @@ fn what_the_app_would_refuse_is_a_warning_and_nothing_is_dropped_silently() {
         "sentinel://h:26379;redis://h2:26379",
         "redis:// after a ';' is not a sentinel",
     );
-    warned(Role::Cache, "redis+cluster://h:7000", "Redis Cluster");
+    warned(
+        Role::Cache,
+        "rediss+cluster://h:7000",
+        "Redis Cluster over TLS",
+    );
+    warned(
+        Role::ResultBackend,
+        "redis+cluster://h:7000",
+        "does not support Redis Cluster",
+    );
+    let t = Target::parse(Role::Cache, "redis+cluster://:pw@h1:7000,h2/0").unwrap();
+    assert_eq!(t.redacted(), "redis+cluster://:***@h1:7000,h2:6379/0");
+    assert_eq!(t.cluster().unwrap().seeds.len(), 2);
+    assert!(
+        Target::parse(Role::Cache, "redis+cluster://h1:7000/3")
+            .unwrap_err()
+            .0
+            .contains("only database 0")
+    );
     let Err(refused) = Target::read(Role::Broker, "V", "redis+cluster://h:7000") else {
         panic!("a cluster broker is refused")
     };

@@ -246,9 +246,23 @@ impl Target {
                     "Redis Cluster cannot be Celery's broker: kombu's Redis transport does not support Cluster; use one Redis, or Redis Sentinel (sentinel://) for failover".into(),
                 ));
             }
-            notes.push(format!(
-                "{variable}: Redis Cluster ({scheme}://) is recognised but not supported yet, so it is not probed"
-            ));
+            if role == Role::Cache && scheme == "redis+cluster" {
+                let target = super::cluster_url::read(role, variable, text, &mut warnings)?;
+                return Ok(Read {
+                    target: Some(target),
+                    notes,
+                    warnings,
+                });
+            }
+            notes.push(if role == Role::ResultBackend {
+                format!(
+                    "{variable}: Celery's Redis result backend does not support Redis Cluster ({scheme}://), so it is not probed"
+                )
+            } else {
+                format!(
+                    "{variable}: Redis Cluster over TLS ({scheme}://) is recognised but not supported yet, so it is not probed"
+                )
+            });
             return Ok(Read {
                 target: None,
                 notes,

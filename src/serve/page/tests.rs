@@ -99,6 +99,7 @@ fn page() -> String {
             },
             info: Some(info),
             sentinel: None,
+            cluster: None,
             keyspace: None,
         })),
     );
