@@ -307,4 +307,4 @@ pub async fn ping_nodes(target: &Target, mut view: View, limit: Duration) -> Vie
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

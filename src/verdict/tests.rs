@@ -537,3 +537,29 @@ fn an_overdue_periodic_task_names_beat_s_state() {
     b.entries = vec![task("fine", Some(9_990.0), 60)];
     assert_eq!(beat(&b, now, "redbeat::lock"), None);
 }
+
+#[test]
+fn a_failed_master_is_the_cause_of_a_failed_cluster() {
+    use crate::redis::cluster::{
+        parse,
+        tests::{INFO, NODES},
+    };
+    let v = parse(INFO, NODES, "127.0.0.1:30001");
+    let (error, findings) = crate::verdict::cluster(&v, Duration::from_secs(1));
+    let error = error.expect("cluster_state:fail is unhealthy");
+    assert!(
+        error
+            .failure
+            .message
+            .contains("5461 of 16384 slots not served")
+            && error
+                .failure
+                .message
+                .contains("127.0.0.1:30003 (master 292f8b36, slots 10923-16383)"),
+        "{}",
+        error.failure.message
+    );
+    // The failed master is the cause, not also a finding; the replica with no PING yet
+    // (latency unknown, no error) is nothing.
+    assert!(findings.is_empty(), "{findings:?}");
+}
