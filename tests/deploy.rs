@@ -44,7 +44,7 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
     let out = promtool(&["check", "rules", "alerts.yml"], &grafana);
     assert!(out.status.success(), "{}", said(&out));
     assert!(
-        said(&out).contains("SUCCESS: 18 rules found"),
+        said(&out).contains("SUCCESS: 20 rules found"),
         "{}",
         said(&out)
     );
@@ -61,7 +61,7 @@ fn every_alert_has_a_summary_a_description_and_a_firing_unit_test() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 18, "{alerts:?}");
+    assert_eq!(alerts.len(), 20, "{alerts:?}");
     for a in &alerts {
         // A firing case names the alert and expects at least one alert with annotations.
         let case = tests
