@@ -93,6 +93,33 @@ fn a_cluster_cache_is_probed_node_by_node_and_a_dead_master_named() {
     assert_eq!(node_steps.len(), 3, "{doc:#}");
     assert!(node_steps.iter().all(|s| s["status"] == "ok"), "{doc:#}");
 
+    // One node with another password: the cluster serves, the sidecar cannot log in
+    // there, and says so (degraded), not that the node is down.
+    let other = &cluster.nodes[2];
+    cluster.cli(other, &["CONFIG", "SET", "requirepass", "not-the-same-pw"]);
+    let c = wait_for(
+        "the node refusing the login",
+        Duration::from_secs(20),
+        || {
+            let c = cache(&sidecar);
+            (c["status"] == "degraded").then_some(c)
+        },
+    );
+    let finding = format!("{c}");
+    assert!(
+        finding.contains(&format!("127.0.0.1:{} (master", other.port)),
+        "{c:#}"
+    );
+    assert!(finding.contains("refused the login"), "{c:#}");
+    assert!(finding.contains("the same on every node"), "{c:#}");
+    other.cli(
+        Some("not-the-same-pw"),
+        &["CONFIG", "SET", "requirepass", CLUSTER_PASSWORD],
+    );
+    wait_for("healthy again", Duration::from_secs(20), || {
+        (cache(&sidecar)["status"] == "healthy").then_some(())
+    });
+
     // The seed, a master without a replica, killed: the cluster fails; the sidecar reaches
     // it through another node and names the dead one with its slots.
     let mut cluster = cluster;

@@ -50,11 +50,14 @@ impl Config {
         let c = &self.celery;
         line(
             "celery broker",
-            c.broker
-                .as_ref()
-                .map_or("not watched (the broker URL is not probed)", |t| {
-                    t.redacted()
-                }),
+            c.broker.as_ref().map_or(
+                if self.targets.iter().any(|t| t.cluster().is_some()) {
+                    "not watched (Celery cannot use a Redis Cluster; set CELERY_BROKER_URL)"
+                } else {
+                    "not watched (the broker URL is not probed)"
+                },
+                |t| t.redacted(),
+            ),
         );
         line(
             "celery queues",

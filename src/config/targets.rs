@@ -169,7 +169,7 @@ pub(super) fn targets(s: &Settings) -> Result<Targets, ConfigError> {
             } else {
                 vars::REDIS_URL
             },
-            problem: "no Redis is left to probe: Redis Cluster URLs are recognised but not supported yet; set REDIS_URL to a redis:// URL (one node's) to probe it meanwhile".into(),
+            problem: "no Redis is left to probe: Redis Cluster over TLS (rediss+cluster://) is recognised but not supported yet; set REDIS_URL to redis+cluster:// or to one node's rediss:// URL meanwhile".into(),
         });
     }
     let extra = extra_roots(s)?;

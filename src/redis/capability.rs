@@ -29,14 +29,17 @@ pub enum Collector {
     ResultsSample,
     /// RedBeat's schedule, entries and lock.
     Beat,
+    /// `CLUSTER INFO` and `CLUSTER NODES` on a Redis Cluster.
+    Cluster,
 }
 
 impl Collector {
-    pub const ALL: [Collector; 4] = [
+    pub const ALL: [Collector; 5] = [
         Collector::Info,
         Collector::ClientName,
         Collector::ResultsSample,
         Collector::Beat,
+        Collector::Cluster,
     ];
 
     /// The `collector` label of `sidecar_collector_enabled`.
@@ -46,6 +49,7 @@ impl Collector {
             Collector::ClientName => "client_name",
             Collector::ResultsSample => "results_sample",
             Collector::Beat => "beat",
+            Collector::Cluster => "cluster",
         }
     }
 
@@ -58,6 +62,7 @@ impl Collector {
             Collector::ClientName => "the sidecar's connections are not named in CLIENT LIST",
             Collector::ResultsSample => "results kept without a TTL are not looked for",
             Collector::Beat => "RedBeat's schedule is not read",
+            Collector::Cluster => "the cluster's state, slots and nodes are not seen",
         }
     }
 }
@@ -141,7 +146,7 @@ pub fn is_refusal(message: &str) -> bool {
 }
 
 /// Each collector, and whether no target refuses it: `sidecar_collector_enabled`.
-pub fn enabled() -> [(Collector, bool); 4] {
+pub fn enabled() -> [(Collector, bool); 5] {
     let map = refusals();
     Collector::ALL.map(|c| (c, !map.keys().any(|(_, k)| *k == c)))
 }

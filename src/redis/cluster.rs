@@ -285,7 +285,8 @@ pub async fn ping_nodes(target: &Target, mut view: View, limit: Duration) -> Vie
                 Reply::Error(e) => Err(e.clone()),
                 _ => Ok(began.elapsed()),
             },
-            Ok(Err(RawError::Unreachable(why) | RawError::Auth(why))) => Err(why),
+            Ok(Err(RawError::Unreachable(why))) => Err(why),
+            Ok(Err(RawError::Auth(said))) => Err(format!("refused the login: {said}")),
             Err(_) => Err(format!(
                 "did not answer within {}",
                 crate::text::show(limit)

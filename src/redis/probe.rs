@@ -156,12 +156,17 @@ impl RedisProbe {
         };
         let cluster = match self.target().cluster() {
             None => None,
+            // CLUSTER refused by the ACL lately: not asked again, the refusal stands.
+            Some(_) if let Some(refusal) = capability::refused(key, Collector::Cluster) => {
+                Some(Err(refusal))
+            }
             Some(_) => {
                 self.phase.set(Phase::Command("CLUSTER"));
                 let mut pipe = redis::pipe();
                 pipe.cmd("CLUSTER").arg("INFO").cmd("CLUSTER").arg("NODES");
                 match pipe.query_async::<(String, String)>(&mut conn.inner).await {
                     Ok((state, nodes)) => {
+                        capability::record_allowed(key, Collector::Cluster);
                         let view = crate::redis::cluster::parse(&state, &nodes, &conn.at);
                         // The nodes' PINGs on connections of their own: this one goes back.
                         conn.used += 1;
@@ -178,7 +183,13 @@ impl RedisProbe {
                         });
                     }
                     Err(e) if connection_lost(&e) => return Err(conn.fail(&e, self.target())),
-                    Err(e) => Some(Err(fail(&e))),
+                    Err(e) => {
+                        let failure = fail(&e);
+                        if capability::is_refusal(&failure.message) {
+                            capability::record_refusal(key, Collector::Cluster, &failure);
+                        }
+                        Some(Err(failure))
+                    }
                 }
             }
         };

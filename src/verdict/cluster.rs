@@ -97,6 +97,15 @@ pub fn cluster(view: &View, slo: Duration) -> (Option<Cause>, Vec<Finding>) {
         .iter()
         .filter(|n| n.failing().is_none() && n.error.is_some())
     {
+        let error = n.error.as_deref().unwrap_or_default();
+        if error.starts_with("refused the login") {
+            findings.push(Finding::new(
+                "node",
+                format!("{} {error}", named(n)),
+                "the ACL user and password must be the same on every node of the cluster: set them on this one (ACL SETUSER, or requirepass)",
+            ));
+            continue;
+        }
         findings.push(Finding::new(
             "node",
             format!(
