@@ -149,15 +149,7 @@ impl Subscriber {
                 return f;
             }
         };
-        let master = match (self.target.sentinels(), at.address()) {
-            (Some(_), crate::redis::target::Address::Tcp { host, port, .. }) => {
-                Some(crate::redis::target::Node {
-                    host: host.clone(),
-                    port: *port,
-                })
-            }
-            _ => None,
-        };
+        let master = self.target.sentinels().and(at.node());
         let subscribed = subscribe_events(&at, self.link, &naming, self.prefix_set, self.timeout)
             .instrument(span.clone())
             .await;

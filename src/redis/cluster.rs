@@ -175,7 +175,7 @@ pub fn parse(info: &str, nodes: &str, asked: &str) -> View {
             .to_string()
     };
     let number = |name: &str| field(name).parse::<u32>().unwrap_or(0);
-    let mut listed: Vec<(String, NodeView)> = Vec::new();
+    let mut listed: Vec<NodeView> = Vec::new();
     for line in nodes.lines().filter(|l| !l.trim().is_empty()) {
         let parts: Vec<&str> = line.split_whitespace().collect();
         if parts.len() < 8 {
@@ -208,25 +208,21 @@ pub fn parse(info: &str, nodes: &str, asked: &str) -> View {
                 None => u32::from(r.parse::<u32>().is_ok()),
             })
             .sum();
-        listed.push((
-            parts[0].to_string(),
-            NodeView {
-                id: short(parts[0]),
-                address,
-                role,
-                master: (parts[3] != "-").then(|| short(parts[3])),
-                slots,
-                ranges,
-                flags,
-                link: parts[7].to_string(),
-                latency_ms: None,
-                error: None,
-            },
-        ));
+        listed.push(NodeView {
+            id: short(parts[0]),
+            address,
+            role,
+            master: (parts[3] != "-").then(|| short(parts[3])),
+            slots,
+            ranges,
+            flags,
+            link: parts[7].to_string(),
+            latency_ms: None,
+            error: None,
+        });
     }
-    let mut nodes: Vec<NodeView> = listed.into_iter().map(|(_, n)| n).collect();
     // Masters first, by their first slot; each master's replicas after the masters.
-    nodes.sort_by(|a, b| {
+    listed.sort_by(|a, b| {
         (a.role != "master", first_slot(a), &a.address).cmp(&(
             b.role != "master",
             first_slot(b),
@@ -242,7 +238,7 @@ pub fn parse(info: &str, nodes: &str, asked: &str) -> View {
         known_nodes: number("cluster_known_nodes"),
         size: number("cluster_size"),
         asked: asked.to_string(),
-        nodes,
+        nodes: listed,
     }
 }
 
@@ -276,21 +272,17 @@ pub async fn ping_nodes(target: &Target, mut view: View, limit: Duration) -> Vie
     let pings = view.nodes.iter().map(|n| async move {
         let node = parse_address(&n.address)?;
         let began = Instant::now();
-        let answer = async {
+        let answer = raw::within(limit, async {
             let mut resp = raw::connect(&node, target.auth(), limit).await?;
             raw::ask(&mut resp, &[&[b"PING"]], limit).await
-        };
-        Some(match tokio::time::timeout(limit, answer).await {
-            Ok(Ok(replies)) => match &replies[0] {
+        });
+        Some(match answer.await {
+            Ok(replies) => match &replies[0] {
                 Reply::Error(e) => Err(e.clone()),
                 _ => Ok(began.elapsed()),
             },
-            Ok(Err(RawError::Unreachable(why))) => Err(why),
-            Ok(Err(RawError::Auth(said))) => Err(format!("refused the login: {said}")),
-            Err(_) => Err(format!(
-                "did not answer within {}",
-                crate::text::show(limit)
-            )),
+            Err(RawError::Unreachable(why)) => Err(why),
+            Err(RawError::Auth(said)) => Err(format!("refused the login: {said}")),
         })
     });
     let results = join_all(pings).await;

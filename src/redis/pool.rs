@@ -41,11 +41,10 @@ pub struct Conn {
     pub broken: bool,
     /// Commands answered on it; 0 means fresh from `connect`.
     pub used: u64,
-    /// For a Sentinel target, the master it was made to: stale once the sentinels name
+    /// The server it was made to (a Sentinel target's master, a Cluster target's node);
+    /// `None` for a Unix socket. A Sentinel target's is stale once the sentinels name
     /// another.
-    pub master: Option<Node>,
-    /// The server it was made to, as `host:port` (a Cluster target's node).
-    pub at: String,
+    pub node: Option<Node>,
 }
 
 impl Conn {
@@ -138,14 +137,7 @@ impl bb8::ManageConnection for Manager {
                     inner,
                     broken: false,
                     used: 0,
-                    at: at.address().to_string(),
-                    master: self.target.sentinels().and(match at.address() {
-                        Address::Tcp { host, port, .. } => Some(Node {
-                            host: host.clone(),
-                            port: *port,
-                        }),
-                        _ => None,
-                    }),
+                    node: at.node(),
                 })
             }
             Err(e) => {
@@ -503,7 +495,7 @@ impl TargetPool {
             let stale = self
                 .target
                 .sentinels()
-                .is_some_and(|s| conn.master.is_some() && conn.master != s.current());
+                .is_some_and(|s| conn.node.is_some() && conn.node != s.current());
             if !stale {
                 return Ok(conn);
             }

@@ -154,6 +154,8 @@ impl RedisProbe {
             }
             _ => None,
         };
+        // A cluster's state and nodes on this connection; the nodes' PINGs below, on
+        // connections of their own, once this one is back in the pool.
         let cluster = match self.target().cluster() {
             None => None,
             // CLUSTER refused by the ACL lately: not asked again, the refusal stands.
@@ -167,20 +169,9 @@ impl RedisProbe {
                 match pipe.query_async::<(String, String)>(&mut conn.inner).await {
                     Ok((state, nodes)) => {
                         capability::record_allowed(key, Collector::Cluster);
-                        let view = crate::redis::cluster::parse(&state, &nodes, &conn.at);
-                        // The nodes' PINGs on connections of their own: this one goes back.
-                        conn.used += 1;
-                        drop(conn);
-                        let limit = self.pool.timeout() / 2;
-                        let view =
-                            crate::redis::cluster::ping_nodes(self.target(), view, limit).await;
-                        return Ok(Observation {
-                            ping,
-                            info,
-                            pool: self.pool.state(),
-                            results,
-                            cluster: Some(Ok(view)),
-                        });
+                        let asked = conn.node.as_ref().map(ToString::to_string);
+                        let asked = asked.unwrap_or_default();
+                        Some(Ok(crate::redis::cluster::parse(&state, &nodes, &asked)))
                     }
                     Err(e) if connection_lost(&e) => return Err(conn.fail(&e, self.target())),
                     Err(e) => {
@@ -196,6 +187,18 @@ impl RedisProbe {
         conn.used += 1;
         let pool = self.pool.state();
         drop(conn);
+        let cluster = match cluster {
+            Some(Ok(view)) => {
+                let limit = self.pool.timeout() / 2;
+                Some(Ok(crate::redis::cluster::ping_nodes(
+                    self.target(),
+                    view,
+                    limit,
+                )
+                .await))
+            }
+            other => other,
+        };
         Ok(Observation {
             ping,
             info,

@@ -68,15 +68,32 @@ pub async fn connect(
         }
         command.push(password.as_bytes());
         if let Reply::Error(e) = ask(&mut resp, &[&command], limit).await?.remove(0) {
-            let said = if password.len() >= 4 {
-                e.replace(password, "***")
-            } else {
-                e
-            };
-            return Err(RawError::Auth(said));
+            return Err(RawError::Auth(scrub(&e, Some(password))));
         }
     }
     Ok(resp)
+}
+
+/// `work` (a connection and its questions) bounded by `limit` in all.
+pub async fn within<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, RawError>>,
+) -> Result<T, RawError> {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(RawError::Unreachable(format!(
+            "did not answer within {}",
+            show(limit)
+        )))
+    })
+}
+
+/// `text` with `password` replaced by `***` (a server's error that echoes it); a password
+/// shorter than 4 characters is left, since replacing it would garble the sentence.
+pub fn scrub(text: &str, password: Option<&str>) -> String {
+    match password {
+        Some(p) if p.len() >= 4 => text.replace(p, "***"),
+        _ => text.to_string(),
+    }
 }
 
 /// Commands in one pipeline, within `limit`: one reply each.

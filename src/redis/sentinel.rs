@@ -1,5 +1,5 @@
 //! Redis Sentinel: the master a target stands for, asked of its sentinels as redis-py asks
-//! them (each in turn; the first that names the master wins), and each sentinel's own view
+//! them (the first in the URL's order that names the master wins), and each sentinel's own view
 //! (reachable, the master it names, `SENTINEL CKQUORUM`) for `/healthz` and `check`.
 //!
 //! A Sentinel target is resolved every time a connection is made: the pool, the queue scan
@@ -16,9 +16,8 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::redis::failure::{Failure, Reason};
-pub use crate::redis::raw::Node;
-use crate::redis::raw::{self, RawError};
-use crate::redis::resp::{Reply, Resp};
+use crate::redis::raw::{self, Node, RawError};
+use crate::redis::resp::Reply;
 use crate::redis::target::{Address, Target};
 
 /// The port a `sentinel://` URL without one names (kombu's and redis-py's default).
@@ -105,6 +104,11 @@ impl Sentinels {
     pub fn set_auth(&mut self, user: Option<String>, password: Option<String>) {
         self.user = user;
         self.password = password;
+    }
+
+    /// What AUTH sends to each sentinel: (user, password), or nothing.
+    fn auth(&self) -> Option<(Option<&str>, &str)> {
+        self.password.as_deref().map(|p| (self.user.as_deref(), p))
     }
 
     pub fn has_password(&self) -> bool {
@@ -210,28 +214,6 @@ impl From<RawError> for Miss {
     }
 }
 
-/// A connection to one sentinel, logged in when a sentinel password is set.
-async fn connect(node: &Node, sentinels: &Sentinels, limit: Duration) -> Result<Resp, Miss> {
-    let auth = sentinels
-        .password
-        .as_deref()
-        .map(|p| (sentinels.user.as_deref(), p));
-    Ok(raw::connect(node, auth, limit).await?)
-}
-
-/// Commands in one pipeline, within `limit`.
-async fn ask(resp: &mut Resp, commands: &[&[&[u8]]], limit: Duration) -> Result<Vec<Reply>, Miss> {
-    Ok(raw::ask(resp, commands, limit).await?)
-}
-
-/// A sentinel's error text without the sentinel password, should it ever echo it.
-fn scrub(text: &str, sentinels: &Sentinels) -> String {
-    match &sentinels.password {
-        Some(p) if p.len() >= 4 => text.replace(p.as_str(), "***"),
-        _ => text.to_string(),
-    }
-}
-
 /// A master as one sentinel names it: where, and the configuration epoch of that answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Master {
@@ -297,13 +279,6 @@ fn ask_for(sentinels: &Sentinels) -> [&[u8]; 3] {
     [b"SENTINEL", b"MASTER", sentinels.master.as_bytes()]
 }
 
-/// Asks one sentinel for the master.
-async fn ask_master(node: &Node, sentinels: &Sentinels, limit: Duration) -> Result<Master, Miss> {
-    let mut resp = connect(node, sentinels, limit).await?;
-    let replies = ask(&mut resp, &[&ask_for(sentinels)], limit).await?;
-    master_addr(&replies[0])
-}
-
 /// Records a master a sentinel named; a move forgets what the old master's ACL refused.
 fn learned(target: &Target, sentinels: &Sentinels, master: &Master) {
     if sentinels.learn(master) {
@@ -321,13 +296,12 @@ pub async fn resolve(target: &Target, limit: Duration) -> Result<Target, Failure
         return Ok(target.clone());
     };
     let asks = sentinels.nodes.iter().map(|node| async move {
-        match tokio::time::timeout(limit, ask_master(node, sentinels, limit)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(Miss::Unreachable(format!(
-                "did not answer within {}",
-                crate::text::show(limit)
-            ))),
-        }
+        let replies = raw::within(limit, async {
+            let mut resp = raw::connect(node, sentinels.auth(), limit).await?;
+            raw::ask(&mut resp, &[&ask_for(sentinels)], limit).await
+        })
+        .await?;
+        master_addr(&replies[0])
     });
     let answers = join_all(asks).await;
     let mut misses = Vec::new();
@@ -376,19 +350,16 @@ pub async fn survey(target: &Target, limit: Duration) -> Vec<View> {
         return Vec::new();
     };
     let asks = sentinels.nodes.iter().map(|node| async move {
-        let answer = async {
-            let mut resp = connect(node, sentinels, limit).await?;
+        let answer = raw::within(limit, async {
+            let mut resp = raw::connect(node, sentinels.auth(), limit).await?;
             let quorum: [&[u8]; 3] = [b"SENTINEL", b"CKQUORUM", sentinels.master.as_bytes()];
-            let replies = ask(&mut resp, &[&ask_for(sentinels), &quorum], limit).await?;
-            Ok::<_, Miss>((master_addr(&replies[0]), replies[1].clone()))
-        };
-        let answer = match tokio::time::timeout(limit, answer).await {
-            Ok(a) => a,
-            Err(_) => Err(Miss::Unreachable(format!(
-                "did not answer within {}",
-                crate::text::show(limit)
-            ))),
-        };
+            raw::ask(&mut resp, &[&ask_for(sentinels), &quorum], limit).await
+        })
+        .await;
+        // A sentinel that answered, but named no master: its quorum is not asked about.
+        let answer = answer
+            .map_err(Miss::from)
+            .and_then(|replies| Ok((master_addr(&replies[0])?, replies[1].clone())));
         (node, answer)
     });
     let answers = join_all(asks).await;
@@ -396,41 +367,33 @@ pub async fn survey(target: &Target, limit: Duration) -> Vec<View> {
     let mut named = None;
     for (node, answer) in answers {
         let view = match answer {
+            // Unreachable, or refused the login: the two that leave it no say.
             Err(miss) => View {
                 address: node.to_string(),
-                reachable: false,
+                reachable: !matches!(miss, Miss::Unreachable(_) | Miss::Auth(_)),
                 master: None,
                 quorum: None,
                 error: Some(miss.text(node, &sentinels.master)),
                 miss: Some(miss.kind()),
             },
             Ok((master, quorum)) => {
-                let (quorum, quorum_error) = match quorum {
+                let (quorum, error) = match quorum {
                     Reply::Simple(_) => (Some(true), None),
-                    Reply::Error(e) => (Some(false), Some(scrub(&e, sentinels))),
+                    Reply::Error(e) => (
+                        Some(false),
+                        Some(raw::scrub(&e, sentinels.password.as_deref())),
+                    ),
                     _ => (None, None),
                 };
-                match master {
-                    Ok(m) => {
-                        let address = m.node.to_string();
-                        named.get_or_insert(m);
-                        View {
-                            address: node.to_string(),
-                            reachable: true,
-                            master: Some(address),
-                            quorum,
-                            error: quorum_error,
-                            miss: None,
-                        }
-                    }
-                    Err(miss) => View {
-                        address: node.to_string(),
-                        reachable: !matches!(miss, Miss::Auth(_)),
-                        master: None,
-                        quorum: None,
-                        error: Some(miss.text(node, &sentinels.master)),
-                        miss: Some(miss.kind()),
-                    },
+                let address = master.node.to_string();
+                named.get_or_insert(master);
+                View {
+                    address: node.to_string(),
+                    reachable: true,
+                    master: Some(address),
+                    quorum,
+                    error,
+                    miss: None,
                 }
             }
         };

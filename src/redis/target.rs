@@ -4,7 +4,8 @@
 use std::fmt;
 
 pub use crate::redis::cluster::Cluster;
-pub use crate::redis::sentinel::{Node, Sentinels};
+pub use crate::redis::raw::Node;
+pub use crate::redis::sentinel::Sentinels;
 
 mod cluster_url;
 mod sentinel_url;
@@ -267,6 +268,18 @@ impl Target {
         self.cluster.as_ref()
     }
 
+    /// The server's `host:port` for a TCP target (a Sentinel target's resolved master, a
+    /// Cluster target's node); `None` otherwise.
+    pub fn node(&self) -> Option<Node> {
+        match &self.address {
+            Address::Tcp { host, port, .. } => Some(Node {
+                host: host.clone(),
+                port: *port,
+            }),
+            _ => None,
+        }
+    }
+
     /// The sentinels, for a Sentinel target.
     pub fn sentinels(&self) -> Option<&Sentinels> {
         match &self.address {
@@ -378,6 +391,28 @@ impl fmt::Debug for Target {
             .field("url", &self.redacted)
             .finish()
     }
+}
+
+/// One `host[:port]` of a URL listing several (sentinels, cluster seeds), read as Python's
+/// `urlsplit` reads a network location; `default_port` when the port is left out.
+fn node(hostport: &str, default_port: u16) -> Result<Node, UrlError> {
+    let url = format!("redis://{hostport}");
+    let split = crate::redis::pyurl::split(&url);
+    split
+        .check_brackets()
+        .map_err(|e| UrlError(e.to_string()))?;
+    let host = split
+        .hostname()
+        .map(|h| crate::redis::pyurl::unquote(&h))
+        .ok_or_else(|| UrlError(format!("{hostport:?} names no host")))?;
+    let port = split
+        .port()
+        .map_err(|e| UrlError(e.to_string()))?
+        .unwrap_or(default_port);
+    if port == 0 {
+        return Err(UrlError("port 0 is not a valid port".into()));
+    }
+    Ok(Node { host, port })
 }
 
 /// A URL's `user:password@` as it is shown: the password as `***`.

@@ -316,20 +316,20 @@ impl History {
             return;
         }
         self.write(|inner| {
+            // When it was judged: for Celery, a worker can change the verdict between
+            // queue probes.
+            let event = |reason, sentence: Option<String>, fix: Option<String>| Event {
+                at: SystemTime::now(),
+                subject: Subject::Checks(checks.to_vec()),
+                from: prev.map(|p| p.status.as_str()),
+                to: next.status.as_str(),
+                reason,
+                sentence: sentence.map(cut),
+                fix: fix.map(cut),
+            };
             // A Sentinel failover: on the timeline, not a change of state to notify.
             if let Some(sentence) = moved {
-                push_event(
-                    &mut inner.check_events,
-                    Event {
-                        at: SystemTime::now(),
-                        subject: Subject::Checks(checks.to_vec()),
-                        from: prev.map(|p| p.status.as_str()),
-                        to: next.status.as_str(),
-                        reason: None,
-                        sentence: Some(cut(sentence)),
-                        fix: None,
-                    },
-                );
+                push_event(&mut inner.check_events, event(None, Some(sentence), None));
             }
             if change {
                 let failure = next.error.as_ref();
@@ -342,22 +342,10 @@ impl History {
                         .unwrap_or_default(),
                     Status::Healthy => (None, None),
                 };
-                self.keep(
-                    &mut inner.check_events,
-                    Event {
-                        // When the change was judged: for Celery, a worker can change the
-                        // verdict between queue probes.
-                        at: SystemTime::now(),
-                        subject: Subject::Checks(checks.to_vec()),
-                        from: prev.map(|p| p.status.as_str()),
-                        to: next.status.as_str(),
-                        reason: failure
-                            .filter(|_| next.status == Status::Unhealthy)
-                            .map(|f| f.reason.as_str()),
-                        sentence: sentence.map(cut),
-                        fix: fix.map(cut),
-                    },
-                );
+                let reason = failure
+                    .filter(|_| next.status == Status::Unhealthy)
+                    .map(|f| f.reason.as_str());
+                self.keep(&mut inner.check_events, event(reason, sentence, fix));
             }
             if let Some(t) = inner.targets.iter_mut().find(|t| t.checks == checks)
                 && new_probe
@@ -537,10 +525,12 @@ pub fn is_change(prev: Option<&Report>, next: &Report) -> bool {
 /// For a Sentinel target whose sentinels named a new master since `prev`: what the
 /// timeline says of it.
 fn master_moved(prev: Option<&Report>, next: &Report) -> Option<String> {
-    let sentinel = |r: &Report| match &r.details {
-        crate::serve::health::Details::Redis(d) => d.sentinel.clone(),
-        _ => None,
-    };
+    fn sentinel(r: &Report) -> Option<&crate::serve::health::SentinelDoc> {
+        match &r.details {
+            crate::serve::health::Details::Redis(d) => d.sentinel.as_ref(),
+            _ => None,
+        }
+    }
     let (before, after) = (sentinel(prev?)?, sentinel(next)?);
     (after.failovers > before.failovers).then(|| {
         format!(

@@ -1,7 +1,8 @@
 //! What the sentinels of a Sentinel target say about themselves: each one that cannot
 //! answer, disagreement on the master, and a lost quorum are findings (the target still
 //! works while its master answers, but a failover may not happen or may not be followed).
-//! The server's Redis check and `check`'s sentinel steps both use these words.
+//! The server's Redis check and `check`'s sentinel steps both use these words; each
+//! finding's step is `sentinel` (one sentinel) or `quorum` (all of them).
 
 use crate::redis::sentinel::{Sentinels, View};
 use crate::verdict::Finding;
@@ -49,7 +50,7 @@ pub fn sentinel_findings(sentinels: &Sentinels, views: &[View]) -> Vec<Finding> 
     named.dedup();
     if named.len() > 1 {
         findings.push(Finding::new(
-            "sentinel",
+            "quorum",
             format!(
                 "the sentinels disagree on the master of {:?}: {}",
                 sentinels.master,
@@ -60,7 +61,7 @@ pub fn sentinel_findings(sentinels: &Sentinels, views: &[View]) -> Vec<Finding> 
     }
     if let Some(v) = views.iter().find(|v| v.quorum == Some(false)) {
         findings.push(Finding::new(
-            "sentinel",
+            "quorum",
             format!(
                 "no quorum for {:?}: {}",
                 sentinels.master,

@@ -11,7 +11,7 @@ pub const CLUSTER_PASSWORD: &str = "cluster-pw-5c7e2";
 pub fn cluster_port() -> u16 {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let base = 20000 + (std::process::id() as usize * 97) % 20000;
-    loop {
+    for _ in 0..5000 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = (base + n * 7) % 35000 + 20000;
         let free = |p: usize| TcpListener::bind(("127.0.0.1", p as u16)).is_ok();
@@ -19,6 +19,7 @@ pub fn cluster_port() -> u16 {
             return port as u16;
         }
     }
+    panic!("no free port below 55000 with its bus port free, in 5000 tries");
 }
 
 pub struct RedisCluster {

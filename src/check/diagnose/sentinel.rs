@@ -49,10 +49,10 @@ pub(super) async fn sentinel_steps(d: &mut Diagnosis, limit: Duration) -> bool {
     // Disagreement and quorum, as the server judges them.
     for f in verdict::sentinel_findings(&sentinels, &views)
         .into_iter()
-        .filter(|f| !f.text.starts_with("sentinel "))
+        .filter(|f| f.step == "quorum")
     {
         d.steps
-            .push(Step::warn("quorum", f.text.clone(), f.fix.clone()));
+            .push(Step::warn(f.step, f.text.clone(), f.fix.clone()));
         d.findings.push(f);
     }
     if views.iter().any(|v| v.quorum == Some(true))

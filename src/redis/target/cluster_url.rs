@@ -2,7 +2,7 @@
 //! as a cache, its nodes the seeds the probe starts from (redis-py's `RedisCluster` takes
 //! one node and finds the rest, as the probe does).
 
-use super::{Address, Role, Target, UrlError};
+use super::{Address, Role, Target, UrlError, node};
 use crate::redis::cluster::Cluster;
 use crate::redis::pyurl;
 use crate::redis::target::Node;
@@ -24,20 +24,7 @@ pub(super) fn read(
     let hosts = url.netloc.rsplit_once('@').map_or(url.netloc, |(_, h)| h);
     let mut seeds = Vec::new();
     for hostport in hosts.split(',') {
-        let one = format!("redis://{hostport}");
-        let split = pyurl::split(&one);
-        let host = split
-            .hostname()
-            .map(|h| pyurl::unquote(&h))
-            .ok_or_else(|| UrlError("a cluster node without a host".into()))?;
-        let port = split
-            .port()
-            .map_err(|e| UrlError(e.to_string()))?
-            .unwrap_or(6379);
-        if port == 0 {
-            return Err(UrlError("port 0 is not a valid Redis port".into()));
-        }
-        seeds.push(Node { host, port });
+        seeds.push(node(hostport, 6379)?);
     }
     let db = pyurl::unquote(url.path);
     let db = db.trim_matches('/');

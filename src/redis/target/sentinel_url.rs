@@ -5,9 +5,9 @@
 //! form of redis-sentinel-url and the Django and Flask caches built on it.
 
 use super::url::parse_db;
-use super::{Address, Role, Target, UrlError};
+use super::{Address, Role, Target, UrlError, node};
 use crate::redis::pyurl;
-use crate::redis::sentinel::{DEFAULT_PORT, Node, Sentinels};
+use crate::redis::sentinel::{DEFAULT_PORT, Sentinels};
 
 /// The Sentinel target `text` names, with `master` set when the URL gives it (the
 /// configuration adds SIDECAR_SENTINEL_MASTER).
@@ -51,7 +51,7 @@ pub(super) fn read(
             let url = pyurl::split(url);
             let hosts = url.netloc.rsplit_once('@').map_or(url.netloc, |(_, h)| h);
             for host in hosts.split(',') {
-                nodes.push(node(host)?);
+                nodes.push(node(host, DEFAULT_PORT)?);
             }
         }
         let mut segments = first.path.split('/').filter(|s| !s.is_empty());
@@ -71,7 +71,7 @@ pub(super) fn read(
                 continue;
             }
             let hosts = url.netloc.rsplit_once('@').map_or(url.netloc, |(_, h)| h);
-            nodes.push(node(hosts)?);
+            nodes.push(node(hosts, DEFAULT_PORT)?);
         }
         let path = pyurl::unquote(first.path);
         let vhost = path.trim_matches('/');
@@ -98,25 +98,4 @@ pub(super) fn read(
         user,
         password,
     ))
-}
-
-/// One `host[:port]`, the port 26379 when it is left out.
-fn node(hostport: &str) -> Result<Node, UrlError> {
-    let url = format!("sentinel://{hostport}");
-    let split = pyurl::split(&url);
-    split
-        .check_brackets()
-        .map_err(|e| UrlError(e.to_string()))?;
-    let host = split
-        .hostname()
-        .map(|h| pyurl::unquote(&h))
-        .ok_or_else(|| UrlError("a sentinel without a host".into()))?;
-    let port = split
-        .port()
-        .map_err(|e| UrlError(e.to_string()))?
-        .unwrap_or(DEFAULT_PORT);
-    if port == 0 {
-        return Err(UrlError("port 0 is not a valid sentinel port".into()));
-    }
-    Ok(Node { host, port })
 }
